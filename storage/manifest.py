@@ -1,0 +1,118 @@
+"""Manifests: the record that makes a folder an output.
+
+``_manifest.json`` is written last, after every file it lists is in place. A folder
+without a valid manifest is not an output; a manifest whose files do not match
+their byte counts and sha256 is an error when read as an input and a cache miss
+when checked by the cache. Manifests hold no times, so a rerun that rebuilds an
+output produces the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from .fingerprint import file_sha256
+from .layout import Location
+
+MANIFEST = "_manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """An output folder is missing, incomplete or corrupt."""
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the folder holding the manifest
+    bytes: int
+    sha256: str
+    rows: int | None = None
+
+
+@dataclass
+class Manifest:
+    stage: str
+    fingerprint: str
+    code_version: str
+    params: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)
+    unit: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Manifest":
+        raw = orjson.loads(data)
+        raw["files"] = [FileEntry(**f) for f in raw.get("files", [])]
+        return cls(**raw)
+
+    def file(self, path: str) -> FileEntry:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows or 0 for f in self.files)
+
+
+def read_manifest(loc: Location) -> Manifest | None:
+    """The folder's manifest, or None when it has none (not an output, or not yet)."""
+    mpath = loc.child(MANIFEST)
+    try:
+        with mpath.open("rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return Manifest.from_json(data)
+    except (orjson.JSONDecodeError, TypeError) as e:
+        raise ManifestError(f"{mpath}: unreadable manifest ({e}); delete the folder {loc} to rebuild it") from e
+
+
+def problems(loc: Location, manifest: Manifest, checksums: bool = True) -> list[str]:
+    """What is wrong with the files a manifest lists (empty when all match)."""
+    found = []
+    for entry in manifest.files:
+        f = loc.child(entry.path)
+        try:
+            size = f.fs.size(f.path)
+        except FileNotFoundError:
+            found.append(f"{f}: missing")
+            continue
+        if size != entry.bytes:
+            found.append(f"{f}: {size} bytes, manifest says {entry.bytes}")
+        elif checksums and file_sha256(f.fs, f.path)[0] != entry.sha256:
+            found.append(f"{f}: sha256 differs from the manifest")
+    return found
+
+
+def load_output(loc: Location, stage: str | None = None) -> Manifest:
+    """Read a committed output as an input to the next step; any defect is an error."""
+    m = read_manifest(loc)
+    if m is None:
+        raise ManifestError(f"{loc} has no {MANIFEST}: it is not a committed output; run the {stage or 'upstream'} stage first")
+    if stage and m.stage != stage:
+        raise ManifestError(f"{loc}: manifest is for stage {m.stage!r}, expected {stage!r}")
+    bad = problems(loc, m)
+    if bad:
+        raise ManifestError(f"{loc}: output does not match its manifest: {'; '.join(bad)}. Rerun the {m.stage} stage to rebuild it")
+    return m
+
+
+def committed(loc: Location, fingerprint: str) -> Manifest | None:
+    """The manifest when ``loc`` holds a whole, uncorrupted output with this fingerprint, else None."""
+    try:
+        m = read_manifest(loc)
+    except ManifestError:
+        return None
+    if m is None or m.fingerprint != fingerprint or problems(loc, m):
+        return None
+    return m

@@ -1,0 +1,263 @@
+"""Ingest: any text source -> normalised documents in Parquet, one unit per input file.
+
+Reads plain text, JSON lines (also .gz/.zst/.bz2/.xz), Parquet, Hugging Face
+datasets saved with ``save_to_disk`` or named for ``datasets.load_dataset``, from
+local paths, directories, globs or any fsspec URL. Each document gets NFC-normalised
+text with control characters stripped (tab and newline kept), a stable ``doc_id``
+(``<hash of the input's name within its source>-<record number>``), its source,
+its claimed language and its other fields as JSON metadata.
+
+Records that cannot be read are quarantined with their reason (``bad_records =
+"quarantine"``, the default) or fail the file with an error naming file and record
+(``"fail"``); either way the count is reported, and a bad record never drops a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from typing import Iterator, Literal
+
+import polars as pl
+import pyarrow as pa
+from fsspec.core import url_to_fs
+from pydantic import BaseModel, Field
+
+from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256, write_table
+
+from . import readers
+from .readers import Batch, InputError
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step
+
+STAGE = "ingest"
+Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]
+EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
+
+DOCS_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("text", pa.large_string()), ("claimed_lang", pa.string()),
+    ("source", pa.string()), ("record", pa.int64()), ("meta", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("record", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+CONTROL_CHARS = r"[\p{Cc}--[\t\n]]"
+
+
+class Source(BaseModel):
+    """One input: a file, folder, glob or fsspec URL, or ``hf:NAME`` for ``datasets.load_dataset``."""
+
+    path: str
+    format: Format = "auto"
+    text_field: str = "text"
+    lang_field: str | None = "lang"
+    lang: str | None = Field(None, description="claimed language for records that carry none")
+    paragraphs: bool = Field(False, description="text files: one document per blank-line paragraph, not per line")
+    split: str | None = None
+    config: str | None = None
+    revision: str | None = None
+
+
+class IngestParams(BaseModel):
+    sources: list[Source]
+    part_mb: int = Field(256, description="roll over to a new Parquet part after this many MB of Arrow data")
+    bad_records: Literal["quarantine", "fail"] = "quarantine"
+
+
+# ---------------------------------------------------------------- planning: inputs -> units
+def plan(run: RunDir, params: IngestParams) -> list[Unit]:
+    """Expand every source into input files and make one fingerprinted unit per file."""
+    code = code_version(__name__)
+    units: list[Unit] = []
+    for source in params.sources:
+        for uri, rel, fmt in expand(source):
+            fp = _content_fingerprint(uri, fmt, source)
+            name = f"{_slug(rel)}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+            unit_params = {"source": source.model_dump(exclude={"path"}), "format": fmt, "rel": rel,
+                           "bad_records": params.bad_records, "part_mb": params.part_mb}
+            units.append(Unit(stage=STAGE, name=name, out=run.unit(STAGE, name).uri, code_version=code,
+                              params=unit_params, upstream={"input": fp}, inputs={"input": uri}))
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        raise InputError("the same input is listed twice across sources; list each file once")
+    return units
+
+
+def expand(source: Source) -> list[tuple[str, str, str]]:
+    """(uri, name within the source, format) for every input file the source names."""
+    if source.format == "hf" or source.path.startswith("hf:"):
+        name = source.path.removeprefix("hf:")
+        return [(name, f"hf-{name}-{source.config or ''}-{source.split or 'all'}", "hf")]
+    fs, path = url_to_fs(source.path)
+    if fs.isdir(path) and source.format in ("auto", "hf-disk") and _is_saved_dataset(fs, path):
+        return [(_uri(fs, path), posixpath.basename(path.rstrip("/")), "hf-disk")]
+    if any(ch in path for ch in "*?["):
+        found, base = sorted(fs.glob(path)), path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+    elif fs.isdir(path):
+        found, base = sorted(fs.find(path)), path.rstrip("/")
+    elif fs.exists(path):
+        found, base = [path], path.rsplit("/", 1)[0] if "/" in path else ""
+    else:
+        raise InputError(f"source {source.path!r}: no such file or folder; check the path "
+                         f"(relative paths start from the current folder) or the fsspec URL")
+    files = []
+    for p in found:
+        if fs.isdir(p) or posixpath.basename(p).startswith("."):
+            continue
+        fmt = source.format if source.format != "auto" else _format_of(p)
+        if fmt is None:
+            if source.format == "auto" and not fs.isdir(source.path) and "*" not in source.path:
+                raise InputError(f"{p}: unknown format; name one with format (text, jsonl, parquet, hf-disk, hf)")
+            continue  # folders and globs skip files they cannot read (README, licences)
+        rel = p[len(base):].lstrip("/") if base and p.startswith(base) else posixpath.basename(p)
+        files.append((_uri(fs, p), rel, fmt))
+    if not files:
+        raise InputError(f"source {source.path!r}: matched no readable input files "
+                         f"({', '.join(sorted(EXTENSIONS))}, optionally compressed {', '.join(COMPRESSIONS)})")
+    return files
+
+
+def _format_of(path: str) -> str | None:
+    p = path.lower()
+    for c in COMPRESSIONS:
+        p = p.removesuffix(c)
+    return EXTENSIONS.get(posixpath.splitext(p)[1])
+
+
+def _is_saved_dataset(fs, path: str) -> bool:
+    return fs.exists(f"{path}/state.json") or fs.exists(f"{path}/dataset_dict.json")
+
+
+def _uri(fs, path: str) -> str:
+    return Location.of(fs.unstrip_protocol(path)).uri if not isinstance(fs.protocol, str) or fs.protocol != "memory" else f"memory://{path.lstrip('/')}"
+
+
+def _slug(rel: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", rel)[-80:].strip("._") or "input"
+
+
+def _content_fingerprint(uri: str, fmt: str, source: Source) -> str:
+    if fmt == "hf":  # a hub dataset is known by name and revision; local folders by content
+        fs, path = url_to_fs(uri)
+        if fs.isdir(path):
+            return tree_sha256(fs, path)
+        return hash_json(["hf", uri, source.config, source.split, source.revision])
+    loc = Location(uri)
+    try:
+        return tree_sha256(loc.fs, loc.path) if fmt == "hf-disk" else file_sha256(loc.fs, loc.path)[0]
+    except (PermissionError, IsADirectoryError) as e:
+        raise InputError(f"{uri}: cannot be read ({e}); check its permissions") from e
+
+
+# ---------------------------------------------------------------- one unit: read -> normalise -> write
+def ingest_unit(unit: Unit) -> Ref:
+    """Read one input file and commit its documents (and quarantined records) to the unit's folder."""
+    source = Source(path=unit.inputs["input"], **unit.params["source"])
+    fmt, rel = unit.params["format"], unit.params["rel"]
+    strict = unit.params["bad_records"] == "fail"
+    part_bytes = unit.params["part_mb"] << 20
+
+    def build(aside: Aside) -> dict:
+        docs = PartWriter(aside.path, DOCS_SCHEMA, max_bytes=part_bytes)
+        quarantined: list[dict] = []
+        per_lang: dict[str, int] = {}
+        for batch in batches(unit.inputs["input"], fmt, source, readers.BATCH_ROWS):
+            for record, reason, raw in batch.bad:
+                if strict:
+                    raise InputError(f"{unit.inputs['input']}: {reason}. Fix the record, or set bad_records="
+                                     f"'quarantine' (--bad-records quarantine) to set it aside and go on")
+                quarantined.append({"source": rel, "record": record, "reason": reason, "raw": raw})
+            table = to_documents(batch, rel, source.lang)
+            for lang, n in pl.from_arrow(table.select(["claimed_lang"])).group_by("claimed_lang").len().fill_null("und").rows():
+                per_lang[lang] = per_lang.get(lang, 0) + n
+            docs.write(table)
+        docs.close()
+        n_docs = sum(per_lang.values())
+        if n_docs == 0 and not quarantined:
+            raise InputError(f"{unit.inputs['input']}: no documents found; check the format ({fmt}), "
+                             f"text_field ({source.text_field!r}) and that the file is not empty")
+        write_table(aside.path("quarantine.parquet"), pa.Table.from_pylist(quarantined, QUARANTINE_SCHEMA))
+        if quarantined:
+            logger().warning("%s: quarantined %d bad records (first: %s)", unit.inputs["input"], len(quarantined), quarantined[0]["reason"])
+        return {"documents": n_docs, "quarantined": len(quarantined), "claimed_lang": dict(sorted(per_lang.items()))}
+
+    return ensure(unit, build)
+
+
+def batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Iterator[Batch]:
+    """Stream one input as :class:`Batch` es, whatever its format."""
+    if fmt in ("hf", "hf-disk"):
+        yield from _dataset_batches(uri, fmt, source, batch_rows)
+        return
+    loc = Location(uri)
+    try:
+        with loc.fs.open(loc.path, "rb", compression="infer") as f:
+            if fmt == "text":
+                yield from readers.read_text(f, uri, source.paragraphs, batch_rows)
+            elif fmt == "jsonl":
+                yield from readers.read_jsonl(f, uri, source.text_field, source.lang_field, batch_rows)
+            elif fmt == "parquet":
+                schema, it = readers.parquet_batches(f, uri, batch_rows)
+                yield from readers.read_arrow(it, schema, uri, source.text_field, source.lang_field)
+            else:
+                raise InputError(f"{uri}: unknown format {fmt!r}")
+    except FileNotFoundError as e:
+        raise InputError(f"{uri}: file vanished while reading; check the source path") from e
+    except PermissionError as e:
+        raise InputError(f"{uri}: cannot be read ({e}); check its permissions") from e
+    except (EOFError, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{uri}: unreadable ({e}); is it truncated or in another compression format?") from e
+
+
+def _dataset_batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Iterator[Batch]:
+    import datasets
+
+    if fmt == "hf-disk":
+        ds = datasets.load_from_disk(uri)
+    else:  # a hub name (online users) or a local folder/builder such as "json" with data_files
+        ds = datasets.load_dataset(uri, source.config, split=source.split, revision=source.revision,
+                                   streaming=not Location.of(uri).is_dir() if "://" not in uri else True)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        splits = [source.split] if source.split else sorted(ds)
+        missing = [s for s in splits if s not in ds]
+        if missing:
+            raise InputError(f"{uri}: no split {missing[0]!r} (splits: {', '.join(sorted(ds))}); set split")
+        parts = [ds[s] for s in splits]
+    else:
+        parts = [ds]
+    for part in parts:
+        schema, it = readers.dataset_batches(part, batch_rows)
+        yield from readers.read_arrow(it, schema, uri, source.text_field, source.lang_field)
+
+
+def to_documents(batch: Batch, rel: str, default_lang: str | None) -> pa.Table:
+    """Columns of one batch -> the documents schema, normalised with vectorised polars calls."""
+    n = len(batch.text)
+    df = pl.DataFrame({
+        "text": pl.Series("text", batch.text, dtype=pl.String),
+        "claimed_lang": pl.Series("claimed_lang", batch.lang if batch.lang is not None else [None] * n, dtype=pl.String),
+        "record": pl.Series("record", batch.record, dtype=pl.Int64),
+        "meta": pl.Series("meta", batch.meta if batch.meta is not None else [None] * n, dtype=pl.String),
+    })
+    prefix = hashlib.blake2b(rel.encode(), digest_size=6).hexdigest()
+    df = df.with_columns(
+        pl.col("text").str.normalize("NFC").str.replace_all(CONTROL_CHARS, ""),
+        pl.col("claimed_lang").fill_null(pl.lit(default_lang, dtype=pl.String)),
+        pl.lit(rel).alias("source"),
+        pl.format("{}-{}", pl.lit(prefix), pl.col("record")).alias("doc_id"),
+    )
+    return df.select(DOCS_SCHEMA.names).to_arrow().cast(DOCS_SCHEMA)
+
+
+# ---------------------------------------------------------------- Prefect tasks
+plan_task = task(name="ingest-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+ingest_file = step(name="ingest-file")(ingest_unit)
+commit_task = step(name="ingest-commit")(commit_stage)
+
+
+def stage_for(run: RunDir, params: IngestParams, refs: list[Ref]) -> Unit:
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump())

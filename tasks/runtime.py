@@ -1,0 +1,172 @@
+"""How a stage's plain functions become Prefect tasks: units, exact caching, retries, logging.
+
+Conventions every stage follows (see README, "How it works"):
+
+* Work is cut into coarse **units** (one per input file or shard, never one per
+  document: a task run costs ~3-5 ms). A :class:`Unit` names its output folder and
+  carries its **fingerprint**: sha256 of the stage, the code of every module the
+  stage imports, its parameters and the content fingerprints of its inputs.
+* Tasks take and return units and :class:`Ref` (paths + fingerprints), never large
+  Python objects: Prefect walks task arguments.
+* :class:`OutputCache` keys a task by fingerprint + output location, and only while
+  that output is committed and intact; a deleted or corrupt output is a miss and is
+  rebuilt. :func:`ensure` makes the body itself idempotent, so a run whose Prefect
+  cache record is gone still does no work when the output is already committed.
+* Tasks retry with exponential backoff (I/O fails transiently on remote stores).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.tasks import exponential_backoff
+
+from xlmflow.storage import Aside, Location, Manifest, commit, committed, hash_json, read_manifest
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A committed output: where it is and what it is (its fingerprint)."""
+
+    uri: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a stage's work: its output folder and everything its bytes depend on."""
+
+    stage: str
+    name: str
+    out: str
+    code_version: str
+    params: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)  # input name -> content fingerprint
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> uri (not fingerprinted)
+
+    @property
+    def fingerprint(self) -> str:
+        return hash_json([self.stage, self.name, self.code_version, self.params, self.upstream])
+
+    @property
+    def ref(self) -> Ref:
+        return Ref(self.out, self.fingerprint)
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run, the ``xlmflow`` logger outside one."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # MissingContextError: called as a plain function
+        return logging.getLogger("xlmflow")
+
+
+def ensure(unit: Unit, build: Callable[[Aside], dict[str, Any] | None], adopt: list | None = None) -> Ref:
+    """Commit ``unit``'s output unless an intact one with the same fingerprint is there.
+
+    ``build`` writes files through the :class:`Aside` it is given and may return stats
+    for the manifest. ``adopt`` lists files already in place (a stage listing its units').
+    """
+    loc = Location(unit.out)
+    if committed(loc, unit.fingerprint) is not None:
+        logger().info("%s/%s: committed output matches fingerprint %s; nothing to do", unit.stage, unit.name, unit.fingerprint[:12])
+        return unit.ref
+    manifest = Manifest(stage=unit.stage, unit=unit.name, fingerprint=unit.fingerprint, code_version=unit.code_version,
+                        params=unit.params, upstream=unit.upstream, files=list(adopt or []))
+    with commit(loc, manifest) as aside:
+        manifest.stats = build(aside) or {}
+    logger().info("%s/%s: committed %d files (%s)", unit.stage, unit.name, len(manifest.files), _short(manifest.stats))
+    return unit.ref
+
+
+def unit_manifest(ref: Ref) -> Manifest:
+    m = read_manifest(Location(ref.uri))
+    if m is None or m.fingerprint != ref.fingerprint:
+        raise RuntimeError(f"{ref.uri}: expected a committed output with fingerprint {ref.fingerprint[:12]}")
+    return m
+
+
+class OutputCache(CachePolicy):
+    """Cache key = the ``unit`` argument's fingerprint + output location, while that output is intact.
+
+    Returning no key when the output is missing or corrupt makes Prefect run the task
+    (and persist nothing), so a deleted output is rebuilt, never served from cache.
+    """
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
+        unit = inputs.get("unit")
+        if not isinstance(unit, Unit):
+            return None
+        if committed(Location(unit.out), unit.fingerprint) is None:
+            return None
+        # the task name too: Prefect's cache records are shared by all tasks
+        return "xlmflow-" + hash_json([task_ctx.task.name, unit.fingerprint, unit.out])
+
+
+def step(name: str | None = None, retries: int = 2, **kwargs):
+    """``@task`` with xlmflow's conventions: output-aware cache, retries with backoff."""
+    return task(name=name, cache_policy=OutputCache(), persist_result=True, retries=retries,
+                retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5, **kwargs)
+
+
+def _short(stats: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str)))[:200]
+
+
+# ---------------------------------------------------------------- stage commits
+def stage_unit(stage_uri: str, stage: str, refs: list[Ref], code: str, params: dict[str, Any],
+               upstream: dict[str, str] | None = None) -> Unit:
+    """The unit that commits a whole stage: it depends on exactly its units' fingerprints."""
+    units = {_relative(stage_uri, r.uri): r.fingerprint for r in refs}
+    return Unit(stage=stage, name="_stage", out=stage_uri, code_version=code, params=params,
+                upstream={**(upstream or {}), **units})
+
+
+def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str, Any] | None] | None = None) -> Ref:
+    """Write the stage manifest last: every unit's files (bytes, sha256, rows) and summed stats.
+
+    Unit folders the stage no longer produces (their input was removed) are deleted
+    first; ``build`` may add stage-level files (a report, stats) and stats of its own.
+    """
+    stage_loc = Location(unit.out)
+    keep = {r.uri for r in refs}
+    for group in sorted({_relative(unit.out, r.uri).split("/")[0] for r in refs}):
+        gloc = stage_loc.child(group)
+        for p in gloc.fs.ls(gloc.path, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if gloc.child(name).uri not in keep and not name.startswith("."):
+                logger().info("%s: removing %s/%s (its input is gone)", unit.stage, group, name)
+                gloc.fs.rm(p, recursive=True)
+    manifests = [unit_manifest(r) for r in refs]
+    adopt = [replace(f, path=f"{_relative(unit.out, r.uri)}/{f.path}") for r, m in zip(refs, manifests) for f in m.files]
+
+    def build_stage(aside: Aside) -> dict[str, Any]:
+        extra = build(aside) if build else None
+        return sum_stats([m.stats for m in manifests]) | {"units": len(refs)} | (extra or {})
+
+    return ensure(unit, build_stage, adopt=adopt)
+
+
+def _relative(stage_uri: str, uri: str) -> str:
+    base = stage_uri.rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise ValueError(f"{uri} is not inside the stage folder {stage_uri}")
+    return uri[len(base):]
+
+
+def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up numbers key by key, recursing into nested dicts (per-language counts)."""
+    total: dict[str, Any] = {}
+    for s in stats:
+        for k, v in s.items():
+            if isinstance(v, dict):
+                total[k] = sum_stats([total.get(k, {}), v])
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))

@@ -1,0 +1,129 @@
+"""The ingest flow under a real (temporary) Prefect API: exact caching, rebuilds, kills, the CLI."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import task_states
+from xlmflow.flows.config import PipelineConfig
+from xlmflow.flows.pipeline import ingest_flow
+from xlmflow.storage import RunDir, load_output
+from xlmflow.tasks.ingest import IngestParams, Source
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for name, lang, lines in [("en.txt", "en", ["Hello world", "Good morning"]), ("fr.txt", "fr", ["Bonjour", "Salut"]),
+                              ("de.txt", "de", ["Guten Tag", "Hallo"])]:
+        (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+def config_for(corpus) -> PipelineConfig:
+    return PipelineConfig(ingest=IngestParams(sources=[Source(path=str(corpus), format="text")]))
+
+
+def run(run_dir, corpus):
+    return ingest_flow(run_dir=run_dir, config=config_for(corpus), return_state=True)
+
+
+def test_rerun_is_cached_one_changed_file_reruns_alone_deleted_output_rebuilt(prefect_api, run_dir, corpus):
+    first = task_states(run(run_dir, corpus))
+    assert first[("ingest-file", "Completed")] == 3 and first[("ingest-commit", "Completed")] == 1
+
+    run(run_dir, corpus)  # fills Prefect's cache records for outputs committed by the first run
+    third = task_states(run(run_dir, corpus))
+    assert third[("ingest-file", "Cached")] == 3 and third[("ingest-commit", "Cached")] == 1
+
+    (corpus / "fr.txt").write_text("Bonjour\nSalut\nAu revoir\n", encoding="utf-8")
+    changed = task_states(run(run_dir, corpus))
+    assert changed[("ingest-file", "Cached")] == 2 and changed[("ingest-file", "Completed")] == 1
+    assert changed[("ingest-commit", "Completed")] == 1
+    stage = load_output(RunDir.of(run_dir).stage("ingest"), "ingest")
+    assert stage.stats["documents"] == 7 and stage.stats["units"] == 3
+
+    victim = next(f for f in stage.files if f.path.endswith("part-00000.parquet"))
+    before = _mtimes(run_dir)
+    os.remove(Path(run_dir) / "ingest" / victim.path)
+    rebuilt = task_states(run(run_dir, corpus))
+    assert rebuilt[("ingest-file", "Cached")] >= 1  # the untouched units, whose records the last run wrote
+    after = _mtimes(run_dir)
+    rewritten = {p for p in after if after[p] != before.get(p)}
+    assert {p for p in rewritten if "/parts/" in p} == {p for p in after if victim.path.split("/")[1] in p}
+    assert load_output(RunDir.of(run_dir).stage("ingest")).file(victim.path).sha256 == victim.sha256
+
+
+def _mtimes(run_dir):
+    return {str(p): p.stat().st_mtime_ns for p in (Path(run_dir) / "ingest").rglob("*") if p.is_file()}
+
+
+def test_removed_input_file_removes_its_unit(prefect_api, run_dir, corpus):
+    run(run_dir, corpus)
+    (corpus / "de.txt").unlink()
+    run(run_dir, corpus)
+    run_ = RunDir.of(run_dir)
+    assert len(run_.unit_names("ingest")) == 2
+    assert load_output(run_.stage("ingest")).stats["claimed_lang"] == {"und": 4}
+
+
+def test_bad_record_fails_flow_with_named_file_when_strict(prefect_api, run_dir, corpus):
+    (corpus / "bad.txt").write_bytes(b"ok\n\xff\n")
+    cfg = config_for(corpus)
+    cfg.ingest.bad_records = "fail"
+    with pytest.raises(Exception, match=r"bad\.txt: invalid UTF-8 at byte 0 of line 2"):
+        ingest_flow(run_dir=run_dir, config=cfg)
+    cfg.ingest.bad_records = "quarantine"
+    ingest_flow(run_dir=run_dir, config=cfg)
+    assert load_output(RunDir.of(run_dir).stage("ingest")).stats["quarantined"] == 1
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "xlmflow.flows.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _stage_bytes(run_dir):
+    root = Path(run_dir) / "ingest"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_killed_run_resumes_to_the_same_bytes(tmp_path, corpus):
+    """SIGKILL the CLI once some units are committed; the rerun equals a run never killed."""
+    for i in range(12):
+        (corpus / f"extra{i}.txt").write_text("".join(f"line {i} {j} " * 20 + "\n" for j in range(3000)))
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    p = _cli("ingest", "--run-dir", clean, "--source", str(corpus), "--format", "text")
+    assert p.wait(timeout=300) == 0, p.stdout.read()
+
+    p = _cli("ingest", "--run-dir", killed, "--source", str(corpus), "--format", "text")
+    parts = Path(killed) / "ingest" / "parts"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(parts.glob("*/_manifest.json"))) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (Path(killed) / "ingest" / "_manifest.json").exists(), "killed too late to test anything"
+    p = _cli("ingest", "--run-dir", killed, "--source", str(corpus), "--format", "text")
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, out
+    assert _stage_bytes(killed) == _stage_bytes(clean)
+
+
+def test_cli_help_lists_stages():
+    out = subprocess.run([sys.executable, "-m", "xlmflow.flows.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and all(s in out.stdout for s in ("run", "ingest", "status"))
+
+
+def test_cli_reports_bad_source_clearly(tmp_path):
+    p = _cli("ingest", "--run-dir", str(tmp_path / "r"), "--source", str(tmp_path / "missing.jsonl"))
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 2
+    assert f"error: source {str(tmp_path / 'missing.jsonl')!r}: no such file or folder" in out
