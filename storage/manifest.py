@@ -116,3 +116,14 @@ def committed(loc: Location, fingerprint: str) -> Manifest | None:
     if m is None or m.fingerprint != fingerprint or problems(loc, m):
         return None
     return m
+
+
+def partitions(manifest: Manifest, group: str, key: str = "lang") -> dict[str, list[FileEntry]]:
+    """Files of a stage under ``<group>/<key>=<value>/``, by value: e.g. clean documents per language."""
+    found: dict[str, list[FileEntry]] = {}
+    prefix = f"{group}/{key}="
+    for f in manifest.files:
+        if f.path.startswith(prefix):
+            value = f.path[len(prefix):].split("/", 1)[0]
+            found.setdefault(value, []).append(f)
+    return dict(sorted(found.items()))

@@ -15,3 +15,29 @@ def task_states(flow_state) -> Counter:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return Counter((r.name.rsplit("-", 1)[0], r.state.name) for r in runs)
+
+
+def write_langid_stage(run_dir: str, docs_by_lang: dict[str, list[str]]):
+    """A committed ``langid`` stage as the langid stage leaves it, for tests of later stages.
+
+    Clean documents live in ``langid/clean/lang=<xx>/part-00000.parquet`` (columns at
+    least ``doc_id``, ``text``, ``lang``), one unit folder per language.
+    """
+    import pyarrow as pa
+
+    from xlmflow.storage import RunDir, code_version, write_table
+    from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit
+
+    run = RunDir.of(run_dir)
+    refs = []
+    for lang, texts in sorted(docs_by_lang.items()):
+        loc = run.unit("langid", f"lang={lang}", group="clean")
+        unit = Unit(stage="langid", name=f"lang={lang}", out=loc.uri, code_version="test", params={"texts": texts})
+        table = pa.table({"doc_id": [f"{lang}-{i}" for i in range(len(texts))],
+                          "text": pa.array(texts, pa.large_string()), "lang": [lang] * len(texts)})
+
+        def build(aside, table=table):
+            write_table(aside.path("part-00000.parquet"), table)
+            return {"documents": table.num_rows}
+        refs.append(ensure(unit, build))
+    return commit_stage(stage_unit(run.stage("langid").uri, "langid", refs, code_version("xlmflow.storage"), {}), refs)
