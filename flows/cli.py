@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args):
-    from .config import PipelineConfig
+    from xlmflow.flows.config import PipelineConfig
     from xlmflow.tasks.ingest import Source
 
     cfg = PipelineConfig.load(args.config)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from xlmflow.storage import ManifestError
     from xlmflow.tasks.readers import InputError
 
-    from .pipeline import FLOWS
+    from xlmflow.flows.pipeline import FLOWS
 
     fl = FLOWS[args.command]
     if args.dask:

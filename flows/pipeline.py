@@ -16,7 +16,7 @@ from xlmflow.storage import RunDir
 from xlmflow.tasks import ingest
 from xlmflow.tasks.runtime import Ref
 
-from .config import PipelineConfig
+from xlmflow.flows.config import PipelineConfig
 
 #: Units run on threads (the work is in Arrow/polars/fastText/tokenizers, which release the GIL);
 #: bounded, so memory stays bounded too. ``--dask`` swaps in a Dask cluster.
