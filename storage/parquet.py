@@ -16,6 +16,7 @@ from .layout import Location
 
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_BYTES = 64 << 20  # a row group is flushed at whichever bound comes first
 BATCH_ROWS = 16 * 1024
 
 
@@ -56,6 +57,7 @@ class PartWriter:
         self._bytes = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
@@ -65,8 +67,9 @@ class PartWriter:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
         self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
         self._bytes += table.nbytes
-        if self._pending_rows >= self.row_group_rows:
+        if self._pending_rows >= self.row_group_rows or self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
         if self._bytes >= self.max_bytes:
             self._close_part()
@@ -81,7 +84,7 @@ class PartWriter:
     def _flush(self) -> None:
         if self._pending:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self.row_group_rows)
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _close_part(self) -> None:
         if self._writer is not None:
