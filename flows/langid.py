@@ -1,0 +1,38 @@
+"""The langid flow: score (LID) and signal (quality) every ingest unit, filter it, dedup each language, write the clean partitions.
+
+Scores (the model) and decisions (thresholds, kept languages, quality rules) are
+separate units, so changing a threshold re-runs ``langid-filter`` and later tasks
+while ``langid-score`` stays cached.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from xlmflow.storage import RunDir
+from xlmflow.tasks import langid
+from xlmflow.tasks.langid import LangidParams
+from xlmflow.tasks.runtime import Ref, logger
+
+WORKERS = int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2))
+
+
+@flow(name="langid", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
+    params = params or LangidParams()
+    run = RunDir.of(run_dir)
+    score_units, signal_units, filter_units = langid.plan_task(run, params)
+    score_futures = langid.score_part.map(score_units)
+    signal_futures = langid.signals_part.map(signal_units)
+    filter_refs = [f.result() for f in langid.filter_part.map(filter_units, score_futures, signal_futures)]
+    dedup_units = langid.plan_dedup_task(run, params, filter_refs)
+    dedup_refs = [f.result() for f in langid.dedup_lang.map(dedup_units)]
+    clean_units = langid.plan_clean_task(run, dedup_units, dedup_refs)
+    clean_refs = [f.result() for f in langid.clean_lang.map(clean_units)]
+    refs = [f.result() for f in score_futures] + [f.result() for f in signal_futures] + filter_refs + dedup_refs + clean_refs
+    ref = langid.commit_task(langid.stage_for(run, params, refs), refs)
+    logger().info("langid: %d ingest units scored and filtered, %d languages clean", len(score_units), len(clean_refs))
+    return ref

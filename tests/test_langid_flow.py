@@ -1,0 +1,41 @@
+"""The langid flow under a real (temporary) Prefect API: a new threshold re-runs the filter, never the model."""
+
+import time
+from pathlib import Path
+
+import helpers
+from test_langid import DE, EN, FR, ZH, make_ingest
+from xlmflow.flows.langid import langid_flow
+from xlmflow.storage import RunDir, load_output, partitions
+from xlmflow.tasks.langid import LangidParams
+
+
+def task_states(state, timeout=30):
+    """helpers.task_states, once the API has recorded every task run's final state (written asynchronously)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return helpers.task_states(state)
+        except AttributeError:  # a task run without a state yet
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):
+    run_dir = str(tmp_path / "run")
+    make_ingest(run_dir, tmp_path, {"en": [(t, "en") for t in EN], "fr": [(t, "fr") for t in FR],
+                                    "de": [(t, "de") for t in DE], "zh": [(t, "zh") for t in ZH]})
+    params = LangidParams(min_lang_docs=1)
+    first = task_states(langid_flow(run_dir, params, return_state=True))
+    assert first[("langid-score", "Completed")] == 4 and first[("langid-commit", "Completed")] == 1
+    scores = sorted(Path(run_dir, "langid", "scores").rglob("*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in scores}
+    langid_flow(run_dir, params)  # fills Prefect's cache records for the committed outputs
+    stricter = task_states(langid_flow(run_dir, params.model_copy(update={"threshold": 0.9}), return_state=True))
+    assert stricter[("langid-score", "Cached")] == 4 and stricter[("langid-score", "Completed")] == 0
+    assert stricter[("langid-filter", "Completed")] == 4 and stricter[("langid-commit", "Completed")] == 1
+    assert {p: p.stat().st_mtime_ns for p in scores} == before, "the model's scores must not be rewritten"
+    stage = load_output(RunDir.of(run_dir).stage("langid"), "langid")
+    assert stage.params["threshold"] == 0.9 and set(partitions(stage, "clean")) <= {"de", "en", "fr", "zh"}
+    assert (Path(run_dir) / "langid" / "stats.json").exists()
