@@ -1,0 +1,291 @@
+"""The alignment table: every token id -> an anchor id, with the evidence and a score.
+
+Training can tie or initialise aligned tokens together; decoding is untouched (ids
+stay distinct in the tokenizer). Evidence, strongest first:
+
+* ``identical``: the same surface form up to the word-initial space (``Ġfile`` / ``file``);
+* ``normalised``: equal after casefolding and stripping accents (``Système`` / ``systeme``);
+* ``transliterated``: equal after a Cyrillic/Greek/Arabic -> Latin table as well (4+ letters);
+* ``translation``: mutual-best Dice pairs of word tokens co-occurring in aligned
+  segments of the parallel ``train`` files (non-en token -> en token); ``dictionary``:
+  pairs from a user TSV (src -> tgt, both single tokens);
+* ``shared``: a token used by two or more languages is its own anchor, recorded;
+  ``self``: no partner.
+
+Tokens grouped by form form a cluster whose representative is its smallest id;
+translation edges go from a non-en cluster to an en cluster only, so anchors never chain.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+from tokenizers import Tokenizer
+
+from xlmflow.storage import Location, read_table, write_table
+
+from .fairness import Usage, encode_ids, is_cjk
+
+PIVOT = "en"
+EVIDENCE_SCORE = {"identical": 1.0, "normalised": 0.9, "transliterated": 0.7}
+ALIGNMENT_SCHEMA = pa.schema([("token_id", pa.int32()), ("anchor_id", pa.int32()), ("evidence", pa.string()),
+                              ("score", pa.float32()), ("lang", pa.string()), ("anchor_lang", pa.string())])
+
+_CYRILLIC = dict(zip("абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґўђјљњћџ",
+                     "a b v g d e e zh z i j k l m n o p r s t u f h c ch sh shch  y  e yu ya i yi ye g u d j lj nj c dz".split(" ")))
+_GREEK = dict(zip("αβγδεζηθικλμνξοπρσςτυφχψω", "a v g d e z i th i k l m n x o p r s s t y f ch ps o".split()))
+_ARABIC = dict(zip("ابتثجحخدذرزسشصضطظعغفقكلمنهويءآأإةى",
+                   "a b t th j h kh d dh r z s sh s d t z a gh f q k l m n h w y a a a i h a".split()))
+TRANSLIT = str.maketrans({**_CYRILLIC, **_GREEK, **_ARABIC})
+
+
+# ---------------------------------------------------------------- token surfaces
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table, inverted (what the ByteLevel pre-tokenizer uses)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def surfaces(tok: Tokenizer) -> tuple[list[str | None], np.ndarray]:
+    """Each id's text (None for specials and partial UTF-8 sequences) and whether it starts a word (leading space)."""
+    table = _byte_decoder()
+    special = {t.content for t in tok.get_added_tokens_decoder().values()}
+    out: list[str | None] = [None] * tok.get_vocab_size()
+    for token, i in tok.get_vocab().items():
+        if token in special:
+            continue
+        try:
+            out[i] = bytes(table[ch] for ch in token).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            out[i] = None
+    initial = np.array([s is not None and s.startswith(" ") for s in out])
+    return out, initial
+
+
+def core(surface: str | None) -> str | None:
+    """The word part of a token: without one leading space; None unless all letters."""
+    if surface is None:
+        return None
+    c = surface[1:] if surface.startswith(" ") else surface
+    return c if c.isalpha() else None
+
+
+def fold(word: str) -> str:
+    """Casefold and strip combining marks (accents, Arabic harakat)."""
+    d = unicodedata.normalize("NFD", word.casefold())
+    return unicodedata.normalize("NFC", "".join(ch for ch in d if not unicodedata.combining(ch)))
+
+
+# ---------------------------------------------------------------- the table
+@dataclass
+class Edges:
+    """Directed candidate pairs source -> target (token ids) with evidence, score and the languages they came from."""
+
+    source: np.ndarray
+    target: np.ndarray
+    score: np.ndarray
+    evidence: list[str]
+    langs: list[tuple[str, str]]
+
+
+def form_clusters(cores: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Representative id per token (smallest id of its form group) and how it matched the representative."""
+    v = len(cores)
+    df = pl.DataFrame({"id": np.arange(v, dtype=np.int64), "core": cores})
+    df = df.filter(pl.col("core").is_not_null())
+    folded = [fold(c) for c in df["core"].to_list()]  # one entry per vocabulary id, not per document
+    translit = [f.translate(TRANSLIT) for f in folded]
+    df = df.with_columns(pl.Series("folded", folded), pl.Series("translit", translit))
+    df = df.with_columns(pl.when((pl.col("folded") == pl.col("translit")) | (pl.col("translit").str.len_chars() >= 4))
+                         .then(pl.col("translit")).otherwise(pl.col("folded")).alias("key"))
+    df = df.with_columns(pl.col("id").min().over("key").alias("rep"))
+    reps = df.select("id", "rep").join(df.select(pl.col("id").alias("rep"), pl.col("core").alias("rep_core"),
+                                                 pl.col("folded").alias("rep_folded")), on="rep")
+    reps = reps.join(df.select("id", "core", "folded"), on="id").with_columns(
+        pl.when(pl.col("id") == pl.col("rep")).then(pl.lit("self"))
+        .when(pl.col("core") == pl.col("rep_core")).then(pl.lit("identical"))
+        .when(pl.col("folded") == pl.col("rep_folded")).then(pl.lit("normalised"))
+        .otherwise(pl.lit("transliterated")).alias("how")).sort("id")
+    rep = np.arange(v, dtype=np.int64)
+    how = ["self"] * v
+    ids = reps["id"].to_numpy()
+    rep[ids] = reps["rep"].to_numpy()
+    for i, h in zip(ids.tolist(), reps["how"].to_list()):
+        how[i] = h
+    return rep, how
+
+
+def translation_edges(tok: Tokenizer, candidates: np.ndarray, train: "Parallel", langs: list[str],
+                      min_df: int, min_dice: float) -> Edges:
+    """Mutual-best Dice pairs (x in language X -> e in en) over the aligned segments of every train file."""
+    src, tgt, score, pair_langs = [], [], [], []
+    for x in [lang for lang in langs if lang != PIVOT]:
+        a_en, a_x = train.pair(PIVOT, x)
+        if a_en is None:
+            continue
+        a_en, a_x = a_en[:, candidates], a_x[:, candidates]
+        cand_ids = np.flatnonzero(candidates)
+        co = (a_x.T @ a_en).tocoo()  # x-token by en-token co-occurrence counts
+        df_x, df_en = np.asarray(a_x.sum(0)).ravel(), np.asarray(a_en.sum(0)).ravel()
+        keep = (co.data >= min_df) & (co.row != co.col) & (df_x[co.row] >= min_df) & (df_en[co.col] >= min_df)
+        r, c, n = co.row[keep], co.col[keep], co.data[keep].astype(np.float64)
+        dice = 2 * n / (df_x[r] + df_en[c])
+        ok = dice >= min_dice
+        r, c, dice = r[ok], c[ok], dice[ok]
+        if not len(r):
+            continue
+        d = sp.csr_matrix((dice, (r, c)), shape=co.shape)
+        best_en = np.asarray(d.argmax(axis=1)).ravel()
+        best_x = np.asarray(d.argmax(axis=0)).ravel()
+        mutual = (best_en[r] == c) & (best_x[c] == r)
+        src.append(cand_ids[r[mutual]])
+        tgt.append(cand_ids[c[mutual]])
+        score.append(dice[mutual])
+        pair_langs += [(x, PIVOT)] * int(mutual.sum())
+    if not src:
+        return Edges(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), [], [])
+    s = np.concatenate(src)
+    return Edges(s, np.concatenate(tgt), np.concatenate(score), ["translation"] * len(s), pair_langs)
+
+
+class Parallel:
+    """Parallel files as binary segment x token matrices, each language column encoded once.
+
+    ``pair(a, b)`` stacks, over every file holding both, the rows where both sides are
+    present and not copies of each other (untranslated segments would teach identity).
+    """
+
+    def __init__(self, tok: Tokenizer, files: list[Location]):
+        self.tok = tok
+        # ``id`` names the segment, not Indonesian: parallel files keep their key there
+        self.tables = [pl.from_arrow(read_table(loc)).drop("id", strict=False) for loc in files]
+        self._matrices: dict[tuple[int, str], sp.csr_matrix] = {}
+
+    def _matrix(self, i: int, lang: str) -> sp.csr_matrix:
+        if (i, lang) not in self._matrices:
+            texts = self.tables[i][lang].fill_null("").str.normalize("NFC").to_list()
+            self._matrices[(i, lang)] = presence(self.tok, texts)
+        return self._matrices[(i, lang)]
+
+    def rows(self, i: int, a: str, b: str) -> np.ndarray:
+        t = self.tables[i]
+        return t.select(pl.col(a).is_not_null() & pl.col(b).is_not_null() & (pl.col(a) != pl.col(b))).to_series().fill_null(False).to_numpy()
+
+    def pair(self, a: str, b: str) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
+        ma, mb = [], []
+        for i, t in enumerate(self.tables):
+            if a in t.columns and b in t.columns:
+                keep = self.rows(i, a, b)
+                ma.append(self._matrix(i, a)[keep])
+                mb.append(self._matrix(i, b)[keep])
+        if not ma or sum(m.shape[0] for m in ma) == 0:
+            return None, None
+        return sp.vstack(ma).tocsr(), sp.vstack(mb).tocsr()
+
+    def texts(self, a: str, b: str) -> tuple[list[str], list[str]]:
+        out_a, out_b = [], []
+        for i, t in enumerate(self.tables):
+            if a in t.columns and b in t.columns:
+                sel = t.filter(pl.Series(self.rows(i, a, b)))
+                out_a += sel[a].str.normalize("NFC").to_list()
+                out_b += sel[b].str.normalize("NFC").to_list()
+        return out_a, out_b
+
+
+def presence(tok: Tokenizer, texts: list[str], keep: np.ndarray | None = None) -> sp.csr_matrix:
+    """Binary segment x token matrix (which ids occur in each text), restricted to ``keep`` ids."""
+    ids, lengths = encode_ids(tok, texts)
+    rows = np.repeat(np.arange(len(texts)), lengths)
+    if keep is not None:
+        mask = keep[ids]
+        rows, ids = rows[mask], ids[mask]
+    m = sp.csr_matrix((np.ones(len(ids), np.float64), (rows, ids)), shape=(len(texts), tok.get_vocab_size()))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def dictionary_edges(tok: Tokenizer, loc: Location) -> Edges:
+    """src<TAB>tgt lines whose words are single tokens (as words inside a sentence): src -> tgt."""
+    with loc.open("rb") as f:
+        lines = f.read().decode("utf-8").splitlines()
+    rows = [ln.split("\t") for ln in lines if ln.strip() and not ln.startswith("#")]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) != 2]
+    if bad:
+        raise ValueError(f"{loc}: line {bad[0]} is not src<TAB>tgt; fix it or remove it")
+    src = [tok.encode(" " + s.strip()).ids for s, _ in rows]
+    tgt = [tok.encode(" " + t.strip()).ids for _, t in rows]
+    pairs = [(s[0], t[0]) for s, t in zip(src, tgt) if len(s) == 1 and len(t) == 1 and s[0] != t[0]]
+    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return Edges(arr[:, 0], arr[:, 1], np.ones(len(arr)), ["dictionary"] * len(arr), [("", "")] * len(arr))
+
+
+def build_alignment(tok: Tokenizer, usage: Usage, train: list[Location], dictionary: Location | None,
+                    min_df: int, min_dice: float) -> tuple[pa.Table, Edges]:
+    """The table (one row per id) and the translation/dictionary edges it used."""
+    v = tok.get_vocab_size()
+    texts, _ = surfaces(tok)
+    cores = [core(s) for s in texts]
+    rep, how = form_clusters(cores)
+    lang = usage.dominant()  # dominant language per id, None when unused
+    candidates = np.array([c is not None and (len(c) >= 2 or is_cjk(c)) for c in cores])
+    edges = translation_edges(tok, candidates, Parallel(tok, train), usage.langs, min_df, min_dice)
+    if dictionary is not None:
+        d = dictionary_edges(tok, dictionary)
+        edges = Edges(np.concatenate([d.source, edges.source]), np.concatenate([d.target, edges.target]),
+                      np.concatenate([d.score, edges.score]), d.evidence + edges.evidence, d.langs + edges.langs)
+    # cluster-level edges: the best-scoring one per source cluster, into a cluster that has none of its own
+    anchor = rep.copy()
+    evidence = list(how)
+    score = np.array([EVIDENCE_SCORE.get(h, 1.0) for h in how])
+    cluster_lang = cluster_languages(rep, usage)
+    order = np.lexsort((edges.target, -edges.score, rep[edges.source])) if len(edges.source) else np.zeros(0, np.int64)
+    moved: dict[int, tuple[int, float, str]] = {}
+    targets: set[int] = set()
+    for k in order.tolist():  # one loop step per candidate pair (hundreds to thousands), not per document
+        cs, ct = int(rep[edges.source[k]]), int(rep[edges.target[k]])
+        if cs == ct or cs in moved or cs in targets or ct in moved:
+            continue
+        if edges.evidence[k] == "translation" and (cluster_lang.get(cs) == PIVOT or cluster_lang.get(ct) != PIVOT):
+            continue
+        moved[cs] = (ct, float(edges.score[k]), edges.evidence[k])
+        targets.add(ct)
+    for t in range(v):
+        hop = moved.get(int(rep[t]))
+        if hop is not None:
+            anchor[t] = hop[0]
+            score[t] = score[t] * hop[1]
+            evidence[t] = hop[2] if how[t] in ("self", "identical") else f"{how[t]}+{hop[2]}"
+        elif anchor[t] == t and usage.languages_using(t) >= 2:
+            evidence[t] = "shared"
+            score[t] = usage.languages_using(t) / len(usage.langs)
+    table = pa.table({"token_id": pa.array(np.arange(v), pa.int32()), "anchor_id": pa.array(anchor, pa.int32()),
+                      "evidence": evidence, "score": pa.array(np.round(score, 4), pa.float32()),
+                      "lang": lang, "anchor_lang": [lang[a] for a in anchor.tolist()]}, schema=ALIGNMENT_SCHEMA)
+    return table, edges
+
+
+def cluster_languages(rep: np.ndarray, usage: Usage) -> dict[int, str]:
+    """Dominant language of each form cluster (relative frequencies summed over its members)."""
+    rel = usage.relative()  # L x V
+    summed = np.zeros_like(rel)
+    np.add.at(summed.T, rep, rel.T)
+    used = summed.sum(0) > 0
+    best = summed.argmax(0)
+    return {int(c): usage.langs[int(best[c])] for c in np.flatnonzero(used)}
+
+
+def write(loc: Location, table: pa.Table) -> None:
+    write_table(loc, table)

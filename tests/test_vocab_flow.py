@@ -1,0 +1,22 @@
+"""The vocab flow under a real (temporary) Prefect API: one unit, cached rerun, the report artifact."""
+
+from helpers import task_states, write_langid_stage
+from test_vocab import LANGS, corpus, params, parallel  # noqa: F401  (fixture)
+from xlmflow.flows.vocab import vocab_flow
+from xlmflow.storage import RunDir, load_output
+
+
+def test_flow_builds_caches_and_publishes_report(prefect_api, run_dir, parallel):  # noqa: F811
+    from prefect import get_client
+
+    write_langid_stage(run_dir, corpus())
+    first = task_states(vocab_flow(run_dir=run_dir, params=params(parallel), return_state=True))
+    assert first[("vocab-build", "Completed")] == 1
+    m = load_output(RunDir.of(run_dir).stage("vocab"), "vocab")
+    assert m.stats["languages"] == LANGS
+    vocab_flow(run_dir=run_dir, params=params(parallel))
+    third = task_states(vocab_flow(run_dir=run_dir, params=params(parallel), return_state=True))
+    assert third[("vocab-build", "Cached")] == 1
+    with get_client(sync_client=True) as client:
+        art = client.read_latest_artifacts() if hasattr(client, "read_latest_artifacts") else client.read_artifacts()
+    assert any(a.key == "vocab-report" and "cross-language pairs" in (a.data or "") for a in art)
