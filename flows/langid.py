@@ -7,20 +7,17 @@ while ``langid-score`` stays cached.
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from xlmflow.flows.config import task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import langid
 from xlmflow.tasks.langid import LangidParams
 from xlmflow.tasks.runtime import Ref, logger
 
-WORKERS = int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2))
 
 
-@flow(name="langid", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+@flow(name="langid", task_runner=task_runner())
 def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
     params = params or LangidParams()
     run = RunDir.of(run_dir)

@@ -1,45 +1,33 @@
-"""The flows: which task runs on what, in which order. No algorithms here.
+"""The whole pipeline: each stage's flow, in order. No algorithms here.
 
-Every stage is a flow of its own (so the CLI and deployments can trigger any single
-stage) and ``pipeline`` chains them. Units of a stage are mapped over the flow's task
-runner: threads by default, a Dask cluster with ``--dask`` (prefect-dask).
+Every stage is a flow of its own (``flows/<stage>.py``), so the CLI and deployments can
+trigger any single stage; ``pipeline`` chains them as subflows. Units of a stage are
+mapped over the flow's task runner: bounded threads by default, a Dask cluster with
+``--dask`` (prefect-dask).
 """
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from xlmflow.storage import RunDir
-from xlmflow.tasks import ingest
+from xlmflow.flows.config import PipelineConfig, task_runner
+from xlmflow.flows.ingest import ingest_flow
+from xlmflow.flows.langid import langid_flow
+from xlmflow.flows.shard import shard_flow
+from xlmflow.flows.vocab import vocab_flow
 from xlmflow.tasks.runtime import Ref
 
-from xlmflow.flows.config import PipelineConfig
-
-#: Units run on threads (the work is in Arrow/polars/fastText/tokenizers, which release the GIL);
-#: bounded, so memory stays bounded too. ``--dask`` swaps in a Dask cluster.
-WORKERS = int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2))
+#: stage name -> its flow, in pipeline order; each takes (run_dir, the PipelineConfig section of that name)
+STAGE_FLOWS = {"ingest": ingest_flow, "langid": langid_flow, "vocab": vocab_flow, "shard": shard_flow}
 
 
-def _runner() -> ThreadPoolTaskRunner:
-    return ThreadPoolTaskRunner(max_workers=WORKERS)
-
-
-@flow(name="ingest", task_runner=_runner())
-def ingest_flow(run_dir: str, config: PipelineConfig | None = None) -> Ref:
+@flow(name="pipeline", task_runner=task_runner())
+def pipeline(run_dir: str, config: PipelineConfig | None = None, dask: str | None = None) -> dict[str, Ref]:
+    """Every stage in order; ``dask`` (scheduler address or ``local``) runs their units on Dask."""
     config = config or PipelineConfig()
-    run = RunDir.of(run_dir)
-    units = ingest.plan_task(run, config.ingest)
-    refs = [f.result() for f in ingest.ingest_file.map(units)]
-    return ingest.commit_task(ingest.stage_for(run, config.ingest, refs), refs)
+    return {name: on(fl, dask)(run_dir, getattr(config, name)) for name, fl in STAGE_FLOWS.items()}
 
 
-@flow(name="pipeline", task_runner=_runner())
-def pipeline(run_dir: str, config: PipelineConfig | None = None) -> dict[str, Ref]:
-    config = config or PipelineConfig()
-    return {"ingest": ingest_flow(run_dir, config)}
-
-
-FLOWS = {"ingest": ingest_flow, "run": pipeline}
+def on(fl, dask: str | None):
+    """The stage flow with its units on Dask when asked, else as it is (bounded threads)."""
+    return fl.with_options(task_runner=task_runner(dask)) if dask else fl

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow, task
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from xlmflow.flows.config import task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import vocab
 from xlmflow.tasks.fairness import markdown
@@ -22,7 +20,7 @@ def publish_report(ref: Ref) -> None:
                              description=f"vocab {ref.fingerprint[:12]}")
 
 
-@flow(name="vocab", task_runner=ThreadPoolTaskRunner(max_workers=int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2))))
+@flow(name="vocab", task_runner=task_runner())
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
     params = params or vocab.VocabParams()
     unit = vocab.plan_task(RunDir.of(run_dir), params)

@@ -5,16 +5,25 @@ from __future__ import annotations
 from collections import Counter
 
 
-def task_states(flow_state) -> Counter:
-    """Counter of (task name prefix, final state name) for one flow run."""
-    from prefect import get_client
+def task_states(flow_state, timeout: float = 30) -> Counter:
+    """Counter of (task name prefix, final state name) for one flow run.
 
-    flow_run_id = flow_state.state_details.flow_run_id
+    The API records task-run states asynchronously, so this polls until every task run
+    of the flow run has a final state (or ``timeout`` seconds pass).
+    """
+    import time
+
+    from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.time() + timeout
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return Counter((r.name.rsplit("-", 1)[0], r.state.name) for r in runs)
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state is not None and r.state.is_final() for r in runs) or time.time() > deadline:
+                return Counter((r.name.rsplit("-", 1)[0], r.state.name if r.state else "Pending") for r in runs)
+            time.sleep(0.2)
 
 
 def write_langid_stage(run_dir: str, docs_by_lang: dict[str, list[str]]):

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import task_states
-from xlmflow.flows.config import PipelineConfig
-from xlmflow.flows.pipeline import ingest_flow
+from xlmflow.flows.ingest import ingest_flow
 from xlmflow.storage import RunDir, load_output
 from xlmflow.tasks.ingest import IngestParams, Source
 
@@ -26,12 +25,12 @@ def corpus(tmp_path):
     return d
 
 
-def config_for(corpus) -> PipelineConfig:
-    return PipelineConfig(ingest=IngestParams(sources=[Source(path=str(corpus), format="text")]))
+def params_for(corpus) -> IngestParams:
+    return IngestParams(sources=[Source(path=str(corpus), format="text")])
 
 
 def run(run_dir, corpus):
-    return ingest_flow(run_dir=run_dir, config=config_for(corpus), return_state=True)
+    return ingest_flow(run_dir=run_dir, params=params_for(corpus), return_state=True)
 
 
 def test_rerun_is_cached_one_changed_file_reruns_alone_deleted_output_rebuilt(prefect_api, run_dir, corpus):
@@ -75,12 +74,12 @@ def test_removed_input_file_removes_its_unit(prefect_api, run_dir, corpus):
 
 def test_bad_record_fails_flow_with_named_file_when_strict(prefect_api, run_dir, corpus):
     (corpus / "bad.txt").write_bytes(b"ok\n\xff\n")
-    cfg = config_for(corpus)
-    cfg.ingest.bad_records = "fail"
+    params = params_for(corpus)
+    params.bad_records = "fail"
     with pytest.raises(Exception, match=r"bad\.txt: invalid UTF-8 at byte 0 of line 2"):
-        ingest_flow(run_dir=run_dir, config=cfg)
-    cfg.ingest.bad_records = "quarantine"
-    ingest_flow(run_dir=run_dir, config=cfg)
+        ingest_flow(run_dir=run_dir, params=params)
+    params.bad_records = "quarantine"
+    ingest_flow(run_dir=run_dir, params=params)
     assert load_output(RunDir.of(run_dir).stage("ingest")).stats["quarantined"] == 1
 
 
@@ -119,7 +118,7 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path, corpus):
 
 def test_cli_help_lists_stages():
     out = subprocess.run([sys.executable, "-m", "xlmflow.flows.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and all(s in out.stdout for s in ("run", "ingest", "status"))
+    assert out.returncode == 0 and all(s in out.stdout for s in ("run", "ingest", "langid", "vocab", "shard", "status"))
 
 
 def test_cli_reports_bad_source_clearly(tmp_path):

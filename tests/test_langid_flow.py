@@ -1,25 +1,12 @@
 """The langid flow under a real (temporary) Prefect API: a new threshold re-runs the filter, never the model."""
 
-import time
 from pathlib import Path
 
-import helpers
+from helpers import task_states
 from test_langid import DE, EN, FR, ZH, make_ingest
 from xlmflow.flows.langid import langid_flow
 from xlmflow.storage import RunDir, load_output, partitions
 from xlmflow.tasks.langid import LangidParams
-
-
-def task_states(state, timeout=30):
-    """helpers.task_states, once the API has recorded every task run's final state (written asynchronously)."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            return helpers.task_states(state)
-        except AttributeError:  # a task run without a state yet
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):

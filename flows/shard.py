@@ -1,0 +1,25 @@
+"""The shard flow: plan shards from the clean corpus and the vocabulary, tokenise each shard as a task, commit.
+
+Shard units run on threads: the work is in pyarrow and tokenizers (Rust, its own
+thread pool), which release the GIL; bounded, so memory stays bounded too.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from xlmflow.flows.config import task_runner
+from xlmflow.storage import RunDir
+from xlmflow.tasks import shard
+from xlmflow.tasks.runtime import Ref
+from xlmflow.tasks.shard import ShardParams
+
+
+
+@flow(name="shard", task_runner=task_runner())
+def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
+    params = params or ShardParams()
+    run = RunDir.of(run_dir)
+    units = shard.plan_task(run, params)
+    refs = [f.result() for f in shard.shard_task.map(units)]
+    return shard.commit_task(shard.stage_for(run, params, refs), refs)

@@ -1,0 +1,475 @@
+"""Shards: clean documents -> tokenised train/valid Parquet shards that training streams.
+
+Each document becomes ``<lang:xx>`` + its tokens + ``<|endoftext|>`` in an ``input_ids``
+column (uint16 while the vocabulary fits, else uint32) next to ``n_tokens``, ``lang`` and
+``doc_id``. Files are plain Parquet (zstd, row groups of ~``row_group_tokens`` tokens so a
+streaming reader holds a few MB per open shard), read as they are by pyarrow, polars and
+``datasets.load_dataset("parquet", ...)``.
+
+Planning reads only the langid manifest and the ``doc_id`` column. A document is in the
+validation split when a seeded 63-bit hash of its id falls below a per-language
+threshold: ``valid_fraction`` of the hash range, raised when needed so every language has
+at least ``min_valid_docs`` (capped at half its documents). A document's split therefore
+depends only on its id, the seed and the size of its language, never on file order.
+Shards are contiguous runs of each language's documents in manifest order, holding
+``shard_docs`` documents of their split; every shard is one unit whose fingerprint covers
+the sha256 of the input files it reads, the tokenizer file's sha256, its row ranges and
+threshold, and the code - so same input, vocabulary and seed give the same bytes, and a
+changed input file rebuilds only the shards that read it. Order inside a shard is input
+order; shuffling is the loader's job (shard order per epoch, a shuffle buffer).
+
+Tokenisation runs ``Tokenizer.encode_batch_fast`` (Rust, multi-threaded, no offsets) on
+batches of texts; tags and end-of-text are added with numpy offsets, not per document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from functools import lru_cache
+from typing import Any, Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, Field
+from tokenizers import Tokenizer
+
+from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, partitions, read_manifest
+from xlmflow.storage.parquet import COMPRESSION
+from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
+
+from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step, unit_manifest
+
+# The vocab stage's contract (tasks/vocab.py defines the same strings).
+EOS = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+HASH_BITS = 63  # hashes fit a signed int64 and JSON without loss
+UINT16_VOCAB = 1 << 16
+
+
+def lang_tag(lang: str) -> str:
+    return f"<lang:{lang}>"
+
+
+class ShardParams(BaseModel):
+    valid_fraction: float = Field(0.01, ge=0.0, le=0.5, description="share of each language's documents held out")
+    min_valid_docs: int = Field(100, ge=0, description="at least this many validation documents per language "
+                                "(never more than half of a language)")
+    seed: int = Field(0, description="seeds the document-id hash that picks the split")
+    shard_docs: int = Field(100_000, ge=1, description="documents per shard (the last shard of a language holds the rest)")
+    row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
+    batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
+
+
+def shard_schema(ids_type: pa.DataType) -> pa.Schema:
+    return pa.schema([("input_ids", pa.list_(ids_type)), ("n_tokens", pa.int32()), ("lang", pa.string()),
+                      ("doc_id", pa.string())])
+
+
+def token_type(vocab_size: int) -> pa.DataType:
+    """uint16 while every id fits (vocab_size <= 65536), else uint32."""
+    return pa.uint16() if vocab_size <= UINT16_VOCAB else pa.uint32()
+
+
+# ---------------------------------------------------------------- split: a seeded hash of the document id
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, wrapping uint64 arithmetic, on a whole array."""
+    h = h + _GOLDEN
+    h = (h ^ (h >> np.uint64(30))) * _M1
+    h = (h ^ (h >> np.uint64(27))) * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def doc_hashes(doc_ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A stable 63-bit hash (int64) per id, computed on the Arrow buffers with numpy (no per-id Python).
+
+    Defined here, not by a library, so it never changes with a library version: the
+    ids' UTF-8 bytes are zero-padded to 8-byte words and folded through splitmix64
+    together with their length and the seed.
+    """
+    arr = pa.concat_arrays(doc_ids.chunks) if isinstance(doc_ids, pa.ChunkedArray) else doc_ids
+    arr = arr.cast(pa.large_binary())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    n_words = (lengths + 7) // 8
+    last = max(len(data) - 1, 0)
+    byte = np.arange(8)
+    h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ lengths.astype(np.uint64))
+    for j in range(int(n_words.max())):  # word j of every id at once; memory is 8 bytes per id, not per byte
+        pos = offsets[:-1, None] + (8 * j) + byte
+        chunk = np.where(pos < offsets[1:, None], data[np.minimum(pos, last)], 0).astype(np.uint8)
+        word = np.ascontiguousarray(chunk).view("<u8").ravel()
+        h = np.where(n_words > j, _mix(h ^ word), h)  # an id folds only its own words, whatever its batch-mates
+    return (h >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def valid_threshold(hashes_below: np.ndarray, n_docs: int, params: ShardParams) -> int:
+    """Hashes below the returned value are validation documents.
+
+    ``hashes_below`` must hold every hash under the fraction's threshold plus the
+    ``min_valid_docs`` smallest (what :func:`split_language` keeps).
+    """
+    by_fraction = int(params.valid_fraction * (1 << HASH_BITS))
+    n_fraction = int((hashes_below < by_fraction).sum())
+    n_valid = min(max(n_fraction, params.min_valid_docs), n_docs // 2)
+    if n_valid == n_fraction:
+        return by_fraction
+    if n_valid == 0:
+        return 0
+    return int(np.sort(hashes_below)[n_valid - 1]) + 1
+
+
+# ---------------------------------------------------------------- planning: langid manifest -> one unit per shard
+def plan(run: RunDir, params: ShardParams) -> list[Unit]:
+    """Split every language by doc-id hash and cut each split into shards of ``shard_docs`` documents."""
+    code = code_version(__name__)
+    langid_loc = run.stage("langid")
+    langid = load_output(langid_loc, "langid")
+    tok_sha, tok = _tokenizer_of(run)
+    ids_type = str(token_type(tok.get_vocab_size(with_added_tokens=True)))
+    units: list[Unit] = []
+    for lang, files in partitions(langid, "clean").items():
+        files = [f for f in files if f.path.endswith(".parquet")]
+        if tok.token_to_id(lang_tag(lang)) is None:
+            logger().warning("shards: language %r has clean documents but the vocabulary has no %s token; "
+                             "skipping it (the vocab stage did not keep it)", lang, lang_tag(lang))
+            continue
+        sizes = [f.rows or 0 for f in files]
+        threshold, valid_pos = split_language(langid_loc, [f.path for f in files], sum(sizes), params)
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        for split, cuts in (("train", _train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
+                            ("valid", _valid_cuts(valid_pos, params.shard_docs))):
+            for number, (lo, hi, docs) in enumerate(cuts):
+                ranges = _file_ranges(files, starts, lo, hi)
+                name = shard_name(lang, number)
+                unit_params = {"split": split, "lang": lang, "ranges": ranges, "threshold": threshold, "docs": docs,
+                               "seed": params.seed, "token_type": ids_type, "row_group_tokens": params.row_group_tokens,
+                               "batch_docs": params.batch_docs}
+                upstream = {"tokenizer": tok_sha} | {f"langid/{p}": langid.file(p).sha256 for p, _, _ in ranges}
+                units.append(Unit(stage=STAGE, name=f"{split}/{name}", out=run.unit(STAGE, name, group=split).uri,
+                                  code_version=code, params=unit_params, upstream=upstream,
+                                  inputs={"langid": langid_loc.uri, "vocab": run.stage("vocab").uri}))
+    if not units:
+        raise ValueError(f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
+                         f"check the langid and vocab stages")
+    return units
+
+
+def split_language(langid_loc: Location, paths: list[str], n_docs: int, params: ShardParams) -> tuple[int, np.ndarray]:
+    """(threshold, sorted positions of the validation documents within the language's row sequence).
+
+    Streams the ``doc_id`` column; keeps only candidates (hashes under the fraction's
+    threshold, and the running ``min_valid_docs`` smallest), so memory follows the
+    validation set, not the corpus.
+    """
+    by_fraction = int(params.valid_fraction * (1 << HASH_BITS))
+    keep_h, keep_pos = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    k = min(params.min_valid_docs, n_docs // 2)
+    row = 0
+    for path in paths:
+        for batch in _read(langid_loc.child(path), ["doc_id"], 1 << 16):
+            h = doc_hashes(batch.column(0), params.seed) if batch.num_rows else np.zeros(0, np.int64)
+            _check_ids(batch.column(0), langid_loc.child(path), row)
+            keep_h = np.concatenate([keep_h, h])
+            keep_pos = np.concatenate([keep_pos, np.arange(row, row + len(h), dtype=np.int64)])
+            cutoff = by_fraction
+            if k and len(keep_h) > k:
+                cutoff = max(cutoff, int(np.partition(keep_h, k - 1)[k - 1]) + 1)
+            elif k:
+                cutoff = 1 << HASH_BITS
+            mask = keep_h < cutoff
+            keep_h, keep_pos = keep_h[mask], keep_pos[mask]
+            row += len(h)
+    threshold = valid_threshold(keep_h, row, params)
+    return threshold, np.sort(keep_pos[keep_h < threshold])
+
+
+def _check_ids(ids: pa.Array, loc: Location, first_row: int) -> None:
+    if ids.null_count:
+        bad = first_row + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{loc}: row {bad} has no doc_id; the langid stage must give every document an id")
+
+
+def _train_cuts(valid_pos: np.ndarray, n_rows: int, per_shard: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, documents) of each train shard: ``per_shard`` train documents each."""
+    n_train = n_rows - len(valid_pos)
+    # train document j sits at row j + (number of validation rows before it)
+    before = valid_pos - np.arange(len(valid_pos))
+    starts = [j + int(np.searchsorted(before, j, side="right")) for j in range(0, n_train, per_shard)]
+    return [(lo, starts[i + 1] if i + 1 < len(starts) else n_rows, min(per_shard, n_train - i * per_shard))
+            for i, lo in enumerate(starts)]
+
+
+def _valid_cuts(valid_pos: np.ndarray, per_shard: int) -> list[tuple[int, int, int]]:
+    return [(int(valid_pos[i]), int(valid_pos[min(i + per_shard, len(valid_pos)) - 1]) + 1,
+             min(per_shard, len(valid_pos) - i)) for i in range(0, len(valid_pos), per_shard)]
+
+
+def _file_ranges(files, starts: np.ndarray, lo: int, hi: int) -> list[list]:
+    """Rows [lo, hi) of the language's row sequence as [path, first row, end row] per file."""
+    out = []
+    for f, s, e in zip(files, starts[:-1], starts[1:]):
+        a, b = max(lo, int(s)), min(hi, int(e))
+        if a < b:
+            out.append([f.path, a - int(s), b - int(s)])
+    return out
+
+
+def _tokenizer_of(run: RunDir) -> tuple[str, Tokenizer]:
+    vocab_loc = run.stage("vocab")
+    vocab = load_output(vocab_loc, "vocab")
+    try:
+        entry = vocab.file(TOKENIZER_FILE)
+    except KeyError:
+        raise ValueError(f"{vocab_loc}: the vocab stage lists no {TOKENIZER_FILE}; rerun the vocab stage") from None
+    return entry.sha256, load_tokenizer(vocab_loc)
+
+
+def load_tokenizer(vocab_loc: Location, sha256: str | None = None) -> Tokenizer:
+    """The vocabulary's tokenizer, with special-token strings inside texts encoded as plain text.
+
+    With ``sha256`` (the file's, from the vocab manifest) the parsed tokenizer is shared
+    by every shard of the process: parsing a large tokenizer.json costs more than a
+    small shard's tokenisation. A file that no longer matches is an error.
+    """
+    if sha256 is not None:
+        return _shared_tokenizer(vocab_loc.uri, sha256)
+    with vocab_loc.child(TOKENIZER_FILE).open("rb") as f:
+        tok = Tokenizer.from_str(f.read().decode("utf-8"))
+    tok.encode_special_tokens = True  # a document quoting "<|endoftext|>" must not end there
+    return tok
+
+
+@lru_cache(maxsize=4)
+def _shared_tokenizer(vocab_uri: str, sha256: str) -> Tokenizer:
+    loc = Location(vocab_uri).child(TOKENIZER_FILE)
+    with loc.open("rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{loc}: does not match the vocab manifest it was planned with; rerun the shard stage")
+    tok = Tokenizer.from_str(data.decode("utf-8"))
+    tok.encode_special_tokens = True
+    return tok
+
+
+def _read(loc: Location, columns: list[str], batch_rows: int, start: int = 0, stop: int | None = None) -> Iterator[pa.RecordBatch]:
+    """Rows [start, stop) of one Parquet file, skipping row groups outside the range."""
+    with loc.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{loc}: no column {missing[0]!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                             f"the langid stage must write doc_id and text")
+        stop = pf.metadata.num_rows if stop is None else stop
+        groups, row, first = [], 0, None
+        for i in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            if row < stop and row + n > start:
+                groups.append(i)
+                first = row if first is None else first
+            row += n
+        if not groups:
+            return
+        row = first
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+            lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
+            if lo < hi:
+                yield batch.slice(lo, hi - lo)
+            row += batch.num_rows
+
+
+# ---------------------------------------------------------------- one unit: read -> tokenise -> write
+def tokenize(tok: Tokenizer, texts: pa.Array | pa.ChunkedArray, tag_id: int, eos_id: int,
+             ids_type: pa.DataType) -> tuple[pa.ListArray, np.ndarray]:
+    """(``input_ids`` list array, token counts) for a batch of texts: tag + tokens + end-of-text.
+
+    Empty texts give 2 tokens (tag, end-of-text); the caller drops them.
+    """
+    encodings = tok.encode_batch_fast(pc.fill_null(texts, "").to_pylist(), add_special_tokens=False)
+    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+    dtype = ids_type.to_pandas_dtype()
+    content = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, int(lengths.sum()))
+    n_tokens = lengths + 2
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(n_tokens, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), dtype)
+    is_content = np.ones(len(flat), bool)
+    flat[offsets[:-1]] = tag_id
+    flat[offsets[1:] - 1] = eos_id
+    is_content[offsets[:-1]] = False
+    is_content[offsets[1:] - 1] = False
+    flat[is_content] = content
+    if offsets[-1] >= 1 << 31:
+        raise ValueError("a tokenised batch holds over 2**31 tokens; lower batch_docs")
+    ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, ids_type))
+    return ids, n_tokens.astype(np.int32)
+
+
+def shard_unit(unit: Unit) -> Ref:
+    """Tokenise one shard's documents (its row ranges, filtered to its split) into one Parquet file."""
+    p = unit.params
+    langid_loc, vocab_loc = Location(unit.inputs["langid"]), Location(unit.inputs["vocab"])
+    split, lang = p["split"], p["lang"]
+
+    def build(aside: Aside) -> dict[str, Any]:
+        tok = load_tokenizer(vocab_loc, unit.upstream["tokenizer"])
+        tag_id, eos_id = tok.token_to_id(lang_tag(lang)), tok.token_to_id(EOS)
+        if tag_id is None or eos_id is None:
+            raise ValueError(f"{vocab_loc}: the tokenizer lacks {lang_tag(lang) if tag_id is None else EOS}; rerun the vocab stage")
+        ids_type = pa.type_for_alias(p["token_type"])
+        if token_type(tok.get_vocab_size(with_added_tokens=True)) != ids_type:
+            raise ValueError(f"{vocab_loc}: the tokenizer changed since planning; rerun the shard stage")
+        number = int(unit.out.rstrip("/").rsplit("-", 1)[1])
+        name = shard_file(split, lang, number)
+        writer = RowGroupWriter(aside.path(name), shard_schema(ids_type), p["row_group_tokens"])
+        docs = empty = 0
+        for batch in _documents(langid_loc, p, p["batch_docs"]):
+            ids, n_tokens = tokenize(tok, batch.column("text"), tag_id, eos_id, ids_type)
+            keep = n_tokens > 2
+            empty += int((~keep).sum())
+            table = pa.table({"input_ids": ids, "n_tokens": n_tokens, "lang": pa.repeat(pa.scalar(lang), len(ids)),
+                              "doc_id": batch.column("doc_id")}, schema=writer.schema)
+            if not keep.all():
+                table = table.filter(pa.array(keep))
+            docs += table.num_rows
+            writer.write(table)
+        tokens = writer.close()
+        if docs + empty != p["docs"]:
+            raise RuntimeError(f"{unit.name}: read {docs + empty} documents, the plan says {p['docs']}; "
+                               f"the langid output changed while sharding: rerun")
+        if empty:
+            logger().warning("%s: dropped %d documents that tokenise to nothing", unit.name, empty)
+        return {"documents": {split: {lang: docs}}, "tokens": {split: {lang: tokens}}, "empty_dropped": empty,
+                "row_groups": writer.row_groups}
+
+    return ensure(unit, build)
+
+
+def _documents(langid_loc: Location, p: dict[str, Any], batch_docs: int) -> Iterator[pa.RecordBatch]:
+    """The shard's documents in input order, in batches of about ``batch_docs``, split by hash."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for path, start, stop in p["ranges"]:
+        for batch in _read(langid_loc.child(path), ["doc_id", "text"], batch_docs, start, stop):
+            _check_ids(batch.column(0), langid_loc.child(path), start)
+            is_valid = doc_hashes(batch.column(0), p["seed"]) < p["threshold"]
+            batch = batch.filter(pa.array(is_valid if p["split"] == "valid" else ~is_valid))
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= batch_docs:
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, rows = [], 0
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+class RowGroupWriter:
+    """One Parquet file whose row groups close at ~``group_tokens`` tokens, whatever the batch sizes."""
+
+    def __init__(self, loc: Location, schema: pa.Schema, group_tokens: int):
+        self.schema, self.group_tokens = schema, group_tokens
+        self._file = loc.open("wb")
+        self._writer = pq.ParquetWriter(self._file, schema, compression=COMPRESSION)
+        self._pending: list[pa.Table] = []
+        self._pending_tokens = 0
+        self.tokens = 0
+        self.row_groups = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+        if self._pending_tokens >= self.group_tokens:
+            table = pa.concat_tables(self._pending)
+            counts = table.column("n_tokens").to_numpy()
+            ends = np.cumsum(counts, dtype=np.int64)
+            cut, done = 0, 0
+            while ends[-1] - done >= self.group_tokens:
+                nxt = int(np.searchsorted(ends, done + self.group_tokens)) + 1  # first prefix reaching the target
+                self._write_group(table.slice(cut, nxt - cut))
+                done, cut = int(ends[nxt - 1]), nxt
+            rest = table.slice(cut)
+            self._pending, self._pending_tokens = ([rest], int(ends[-1] - done)) if rest.num_rows else ([], 0)
+
+    def _write_group(self, table: pa.Table) -> None:
+        self._writer.write_table(table.combine_chunks(), row_group_size=max(table.num_rows, 1))
+        self.tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+        self.row_groups += 1
+
+    def close(self) -> int:
+        """Write the last row group, finish the file; returns the tokens written."""
+        if self._pending:
+            self._write_group(pa.concat_tables(self._pending))
+        self._writer.close()
+        self._file.close()
+        return self.tokens
+
+
+# ---------------------------------------------------------------- the stage commit: manifest, index, totals
+def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
+    """The stage unit: its units' fingerprints plus the vocabulary's and the clean corpus's."""
+    vocab, langid = read_manifest(run.stage("vocab")), read_manifest(run.stage("langid"))
+    tok_sha = vocab.file(TOKENIZER_FILE).sha256 if vocab else ""
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump(),
+                      upstream={"vocab": vocab.fingerprint if vocab else "", "tokenizer": tok_sha,
+                                "langid": langid.fingerprint if langid else ""})
+
+
+def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
+    """Commit the stage: every shard file in the manifest, ``shards.json``, totals per split and language."""
+
+    def build(aside: Aside) -> dict[str, Any]:
+        rows, token_type_name = [], None
+        for ref in refs:
+            m = unit_manifest(ref)
+            token_type_name = m.params["token_type"]
+            split, lang = m.params["split"], m.params["lang"]
+            f = next(e for e in m.files if e.path.endswith(".parquet"))
+            rel = Location(ref.uri).child(f.path).uri[len(unit.out.rstrip("/")) + 1:]
+            rows.append({"path": rel, "split": split, "lang": lang, "rows": f.rows, "bytes": f.bytes,
+                         "sha256": f.sha256, "tokens": m.stats["tokens"][split][lang], "fingerprint": m.fingerprint})
+        rows.sort(key=lambda r: r["path"])
+        totals = _totals(rows)
+        index = {"tokenizer": {"file": TOKENIZER_FILE, "sha256": unit.upstream.get("tokenizer"),
+                               "vocab_fingerprint": unit.upstream.get("vocab")},
+                 "token_type": token_type_name, "shards": rows, "totals": totals}
+        with aside.path(INDEX).open("wb") as out:
+            out.write(_json(index))
+        return {"totals": totals, "tokens_total": sum(r["tokens"] for r in rows), "token_type": token_type_name,
+                "tokenizer_sha256": unit.upstream.get("tokenizer"), "languages": sorted({r["lang"] for r in rows})}
+
+    return commit_stage(unit, refs, build)
+
+
+def _totals(rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
+    df = pl.DataFrame(rows, schema={"split": pl.String, "lang": pl.String, "rows": pl.Int64, "tokens": pl.Int64,
+                                    "bytes": pl.Int64, "path": pl.String})
+    agg = df.group_by("split", "lang").agg(pl.len().alias("shards"), pl.col("rows").sum().alias("documents"),
+                                           pl.col("tokens").sum(), pl.col("bytes").sum()).sort("split", "lang")
+    out: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
+    for r in agg.iter_rows(named=True):
+        out[r["split"]][r["lang"]] = {k: r[k] for k in ("shards", "documents", "tokens", "bytes")}
+    return out
+
+
+def _json(obj: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+# ---------------------------------------------------------------- Prefect tasks
+plan_task = task(name="shard-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+shard_task = step(name="shard-file")(shard_unit)
+commit_task = step(name="shard-commit")(commit_shards)
