@@ -11,7 +11,7 @@ from prefect import flow
 from xlmflow.flows.config import task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import shard
-from xlmflow.tasks.runtime import Ref
+from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.shard import ShardParams
 
 
@@ -21,5 +21,5 @@ def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
     params = params or ShardParams()
     run = RunDir.of(run_dir)
     units = shard.plan_task(run, params)
-    refs = [f.result() for f in shard.shard_task.map(units)]
-    return shard.commit_task(shard.stage_for(run, params, refs), refs)
+    refs = [f.result() for f in submit_units(shard.shard_task, units)]
+    return run_unit(shard.commit_task, shard.stage_for(run, params, refs), refs)

@@ -8,7 +8,7 @@ from xlmflow.flows.config import task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import vocab
 from xlmflow.tasks.fairness import markdown
-from xlmflow.tasks.runtime import Ref
+from xlmflow.tasks.runtime import Ref, run_unit
 
 
 @task(name="vocab-report")
@@ -24,6 +24,6 @@ def publish_report(ref: Ref) -> None:
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
     params = params or vocab.VocabParams()
     unit = vocab.plan_task(RunDir.of(run_dir), params)
-    ref = vocab.vocab_task(unit)
+    ref = run_unit(vocab.vocab_task, unit)
     publish_report(ref)
     return ref

@@ -10,8 +10,10 @@ Conventions every stage follows (see README, "How it works"):
   Python objects: Prefect walks task arguments.
 * :class:`OutputCache` keys a task by fingerprint + output location, and only while
   that output is committed and intact; a deleted or corrupt output is a miss and is
-  rebuilt. :func:`ensure` makes the body itself idempotent, so a run whose Prefect
-  cache record is gone still does no work when the output is already committed.
+  rebuilt. Flows submit units with :func:`submit_units`, which refreshes the cache
+  record of every unit it is about to build, so the next run is a Prefect cache hit.
+  :func:`ensure` makes the body itself idempotent, so a run whose Prefect cache record
+  is gone still does no work when the output is already committed.
 * Tasks retry with exponential backoff (I/O fails transiently on remote stores).
 """
 
@@ -93,20 +95,38 @@ def unit_manifest(ref: Ref) -> Manifest:
 
 
 class OutputCache(CachePolicy):
-    """Cache key = the ``unit`` argument's fingerprint + output location, while that output is intact.
+    """Cache key = task name + the ``unit`` argument's fingerprint + output location.
 
-    Returning no key when the output is missing or corrupt makes Prefect run the task
-    (and persist nothing), so a deleted output is rebuilt, never served from cache.
+    The key is given only while that output is committed and intact, or when the task
+    runs with ``refresh_cache`` (it is about to rebuild the output and will overwrite the
+    record). Otherwise there is no key: Prefect runs the task and persists nothing, so a
+    deleted or corrupt output is rebuilt, never served from cache.
     """
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         unit = inputs.get("unit")
         if not isinstance(unit, Unit):
             return None
-        if committed(Location(unit.out), unit.fingerprint) is None:
+        if not task_ctx.task.refresh_cache and committed(Location(unit.out), unit.fingerprint) is None:
             return None
         # the task name too: Prefect's cache records are shared by all tasks
         return "xlmflow-" + hash_json([task_ctx.task.name, unit.fingerprint, unit.out])
+
+
+def submit_units(step_task, units: list[Unit], *per_unit: list) -> list:
+    """Submit one task run per unit (``per_unit``: further arguments, one list each, aligned with ``units``).
+
+    A unit whose output is not committed yet runs with ``refresh_cache``, so the run that
+    builds it also writes its cache record and the next run is a Prefect cache hit.
+    """
+    fresh = step_task.with_options(refresh_cache=True)
+    return [(step_task if committed(Location(u.out), u.fingerprint) else fresh).submit(u, *args)
+            for u, *args in zip(units, *per_unit)]
+
+
+def run_unit(step_task, unit: Unit, *args):
+    """One unit's task run, waited for (a stage commit, say); see :func:`submit_units`."""
+    return submit_units(step_task, [unit], *[[a] for a in args])[0].result()
 
 
 def step(name: str | None = None, retries: int = 2, **kwargs):
