@@ -20,6 +20,7 @@ PACKAGE_ROOT = _Path(__file__).resolve().parent
 def _prefect_defaults() -> None:
     home = _os.environ.get("XLMFLOW_PREFECT_HOME") or _os.environ.get("PREFECT_HOME")
     _os.environ.setdefault("PREFECT_HOME", home or str(_Path.home() / ".xlmflow" / "prefect"))
+    _os.makedirs(_os.path.expanduser(_os.environ["PREFECT_HOME"]), exist_ok=True)  # Prefect makes only the last level
     if not _os.environ.get("PREFECT_API_URL"):
         _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
         # the temporary server's shutdown races its event recorder and prints tracebacks

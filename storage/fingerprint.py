@@ -15,9 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 CHUNK = 4 << 20
+HASH_BITS = 63  # stable_hashes fit a signed int64 and JSON without loss
 OUR_PACKAGES = ("xlmflow",)
 
 
@@ -45,6 +49,50 @@ def tree_sha256(fs, path: str) -> str:
     """Fingerprint of every file below a folder: relative names and contents."""
     files = sorted(p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith("."))
     return hash_json([[p[len(path.rstrip("/")) + 1:], file_sha256(fs, p)[0]] for p in files])
+
+
+_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, wrapping uint64 arithmetic, on a whole array."""
+    h = h + _GOLDEN
+    h = (h ^ (h >> np.uint64(30))) * _M1
+    h = (h ^ (h >> np.uint64(27))) * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def stable_hashes(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A stable 63-bit hash (int64) per string (a null hashes as ""), vectorised over Arrow buffers.
+
+    Defined here, not by a library, so it never changes with a library version or
+    process (unlike Python's or polars' ``hash``): the UTF-8 bytes are zero-padded to
+    8-byte words and folded through splitmix64 together with their length and the seed.
+    Used wherever a document id must pick something reproducibly (a split, a sample).
+    """
+    arr = pc.fill_null(strings, "")
+    arr = (pa.concat_arrays(arr.chunks) if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_binary())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    n_words = (lengths + 7) // 8
+    last = max(len(data) - 1, 0)
+    byte = np.arange(8)
+    h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ lengths.astype(np.uint64))
+    for j in range(int(n_words.max())):  # word j of every id at once; memory is 8 bytes per id, not per byte
+        pos = offsets[:-1, None] + (8 * j) + byte
+        chunk = np.where(pos < offsets[1:, None], data[np.minimum(pos, last)], 0).astype(np.uint8)
+        word = np.ascontiguousarray(chunk).view("<u8").ravel()
+        h = np.where(n_words > j, _mix(h ^ word), h)  # an id folds only its own words, whatever its batch-mates
+    return (h >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def stable_uniform(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per string, a pure function of (seed, string)."""
+    return stable_hashes(strings, seed).astype(np.float64) / float(1 << HASH_BITS)
 
 
 def code_version(*modules: str) -> str:

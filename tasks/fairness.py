@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from tokenizers import Tokenizer
 
-from xlmflow.storage import FileEntry, Location, read_batches, read_table
+from xlmflow.storage import FileEntry, Location, read_batches, read_table, stable_uniform
 
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}
 WORD = r"[\p{L}\p{M}\p{N}]+"
@@ -69,7 +69,6 @@ class Usage:
 def language_usage(tok: Tokenizer, stage: Location, files: dict[str, list[FileEntry]], docs_per_lang: int,
                    seed: int, batch_rows: int) -> Usage:
     """Encode up to ``docs_per_lang`` hash-sampled documents per language and measure them."""
-    from .vocab import stable_uniform
 
     langs = sorted(files)
     v = tok.get_vocab_size()

@@ -39,7 +39,8 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, partitions, read_manifest
+from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, partitions, read_manifest, stable_hashes
+from xlmflow.storage.fingerprint import HASH_BITS
 from xlmflow.storage.parquet import COMPRESSION
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
 
@@ -48,7 +49,6 @@ from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step, 
 # The vocab stage's contract (tasks/vocab.py defines the same strings).
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
-HASH_BITS = 63  # hashes fit a signed int64 and JSON without loss
 UINT16_VOCAB = 1 << 16
 
 
@@ -77,44 +77,6 @@ def token_type(vocab_size: int) -> pa.DataType:
 
 
 # ---------------------------------------------------------------- split: a seeded hash of the document id
-_M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, wrapping uint64 arithmetic, on a whole array."""
-    h = h + _GOLDEN
-    h = (h ^ (h >> np.uint64(30))) * _M1
-    h = (h ^ (h >> np.uint64(27))) * _M2
-    return h ^ (h >> np.uint64(31))
-
-
-def doc_hashes(doc_ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """A stable 63-bit hash (int64) per id, computed on the Arrow buffers with numpy (no per-id Python).
-
-    Defined here, not by a library, so it never changes with a library version: the
-    ids' UTF-8 bytes are zero-padded to 8-byte words and folded through splitmix64
-    together with their length and the seed.
-    """
-    arr = pa.concat_arrays(doc_ids.chunks) if isinstance(doc_ids, pa.ChunkedArray) else doc_ids
-    arr = arr.cast(pa.large_binary())
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
-    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    n_words = (lengths + 7) // 8
-    last = max(len(data) - 1, 0)
-    byte = np.arange(8)
-    h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ lengths.astype(np.uint64))
-    for j in range(int(n_words.max())):  # word j of every id at once; memory is 8 bytes per id, not per byte
-        pos = offsets[:-1, None] + (8 * j) + byte
-        chunk = np.where(pos < offsets[1:, None], data[np.minimum(pos, last)], 0).astype(np.uint8)
-        word = np.ascontiguousarray(chunk).view("<u8").ravel()
-        h = np.where(n_words > j, _mix(h ^ word), h)  # an id folds only its own words, whatever its batch-mates
-    return (h >> np.uint64(64 - HASH_BITS)).astype(np.int64)
-
-
 def valid_threshold(hashes_below: np.ndarray, n_docs: int, params: ShardParams) -> int:
     """Hashes below the returned value are validation documents.
 
@@ -180,7 +142,7 @@ def split_language(langid_loc: Location, paths: list[str], n_docs: int, params: 
     row = 0
     for path in paths:
         for batch in _read(langid_loc.child(path), ["doc_id"], 1 << 16):
-            h = doc_hashes(batch.column(0), params.seed) if batch.num_rows else np.zeros(0, np.int64)
+            h = stable_hashes(batch.column(0), params.seed) if batch.num_rows else np.zeros(0, np.int64)
             _check_ids(batch.column(0), langid_loc.child(path), row)
             keep_h = np.concatenate([keep_h, h])
             keep_pos = np.concatenate([keep_pos, np.arange(row, row + len(h), dtype=np.int64)])
@@ -364,7 +326,7 @@ def _documents(langid_loc: Location, p: dict[str, Any], batch_docs: int) -> Iter
     for path, start, stop in p["ranges"]:
         for batch in _read(langid_loc.child(path), ["doc_id", "text"], batch_docs, start, stop):
             _check_ids(batch.column(0), langid_loc.child(path), start)
-            is_valid = doc_hashes(batch.column(0), p["seed"]) < p["threshold"]
+            is_valid = stable_hashes(batch.column(0), p["seed"]) < p["threshold"]
             batch = batch.filter(pa.array(is_valid if p["split"] == "valid" else ~is_valid))
             pending.append(batch)
             rows += batch.num_rows

@@ -36,7 +36,8 @@ from pydantic import BaseModel, Field
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from xlmflow import PACKAGE_ROOT
-from xlmflow.storage import Aside, FileEntry, Location, RunDir, code_version, file_sha256, load_output, partitions, read_batches
+from xlmflow.storage import (Aside, FileEntry, Location, RunDir, code_version, file_sha256, load_output, partitions, read_batches,
+                             stable_uniform)
 
 from .runtime import Ref, Unit, ensure, logger
 
@@ -140,36 +141,6 @@ def sampling_rates(chars: dict[str, int], alpha: float, sample_chars: int | None
     total = float(sample_chars or n.sum())
     rate = q * total / n
     return {lang: {"p": float(p[i]), "q": float(q[i]), "rate": float(rate[i])} for i, lang in enumerate(langs)}
-
-
-_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
-
-
-def stable_uniform(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """A uniform [0, 1) number per string, a pure function of (seed, string): FNV-1a + splitmix64, in numpy.
-
-    Vectorised over the batch (one numpy pass per byte position), stable across
-    processes and library versions, unlike Python's ``hash`` or polars' ``hash``.
-    """
-    arr = pc.fill_null(ids, "")
-    arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_binary())
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + n + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(1, np.uint8)
-    starts, lens = offsets[:-1], np.diff(offsets)
-    with np.errstate(over="ignore"):
-        h = np.full(n, _FNV_OFFSET ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-        for j in range(int(lens.max(initial=0))):
-            live = lens > j
-            h[live] = (h[live] ^ data[starts[live] + j].astype(np.uint64)) * _FNV_PRIME
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def copies(ids: pa.Array | pa.ChunkedArray, rate: float, seed: int) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 from shard_fixtures import corpus, make_inputs
 from xlmflow.storage import ManifestError, RunDir, load_output
 from xlmflow.storage import shards as shard_store
-from xlmflow.tasks.shard import (EOS, ShardParams, commit_shards, doc_hashes, plan, shard_unit, stage_for, token_type,
+from xlmflow.storage import stable_hashes
+from xlmflow.tasks.shard import (EOS, ShardParams, commit_shards, plan, shard_unit, stage_for, token_type,
                                  tokenize)
 
 SIZES = {"en": 400, "fr": 250, "zh": 30}
@@ -65,7 +66,7 @@ def test_split_by_doc_id_hash_with_minimum_per_language(built):
     # the split is a function of (doc id, seed) alone for the fraction part: the same ids rank the same
     for lang in ("en", "fr"):
         ids = pa.array([f"{lang}-{i}" for i in range(SIZES[lang])])
-        h = doc_hashes(ids, PARAMS.seed)
+        h = stable_hashes(ids, PARAMS.seed)
         chosen = {f"{lang}-{i}" for i in np.flatnonzero(h < int(PARAMS.valid_fraction * (1 << 63)))}
         assert chosen <= {d for d, lg in zip(valid["doc_id"], valid["lang"]) if lg == lang}
     # train shards hold shard_docs documents each, the last the rest; order is input order
@@ -76,16 +77,16 @@ def test_split_by_doc_id_hash_with_minimum_per_language(built):
     assert en == sorted(en)
 
 
-def test_doc_hashes_are_stable_seeded_and_spread():
+def test_stable_hashes_are_stable_seeded_and_spread():
     ids = pa.array([f"doc-{i}" for i in range(20000)] + ["", "a" * 100])
-    h = doc_hashes(ids, 0)
+    h = stable_hashes(ids, 0)
     assert h.dtype == np.int64 and (h >= 0).all() and len(set(h.tolist())) == len(h)
-    assert np.array_equal(h[:5], doc_hashes(ids.slice(0, 5), 0))  # slices and batch boundaries do not matter
-    assert not np.array_equal(h, doc_hashes(ids, 1))
+    assert np.array_equal(h[:5], stable_hashes(ids.slice(0, 5), 0))  # slices and batch boundaries do not matter
+    assert not np.array_equal(h, stable_hashes(ids, 1))
     assert 0.04 < (h < (1 << 63) // 20).mean() < 0.06
-    assert doc_hashes(pa.array(["abc"]), 7)[0] == doc_hashes(pa.chunked_array([["x", "abc"]]), 7)[1]
+    assert stable_hashes(pa.array(["abc"]), 7)[0] == stable_hashes(pa.chunked_array([["x", "abc"]]), 7)[1]
     # pinned: a different value would silently move documents between train and valid
-    assert doc_hashes(pa.array(["abc", "", "doc-123456789-xyz"]), 0).tolist() == [
+    assert stable_hashes(pa.array(["abc", "", "doc-123456789-xyz"]), 0).tolist() == [
         1890309403025573435, 8147104208329303767, 3525021581473985947]
 
 

@@ -10,7 +10,8 @@ import pytest
 from helpers import write_langid_stage
 from xlmflow.storage import RunDir, load_output, read_table
 from xlmflow.tasks import alignment, vocab
-from xlmflow.tasks.vocab import VocabParams, build_vocab, plan, sampling_rates, stable_uniform
+from xlmflow.storage import stable_uniform
+from xlmflow.tasks.vocab import VocabParams, build_vocab, plan, sampling_rates
 
 LANGS = ["de", "en", "fr", "ru", "zh"]
 EN = ["The file is saved.", "Open the file and save it.", "The system starts.", "Select the table.",
