@@ -51,7 +51,8 @@ from pydantic import BaseModel, Field
 
 from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, load_output, read_batches, read_table
 
-from . import dedup, quality
+from . import dedup, parallel, quality
+from .parallel import DEMO_PARALLEL, parallel_files
 from .dedup import DedupParams
 from .quality import QualityParams
 from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step, sum_stats, unit_manifest
@@ -85,6 +86,8 @@ class LangidParams(BaseModel):
     mismatch: Literal["relabel", "drop"] = Field("relabel", description="claimed != detected: relabel, or drop")
     fix_zh_ja: bool = Field(True, description="a `ja` label on text without kana becomes `zh`")
     min_lang_docs: int = Field(100, ge=0, description="languages with fewer clean documents are dropped")
+    holdout: str | None = Field(str(DEMO_PARALLEL), description="folder of parallel sets whose <set>.eval.parquet "
+                                "segments are held out: documents repeating one are rejected (eval_holdout); None = off")
     quality: QualityParams = Field(default_factory=QualityParams)
     dedup: DedupParams = Field(default_factory=DedupParams)
 
@@ -172,8 +175,12 @@ def normalise_lang(code: pl.Expr) -> pl.Expr:
     return base.replace(CLAIM_ALIASES)
 
 
-def decide(df: pl.DataFrame, params: LangidParams) -> pl.DataFrame:
-    """Adds ``lang``, ``lid_prob``, ``confident`` and ``reason`` (null = kept) to scores (+ claimed_lang)."""
+def decide(df: pl.DataFrame, params: LangidParams, holdout: pl.Series | None = None) -> pl.DataFrame:
+    """Adds ``lang``, ``lid_prob``, ``confident`` and ``reason`` (null = kept) to scores (+ claimed_lang).
+
+    ``holdout``: normalised held-out segments (see :func:`holdout_segments`); a document
+    equal to one is rejected first, as ``eval_holdout``, whatever else is true of it.
+    """
     top = pl.col("lid_labels").list.first()
     lang = pl.when(params.fix_zh_ja & (top == "ja") & ~pl.col("has_kana")).then(pl.lit("zh")).otherwise(top)
     df = df.with_columns(lang.alias("lang"), pl.col("lid_probs").list.first().alias("lid_prob"),
@@ -183,7 +190,9 @@ def decide(df: pl.DataFrame, params: LangidParams) -> pl.DataFrame:
     confident = pl.col("lid_prob").fill_null(0) >= thr
     keep = pl.lit(True) if params.keep_langs is None else pl.col("lang").is_in(sorted(params.keep_langs))
     mismatched = pl.col("claimed_norm").is_not_null() & (pl.col("claimed_norm") != pl.col("lang"))
-    reason = (pl.when(length.is_not_null()).then(length)
+    held = pl.lit(False) if holdout is None else dedup.normalise(pl.col("text")).is_in(holdout.implode())
+    reason = (pl.when(held).then(pl.lit("eval_holdout"))
+              .when(length.is_not_null()).then(length)
               .when(~confident).then(pl.lit("lid_low_confidence"))
               .when(~keep).then(pl.lit("lang_not_kept"))
               .when(pl.lit(params.mismatch == "drop") & mismatched).then(pl.lit("lang_mismatch"))
@@ -219,6 +228,9 @@ def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], lis
     code = code_version(__name__)
     score_params = {"model": model_fingerprint(path), "top_k": params.top_k, "lid_max_chars": params.lid_max_chars}
     filter_params = params.model_dump(include={"threshold", "thresholds", "keep_langs", "mismatch", "fix_zh_ja", "quality"})
+    held = {f"holdout/{loc.name}": loc for _, loc in parallel_files(params.holdout, ("eval",))}
+    held_upstream = {k: file_sha256(loc.fs, loc.path)[0] for k, loc in held.items()}
+    held_inputs = {k: loc.uri for k, loc in held.items()}
     scores, signals, filters = [], [], []
     for unit in sorted(parts):
         files = parts[unit]
@@ -231,8 +243,9 @@ def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], lis
         scores.append(s)
         signals.append(q)
         filters.append(Unit(stage=STAGE, name=unit, out=run.unit(STAGE, unit, group="filter").uri, code_version=code,
-                            params=filter_params, upstream={"scores": s.fingerprint, "signals": q.fingerprint, **docs_upstream},
-                            inputs={**docs_inputs, "scores": s.out, "signals": q.out}))
+                            params=filter_params, upstream={"scores": s.fingerprint, "signals": q.fingerprint,
+                                                            **docs_upstream, **held_upstream},
+                            inputs={**docs_inputs, **held_inputs, "scores": s.out, "signals": q.out}))
     return scores, signals, filters
 
 
@@ -324,6 +337,7 @@ def filter_unit(unit: Unit, scores: Ref | None = None, signals: Ref | None = Non
     """Decide every document of one ingest unit: kept (by language) or rejected with its reason."""
     params = LangidParams(**unit.params)
     scores_loc, signals_loc = Location(unit.inputs["scores"]), Location(unit.inputs["signals"])
+    holdout = holdout_segments([Location(uri) for k, uri in sorted(unit.inputs.items()) if k.startswith("holdout/")])
 
     def build(aside: Aside) -> dict:
         kept: dict[str, PartWriter] = {}
@@ -335,7 +349,8 @@ def filter_unit(unit: Unit, scores: Ref | None = None, signals: Ref | None = Non
                 for loc, t in ((scores_loc, s), (signals_loc, q)):
                     if not d["doc_id"].equals(t["doc_id"]):
                         raise RuntimeError(f"{loc.child(name)}: rows are not in the order of {uri}; delete {loc} to rebuild it")
-                df = decide(pl.from_arrow(s).hstack(pl.from_arrow(q).drop("doc_id")).hstack(pl.from_arrow(d).drop("doc_id")), params)
+                df = decide(pl.from_arrow(s).hstack(pl.from_arrow(q).drop("doc_id")).hstack(pl.from_arrow(d).drop("doc_id")),
+                            params, holdout)
                 _count(stats, df)
                 ok = df.filter(pl.col("reason").is_null())
                 for (lang,), part in ok.partition_by("lang", as_dict=True, maintain_order=True).items():
@@ -350,6 +365,13 @@ def filter_unit(unit: Unit, scores: Ref | None = None, signals: Ref | None = Non
         return stats
 
     return ensure(unit, build)
+
+
+def holdout_segments(files: list[Location]) -> pl.Series | None:
+    """The held-out eval segments, normalised as exact dedup normalises text (None when there are none)."""
+    if not files:
+        return None
+    return parallel.segments(files).to_frame().select(dedup.normalise(pl.col("segment"))).to_series().unique().sort()
 
 
 def _count(stats: dict, df: pl.DataFrame) -> None:
@@ -431,7 +453,7 @@ def clean_unit(unit: Unit) -> Ref:
 def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
     ingest = load_output(run.stage("ingest"), "ingest")
     return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__),
-                      params.model_dump(exclude={"model_path"}) | {"model": model_fingerprint(model_file(params))},
+                      params.model_dump(exclude={"model_path", "holdout"}) | {"model": model_fingerprint(model_file(params))},
                       upstream={"ingest": ingest.fingerprint})
 
 

@@ -22,7 +22,6 @@ trainer's word table then grows with the corpus (huggingface/tokenizers#1395).
 from __future__ import annotations
 
 import json
-import posixpath
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,10 +34,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from xlmflow import PACKAGE_ROOT
 from xlmflow.storage import (Aside, FileEntry, Location, RunDir, code_version, file_sha256, load_output, partitions, read_batches,
                              stable_uniform)
 
+from .parallel import DEMO_PARALLEL, parallel_files
 from .runtime import Ref, Unit, ensure, logger
 
 STAGE = "vocab"
@@ -47,7 +46,6 @@ PAD = "<pad>"
 ALIGNMENT = "alignment.parquet"
 REPORT = "report.json"
 CJK_RUN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
-DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
 
 
 def lang_tag(lang: str) -> str:
@@ -96,22 +94,6 @@ def plan(run: RunDir, params: VocabParams) -> Unit:
     return Unit(stage=STAGE, name=STAGE, out=run.stage(STAGE).uri, code_version=code_version(__name__),
                 params=params.fingerprinted() | {"batch_rows": params.batch_rows}, upstream=upstream,
                 inputs=inputs | {"params": params.model_dump_json()})
-
-
-def parallel_files(folder: str | None) -> list[tuple[str, Location]]:
-    """("train" | "eval", file) for every ``<set>.<split>.parquet`` in the folder, sorted by name."""
-    if not folder:
-        return []
-    loc = Location.of(folder)
-    if not loc.is_dir():
-        raise ValueError(f"parallel {folder!r}: not a folder; give one holding <set>.train.parquet files, or None")
-    found = []
-    for p in sorted(loc.fs.ls(loc.path, detail=False)):
-        name = posixpath.basename(p.rstrip("/"))
-        for split in ("train", "eval"):
-            if name.endswith(f".{split}.parquet"):
-                found.append((split, loc.child(name)))
-    return found
 
 
 def inputs_of(unit: Unit, split: str) -> list[Location]:

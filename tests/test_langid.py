@@ -195,3 +195,19 @@ def test_parallel_sets_labels_agree_with_column_language(name, split):
     assert agree / labelled >= 0.95
     assert labelled / segments >= 0.5
     assert all(a >= 0.9 for a, _ in report.values())
+
+
+def test_documents_repeating_a_held_out_eval_segment_are_rejected(tmp_path):
+    """Evaluation stays unseen: a document equal (up to case/punctuation) to an eval segment never reaches clean."""
+    held = tmp_path / "parallel"
+    held.mkdir()
+    pl.DataFrame({"id": ["a"], "en": [EN[0]], "fr": [FR[0]]}).write_parquet(held / "toy.eval.parquet")
+    pl.DataFrame({"id": ["b"], "en": [EN[1]], "fr": [FR[1]]}).write_parquet(held / "toy.train.parquet")
+    run_dir = str(tmp_path / "run")
+    make_ingest(run_dir, tmp_path, {"en": [(EN[0].upper() + "!!", "en"), (EN[1], "en"), (EN[2], "en")],
+                                    "fr": [(FR[0], "fr"), (FR[1], "fr")]})
+    run_langid(run_dir, LangidParams(min_lang_docs=1, holdout=str(held)))
+    got = outcome(run_dir)
+    held_out = got.filter(pl.col("reason") == "eval_holdout")["text"].to_list()
+    assert sorted(held_out) == sorted([EN[0].upper() + "!!", FR[0]])  # train segments are not held out
+    assert set(got.filter(pl.col("reason").is_null())["text"]) == {EN[1], EN[2], FR[1]}
