@@ -125,3 +125,13 @@ def test_cli_reports_bad_source_clearly(tmp_path):
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 2
     assert f"error: source {str(tmp_path / 'missing.jsonl')!r}: no such file or folder" in out
+
+
+def test_units_on_a_dask_cluster_give_the_same_bytes(tmp_path, corpus):
+    """`--dask local`: the same flow with its units on a Dask LocalCluster (prefect-dask) commits the same bytes."""
+    threads, dask = str(tmp_path / "threads"), str(tmp_path / "dask")
+    for run_dir, extra in [(threads, []), (dask, ["--dask", "local"])]:
+        p = _cli("ingest", "--run-dir", run_dir, "--source", str(corpus), "--format", "text", *extra)
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, out
+    assert _stage_bytes(dask) == _stage_bytes(threads)
