@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import importlib.util
+import os
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,22 @@ def sha256_stream(f) -> tuple[str, int]:
 
 
 def file_sha256(fs, path: str) -> tuple[str, int]:
+    """(sha256, bytes) of a file. Local files are memoised per process by (path, size, mtime),
+    so the several checks of one run (cache key, submit, commit) read each output once."""
+    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protos or "local" in protos:
+        st = os.stat(path)
+        # only files older than the clock's granularity can be memoised safely: a rewrite of
+        # such a file gets a new mtime, so (size, mtime) cannot match a stale entry
+        if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+            return _local_sha256(path, st.st_size, st.st_mtime_ns)
     with fs.open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+@lru_cache(maxsize=65536)
+def _local_sha256(path: str, size: int, mtime_ns: int) -> tuple[str, int]:
+    with open(path, "rb") as f:
         return sha256_stream(f)
 
 
@@ -96,7 +114,8 @@ def stable_uniform(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray
 
 
 def code_version(*modules: str) -> str:
-    """sha256 over the source of ``modules`` and every xlmflow module they import, transitively."""
+    """sha256 over the source of ``modules``, every xlmflow module they import (transitively),
+    and the versions of the libraries whose behaviour shapes output bytes."""
     seen: dict[str, str] = {}
     todo = list(modules)
     while todo:
@@ -108,7 +127,22 @@ def code_version(*modules: str) -> str:
             continue
         seen[name] = hashlib.sha256(src.encode()).hexdigest()
         todo.extend(_our_imports(name, src))
-    return hash_json(sorted(seen.items()))
+    return hash_json([sorted(seen.items()), library_versions()])
+
+
+#: libraries whose upgrade can change what a stage writes (Parquet encoding, NFC, regexes, BPE, LID)
+LIBRARIES = ("pyarrow", "polars", "numpy", "scipy", "tokenizers", "transformers", "datasets", "fasttext-numpy2", "orjson")
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
 
 
 @lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ Reads plain text, JSON lines (also .gz/.zst/.bz2/.xz), Parquet, Hugging Face
 datasets saved with ``save_to_disk`` or named for ``datasets.load_dataset``, from
 local paths, directories, globs or any fsspec URL. Each document gets NFC-normalised
 text with control characters stripped (tab and newline kept), a stable ``doc_id``
-(``<hash of the input's name within its source>-<record number>``), its source,
+(``<hash of the source's position and the input's name in it>-<record number>``), its source,
 its claimed language and its other fields as JSON metadata.
 
 Records that cannot be read are quarantined with their reason (``bad_records =
@@ -24,7 +24,7 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 from pydantic import BaseModel, Field
 
-from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256, write_table
+from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256
 
 from . import readers
 from .readers import Batch, InputError
@@ -71,18 +71,28 @@ def plan(run: RunDir, params: IngestParams) -> list[Unit]:
     """Expand every source into input files and make one fingerprinted unit per file."""
     code = code_version(__name__)
     units: list[Unit] = []
-    for source in params.sources:
+    for index, source in enumerate(params.sources):
         for uri, rel, fmt in expand(source):
             fp = _content_fingerprint(uri, fmt, source)
-            name = f"{_slug(rel)}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
-            unit_params = {"source": source.model_dump(exclude={"path"}), "format": fmt, "rel": rel,
+            key = input_key(index, rel)
+            name = f"{_slug(rel)}-{key[:8]}"
+            unit_params = {"source": source.model_dump(exclude={"path"}), "format": fmt, "rel": rel, "key": key,
                            "bad_records": params.bad_records, "part_mb": params.part_mb}
             units.append(Unit(stage=STAGE, name=name, out=run.unit(STAGE, name).uri, code_version=code,
                               params=unit_params, upstream={"input": fp}, inputs={"input": uri}))
-    names = [u.name for u in units]
-    if len(set(names)) != len(names):
-        raise InputError("the same input is listed twice across sources; list each file once")
+    uris = [u.inputs["input"] for u in units]
+    if len(set(uris)) != len(uris):
+        raise InputError("the same input file is named by two sources; list each file once")
     return units
+
+
+def input_key(source_index: int, rel: str) -> str:
+    """An input's identity in the run: its source's position and its name inside that source.
+
+    Names units and prefixes doc ids. It holds no absolute path, so moving the corpus
+    or the clone changes no fingerprint, and two sources that both hold ``en.txt`` do
+    not collide."""
+    return hashlib.blake2b(f"{source_index}:{rel}".encode(), digest_size=6).hexdigest()
 
 
 def expand(source: Source) -> list[tuple[str, str, str]]:
@@ -131,7 +141,7 @@ def _is_saved_dataset(fs, path: str) -> bool:
 
 
 def _uri(fs, path: str) -> str:
-    return Location.of(fs.unstrip_protocol(path)).uri if not isinstance(fs.protocol, str) or fs.protocol != "memory" else f"memory://{path.lstrip('/')}"
+    return Location.of(fs.unstrip_protocol(path)).uri
 
 
 def _slug(rel: str) -> str:
@@ -155,33 +165,38 @@ def _content_fingerprint(uri: str, fmt: str, source: Source) -> str:
 def ingest_unit(unit: Unit) -> Ref:
     """Read one input file and commit its documents (and quarantined records) to the unit's folder."""
     source = Source(path=unit.inputs["input"], **unit.params["source"])
-    fmt, rel = unit.params["format"], unit.params["rel"]
+    fmt, rel, key = unit.params["format"], unit.params["rel"], unit.params["key"]
     strict = unit.params["bad_records"] == "fail"
     part_bytes = unit.params["part_mb"] << 20
 
     def build(aside: Aside) -> dict:
         docs = PartWriter(aside.path, DOCS_SCHEMA, max_bytes=part_bytes)
-        quarantined: list[dict] = []
+        bad = PartWriter(aside.path, QUARANTINE_SCHEMA, prefix="quarantine")  # streamed: a bad file never fills memory
+        n_bad, first_reason = 0, None
         per_lang: dict[str, int] = {}
         for batch in batches(unit.inputs["input"], fmt, source, readers.BATCH_ROWS):
             for record, reason, raw in batch.bad:
                 if strict:
                     raise InputError(f"{unit.inputs['input']}: {reason}. Fix the record, or set bad_records="
                                      f"'quarantine' (--bad-records quarantine) to set it aside and go on")
-                quarantined.append({"source": rel, "record": record, "reason": reason, "raw": raw})
-            table = to_documents(batch, rel, source.lang)
+            if batch.bad:
+                records, reasons, raws = zip(*batch.bad)
+                bad.write(pa.table({"source": [rel] * len(records), "record": records, "reason": reasons, "raw": raws},
+                                   schema=QUARANTINE_SCHEMA))
+                n_bad, first_reason = n_bad + len(records), first_reason or reasons[0]
+            table = to_documents(batch, rel, key, source.lang)
             for lang, n in pl.from_arrow(table.select(["claimed_lang"])).group_by("claimed_lang").len().fill_null("und").rows():
                 per_lang[lang] = per_lang.get(lang, 0) + n
             docs.write(table)
         docs.close()
+        bad.close()
         n_docs = sum(per_lang.values())
-        if n_docs == 0 and not quarantined:
+        if n_docs == 0 and not n_bad:
             raise InputError(f"{unit.inputs['input']}: no documents found; check the format ({fmt}), "
                              f"text_field ({source.text_field!r}) and that the file is not empty")
-        write_table(aside.path("quarantine.parquet"), pa.Table.from_pylist(quarantined, QUARANTINE_SCHEMA))
-        if quarantined:
-            logger().warning("%s: quarantined %d bad records (first: %s)", unit.inputs["input"], len(quarantined), quarantined[0]["reason"])
-        return {"documents": n_docs, "quarantined": len(quarantined), "claimed_lang": dict(sorted(per_lang.items()))}
+        if n_bad:
+            logger().warning("%s: quarantined %d bad records (first: %s)", unit.inputs["input"], n_bad, first_reason)
+        return {"documents": n_docs, "quarantined": n_bad, "claimed_lang": dict(sorted(per_lang.items()))}
 
     return ensure(unit, build)
 
@@ -234,7 +249,7 @@ def _dataset_batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Ite
         yield from readers.read_arrow(it, schema, uri, source.text_field, source.lang_field)
 
 
-def to_documents(batch: Batch, rel: str, default_lang: str | None) -> pa.Table:
+def to_documents(batch: Batch, rel: str, key: str, default_lang: str | None) -> pa.Table:
     """Columns of one batch -> the documents schema, normalised with vectorised polars calls."""
     n = len(batch.text)
     df = pl.DataFrame({
@@ -243,12 +258,11 @@ def to_documents(batch: Batch, rel: str, default_lang: str | None) -> pa.Table:
         "record": pl.Series("record", batch.record, dtype=pl.Int64),
         "meta": pl.Series("meta", batch.meta if batch.meta is not None else [None] * n, dtype=pl.String),
     })
-    prefix = hashlib.blake2b(rel.encode(), digest_size=6).hexdigest()
     df = df.with_columns(
         pl.col("text").str.normalize("NFC").str.replace_all(CONTROL_CHARS, ""),
         pl.col("claimed_lang").fill_null(pl.lit(default_lang, dtype=pl.String)),
         pl.lit(rel).alias("source"),
-        pl.format("{}-{}", pl.lit(prefix), pl.col("record")).alias("doc_id"),
+        pl.format("{}-{}", pl.lit(key), pl.col("record")).alias("doc_id"),
     )
     return df.select(DOCS_SCHEMA.names).to_arrow().cast(DOCS_SCHEMA)
 
@@ -260,4 +274,6 @@ commit_task = step(name="ingest-commit")(commit_stage)
 
 
 def stage_for(run: RunDir, params: IngestParams, refs: list[Ref]) -> Unit:
-    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump())
+    """The stage commit; source paths stay out of its params (the units carry their inputs' content)."""
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__),
+                      params.model_dump(exclude={"sources": {"__all__": {"path"}}}))

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 
-from xlmflow.storage import Aside, Location, Manifest, commit, committed, hash_json, read_manifest
+from xlmflow.storage import MANIFEST, Aside, Location, Manifest, commit, committed, hash_json, read_manifest
 
 
 @dataclass(frozen=True)
@@ -156,13 +156,12 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
     """
     stage_loc = Location(unit.out)
     keep = {r.uri for r in refs}
-    for group in sorted({_relative(unit.out, r.uri).split("/")[0] for r in refs}):
-        gloc = stage_loc.child(group)
-        for p in gloc.fs.ls(gloc.path, detail=False):
-            name = p.rstrip("/").rsplit("/", 1)[-1]
-            if gloc.child(name).uri not in keep and not name.startswith("."):
+    for group in _subfolders(stage_loc):  # every group, also one that no unit uses any more
+        for name in _subfolders(stage_loc.child(group)):
+            loc = stage_loc.child(group, name)
+            if loc.uri not in keep and loc.child(MANIFEST).exists():
                 logger().info("%s: removing %s/%s (its input is gone)", unit.stage, group, name)
-                gloc.fs.rm(p, recursive=True)
+                loc.fs.rm(loc.path, recursive=True)
     manifests = [unit_manifest(r) for r in refs]
     adopt = [replace(f, path=f"{_relative(unit.out, r.uri)}/{f.path}") for r, m in zip(refs, manifests) for f in m.files]
 
@@ -171,6 +170,13 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
         return sum_stats([m.stats for m in manifests]) | {"units": len(refs)} | (extra or {})
 
     return ensure(unit, build_stage, adopt=adopt)
+
+
+def _subfolders(loc: Location) -> list[str]:
+    if not loc.is_dir():
+        return []
+    names = [d["name"].rstrip("/").rsplit("/", 1)[-1] for d in loc.fs.ls(loc.path, detail=True) if d["type"] == "directory"]
+    return sorted(n for n in names if not n.startswith("."))
 
 
 def _relative(stage_uri: str, uri: str) -> str:

@@ -45,15 +45,9 @@ from xlmflow.storage.parquet import COMPRESSION
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
 
 from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step, unit_manifest
+from .specials import EOS, TOKENIZER_FILE, lang_tag
 
-# The vocab stage's contract (tasks/vocab.py defines the same strings).
-EOS = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"
 UINT16_VOCAB = 1 << 16
-
-
-def lang_tag(lang: str) -> str:
-    return f"<lang:{lang}>"
 
 
 class ShardParams(BaseModel):
@@ -117,12 +111,12 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
                 ranges = _file_ranges(files, starts, lo, hi)
                 name = shard_name(lang, number)
                 unit_params = {"split": split, "lang": lang, "ranges": ranges, "threshold": threshold, "docs": docs,
-                               "seed": params.seed, "token_type": ids_type, "row_group_tokens": params.row_group_tokens,
-                               "batch_docs": params.batch_docs}
+                               "seed": params.seed, "token_type": ids_type, "row_group_tokens": params.row_group_tokens}
                 upstream = {"tokenizer": tok_sha} | {f"langid/{p}": langid.file(p).sha256 for p, _, _ in ranges}
                 units.append(Unit(stage=STAGE, name=f"{split}/{name}", out=run.unit(STAGE, name, group=split).uri,
                                   code_version=code, params=unit_params, upstream=upstream,
-                                  inputs={"langid": langid_loc.uri, "vocab": run.stage("vocab").uri}))
+                                  inputs={"langid": langid_loc.uri, "vocab": run.stage("vocab").uri,
+                                          "batch_docs": str(params.batch_docs)}))  # speed only: not fingerprinted
     if not units:
         raise ValueError(f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
                          f"check the langid and vocab stages")
@@ -297,7 +291,7 @@ def shard_unit(unit: Unit) -> Ref:
         name = shard_file(split, lang, number)
         writer = RowGroupWriter(aside.path(name), shard_schema(ids_type), p["row_group_tokens"])
         docs = empty = 0
-        for batch in _documents(langid_loc, p, p["batch_docs"]):
+        for batch in _documents(langid_loc, p, int(unit.inputs["batch_docs"])):
             ids, n_tokens = tokenize(tok, batch.column("text"), tag_id, eos_id, ids_type)
             keep = n_tokens > 2
             empty += int((~keep).sum())
@@ -383,7 +377,7 @@ def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
     """The stage unit: its units' fingerprints plus the vocabulary's and the clean corpus's."""
     vocab, langid = read_manifest(run.stage("vocab")), read_manifest(run.stage("langid"))
     tok_sha = vocab.file(TOKENIZER_FILE).sha256 if vocab else ""
-    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump(),
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump(exclude={"batch_docs"}),
                       upstream={"vocab": vocab.fingerprint if vocab else "", "tokenizer": tok_sha,
                                 "langid": langid.fingerprint if langid else ""})
 

@@ -39,17 +39,12 @@ from xlmflow.storage import (Aside, FileEntry, Location, RunDir, code_version, f
 
 from .parallel import DEMO_PARALLEL, parallel_files
 from .runtime import Ref, Unit, ensure, logger
+from .specials import EOS, PAD, lang_tag
 
 STAGE = "vocab"
-EOS = "<|endoftext|>"
-PAD = "<pad>"
 ALIGNMENT = "alignment.parquet"
 REPORT = "report.json"
 CJK_RUN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
-
-
-def lang_tag(lang: str) -> str:
-    return f"<lang:{lang}>"
 
 
 class VocabParams(BaseModel):
@@ -92,7 +87,7 @@ def plan(run: RunDir, params: VocabParams) -> Unit:
         upstream["dictionary"] = file_sha256(loc.fs, loc.path)[0]
         inputs["dictionary"] = loc.uri
     return Unit(stage=STAGE, name=STAGE, out=run.stage(STAGE).uri, code_version=code_version(__name__),
-                params=params.fingerprinted() | {"batch_rows": params.batch_rows}, upstream=upstream,
+                params=params.fingerprinted(), upstream=upstream,
                 inputs=inputs | {"params": params.model_dump_json()})
 
 
@@ -248,5 +243,16 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from .runtime import step  # noqa: E402
 
+def publish_report(ref: Ref) -> None:
+    """The committed report as a Prefect markdown artifact (key ``vocab-report``)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from . import fairness
+
+    create_markdown_artifact(key="vocab-report", markdown=fairness.markdown(read_report(ref)),
+                             description=f"vocab {ref.fingerprint[:12]}")
+
+
 plan_task = task(name="vocab-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
-vocab_task = step(name="vocab-build", retries=1)(build_vocab)
+vocab_task = step(name="vocab-build")(build_vocab)
+report_task = task(name="vocab-report", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(publish_report)

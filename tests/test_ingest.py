@@ -25,7 +25,7 @@ def ingest(run_dir, *sources, bad_records="quarantine"):
         assert ref.fingerprint == m.fingerprint
         for f in m.files:
             t = read_table(RunDir.of(run_dir).unit("ingest", u.name).child(f.path))
-            (bad if f.path == "quarantine.parquet" else docs).append(pl.from_arrow(t))
+            (bad if f.path.startswith("quarantine") else docs).append(pl.from_arrow(t))
     return pl.concat(docs), pl.concat(bad)
 
 
@@ -194,3 +194,24 @@ def test_null_text_in_parquet_is_quarantined(tmp_path, run_dir):
     pq.write_table(pa.table({"text": ["a", None, "c"]}), p)
     docs, bad = ingest(run_dir, Source(path=str(p)))
     assert docs["text"].to_list() == ["a", "c"] and bad["record"].to_list() == [1]
+
+
+def test_moving_the_corpus_changes_no_fingerprint(tmp_path):
+    """Keys hold content and names within a source, never absolute paths."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "en.txt").write_text("same\ntext\n", encoding="utf-8")
+    here = plan(RunDir.of(str(tmp_path / "run")), IngestParams(sources=[Source(path=str(tmp_path / "a"))]))
+    moved = plan(RunDir.of(str(tmp_path / "run")), IngestParams(sources=[Source(path=str(tmp_path / "b"))]))
+    assert [u.fingerprint for u in here] == [u.fingerprint for u in moved]
+    assert [u.name for u in here] == [u.name for u in moved]
+
+
+def test_same_file_name_in_two_sources_gets_distinct_units_and_ids(tmp_path, run_dir):
+    for d, text in (("a", "first"), ("b", "second")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "en.txt").write_text(text + "\n", encoding="utf-8")
+    docs, _ = ingest(run_dir, Source(path=str(tmp_path / "a")), Source(path=str(tmp_path / "b")))
+    assert sorted(docs["text"].to_list()) == ["first", "second"] and docs["doc_id"].n_unique() == 2
+    with pytest.raises(InputError, match="named by two sources"):
+        ingest(run_dir + "x", Source(path=str(tmp_path / "a")), Source(path=str(tmp_path / "a" / "en.txt")))
