@@ -1,9 +1,10 @@
 """Content fingerprints: what cache keys and manifests are made of.
 
-Keys hash *content* (file bytes, parameters, code), never path names or times, so
-a moved run directory still hits its cache and a touched-but-unchanged file does
-not rerun. The code part covers every module of ours a stage imports, not only the
-task function's text (Prefect's TASK_SOURCE misses callees: PrefectHQ/prefect#16925).
+Fingerprints hash *content* (file bytes, parameters, code), never absolute paths or
+times, so a moved corpus or run directory does no work again and a touched-but-unchanged
+file does not rerun. The code part covers every module of ours a stage imports, not only
+the task function's text (Prefect's TASK_SOURCE misses callees: PrefectHQ/prefect#16925),
+and the versions of the libraries that shape output bytes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The ingest flow under a real (temporary) Prefect API: exact caching, rebuilds, kills, the CLI."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,31 +89,45 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def _stage_bytes(run_dir):
-    root = Path(run_dir) / "ingest"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _stage_bytes(run_dir, stages=("ingest",)):
+    found = {}
+    for stage in stages:
+        root = Path(run_dir) / stage
+        found |= {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return found
 
 
-def test_killed_run_resumes_to_the_same_bytes(tmp_path, corpus):
-    """SIGKILL the CLI once some units are committed; the rerun equals a run never killed."""
-    for i in range(12):
-        (corpus / f"extra{i}.txt").write_text("".join(f"line {i} {j} " * 20 + "\n" for j in range(3000)))
+PIPELINE_STAGES = ("ingest", "langid", "vocab", "shards")
+
+
+def test_killed_pipeline_resumes_to_the_same_bytes(tmp_path):
+    """SIGKILL `xlmflow run` (and its Prefect server) in the middle of langid; the rerun equals a run never killed."""
+    from xlmflow import PACKAGE_ROOT
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("en", "fr", "de"):
+        shutil.copy(PACKAGE_ROOT / "data" / "demo" / f"debian-handbook-{lang}.jsonl.zst", corpus)
+    config = tmp_path / "xlmflow.toml"
+    config.write_text(f'[[ingest.sources]]\npath = "{corpus}"\n[vocab]\nvocab_size = 1000\n[shard]\nshard_docs = 500\n')
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
-    p = _cli("ingest", "--run-dir", clean, "--source", str(corpus), "--format", "text")
-    assert p.wait(timeout=300) == 0, p.stdout.read()
+    p = _cli("run", "--run-dir", clean, "--config", str(config))
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out
 
-    p = _cli("ingest", "--run-dir", killed, "--source", str(corpus), "--format", "text", start_new_session=True)
-    parts = Path(killed) / "ingest" / "parts"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob("*/_manifest.json"))) < 2:
+    p = _cli("run", "--run-dir", killed, "--config", str(config), start_new_session=True)
+    scores = Path(killed) / "langid" / "scores"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(scores.glob("*/_manifest.json")):
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)  # the CLI and its temporary Prefect server, as a crash would
     p.wait()
-    assert not (Path(killed) / "ingest" / "_manifest.json").exists(), "killed too late to test anything"
-    p = _cli("ingest", "--run-dir", killed, "--source", str(corpus), "--format", "text")
-    out = p.communicate(timeout=300)[0]
+    assert (Path(killed) / "ingest" / "_manifest.json").exists(), "killed before ingest committed"
+    assert not (Path(killed) / "langid" / "_manifest.json").exists(), "killed too late to test anything"
+    p = _cli("run", "--run-dir", killed, "--config", str(config))
+    out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out
-    assert _stage_bytes(killed) == _stage_bytes(clean)
+    assert _stage_bytes(killed, PIPELINE_STAGES) == _stage_bytes(clean, PIPELINE_STAGES)
 
 
 def test_cli_help_lists_stages():
