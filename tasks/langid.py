@@ -49,7 +49,8 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 
-from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, load_output, read_batches, read_table
+from xlmflow.storage import (Aside, Location, PartWriter, RunDir, code_version, file_sha256, load_output, read_batches,
+                             read_table, stable_hashes)
 
 from . import dedup, parallel, quality
 from .parallel import DEMO_PARALLEL, parallel_files
@@ -394,20 +395,35 @@ def dedup_unit(unit: Unit) -> Ref:
     files = [Location(uri) for _, uri in sorted(unit.inputs.items())]
 
     def build(aside: Aside) -> dict:
-        docs = pl.concat([pl.from_arrow(read_table(f, ["doc_id", "text"])) for f in files]).sort("doc_id")
-        if docs["doc_id"].is_duplicated().any():
-            raise RuntimeError(f"langid/dedup/{unit.name}: doc_id {docs.filter(pl.col('doc_id').is_duplicated())['doc_id'][0]!r} "
+        # streamed: per document only its id, a 63-bit hash of its normalised text and its MinHash
+        # signature stay in memory, never the language's texts
+        ids, keys, sigs = [], [], []
+        for f in files:
+            for b in read_batches(f, ["doc_id", "text"]):
+                norm = pl.from_arrow(b.column(1)).rename("text").to_frame().select(dedup.normalise(pl.col("text")))["text"]
+                ids.append(pl.from_arrow(b.column(0)).rename("doc_id"))
+                keys.append(stable_hashes(norm.to_arrow(), 0))
+                if p.near:
+                    sigs.append(dedup.minhash(norm, p))
+        if not ids:
+            return {"dedup_kept": {lang: 0}, "rejected": {}}
+        doc_id = pl.concat(ids)
+        order = doc_id.arg_sort().to_numpy()
+        doc_id, key = doc_id.gather(order), pl.Series("norm", np.concatenate(keys)[order])
+        sig = np.concatenate(sigs)[order] if p.near else None
+        if doc_id.is_duplicated().any():
+            raise RuntimeError(f"langid/dedup/{unit.name}: doc_id {doc_id.filter(doc_id.is_duplicated())[0]!r} "
                                f"appears twice; ingest every input under a distinct name")
-        norm = docs.select(dedup.normalise(pl.col("text")))["text"]
+        docs = doc_id.to_frame()
         drops = [pl.DataFrame(schema={"doc_id": pl.String, "dup_of": pl.String, "reason": pl.String})]
         alive = pl.Series([True] * docs.height)
         if p.exact:
-            ex = dedup.exact_duplicates(docs["doc_id"], norm).with_columns(pl.lit("duplicate").alias("reason"))
+            ex = dedup.exact_duplicates(doc_id, key).with_columns(pl.lit("duplicate").alias("reason"))
             drops.append(ex)
-            alive = ~docs["doc_id"].is_in(ex["doc_id"].implode())
+            alive = ~doc_id.is_in(ex["doc_id"].implode())
         if p.near and alive.sum() > 1:
-            ids = docs["doc_id"].filter(alive)
-            label = dedup.near_duplicates(dedup.minhash(norm.filter(alive), p), p)
+            ids = doc_id.filter(alive)
+            label = dedup.near_duplicates(sig[alive.to_numpy()], p)
             near = np.flatnonzero(label != np.arange(len(label)))
             drops.append(pl.DataFrame({"doc_id": ids.gather(near), "dup_of": ids.gather(label[near]),
                                        "reason": pl.Series(["near_duplicate"] * len(near), dtype=pl.String)}))
