@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 class DedupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     exact: bool = True
     near: bool = True
     shingle_chars: int = Field(5, ge=1)

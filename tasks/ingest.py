@@ -22,7 +22,7 @@ from typing import Iterator, Literal
 import polars as pl
 import pyarrow as pa
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256
 
@@ -49,6 +49,8 @@ CONTROL_CHARS = r"[\p{Cc}--[\t\n]]"
 class Source(BaseModel):
     """One input: a file, folder, glob or fsspec URL, or ``hf:NAME`` for ``datasets.load_dataset``."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     path: str
     format: Format = "auto"
     text_field: str = "text"
@@ -61,6 +63,8 @@ class Source(BaseModel):
 
 
 class IngestParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     sources: list[Source]
     part_mb: int = Field(256, description="roll over to a new Parquet part after this many MB of Arrow data")
     bad_records: Literal["quarantine", "fail"] = "quarantine"

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import (Aside, Location, PartWriter, RunDir, code_version, file_sha256, load_output, read_batches,
                              read_table, stable_hashes)
@@ -76,6 +76,8 @@ REJECTED_SCHEMA = pa.schema([*KEPT_SCHEMA, ("reason", pa.string()), ("dup_of", p
 
 
 class LangidParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     model_path: str | None = Field(None, description="fastText LID model (.ftz/.bin); default: bundled lid.176.ftz")
     top_k: int = Field(3, ge=1, description="labels and probabilities stored per document")
     lid_max_chars: int = Field(4096, ge=1, description="LID reads this prefix of each document")

@@ -17,7 +17,7 @@ threshold re-runs only the cheap filtering step. Repetition signals look at the 
 from __future__ import annotations
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 REPETITION_PREFIX = 100_000
 MIN_REPETITION_WORDS = 10
@@ -34,6 +34,8 @@ class QualityParams(BaseModel):
     web-page bounds (>= 50 words, mean word length 3..10) would drop most real text.
     ``min_words`` = 3 still drops the one- and two-word UI labels ("OK", "Coller"),
     which are no paragraphs and which no LID model labels reliably."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     min_words: int = Field(3, description="spaced scripts: fewest whitespace-separated words")
     min_unspaced_chars: int = Field(5, description="zh/ja/th...: fewest letters")

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, partitions, read_manifest, stable_hashes
@@ -51,6 +51,8 @@ UINT16_VOCAB = 1 << 16
 
 
 class ShardParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
     valid_fraction: float = Field(0.01, ge=0.0, le=0.5, description="share of each language's documents held out")
     min_valid_docs: int = Field(100, ge=0, description="at least this many validation documents per language "
                                 "(never more than half of a language)")

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from xlmflow.storage import (Aside, FileEntry, Location, RunDir, code_version, file_sha256, load_output, partitions, read_batches,
@@ -49,6 +49,8 @@ CJK_RUN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
 
 class VocabParams(BaseModel):
     """Demo defaults: 16k ids (25 languages incl. zh/ja/ko; a 256-wide embedding is ~4M parameters on CPU)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     vocab_size: int = Field(16000, ge=300, description="ids in all: 256 bytes + specials + merges")
     alpha: float = Field(0.3, gt=0, le=1, description="sampling temperature exponent: 1 = natural mix, ->0 = uniform")
