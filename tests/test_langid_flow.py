@@ -25,3 +25,8 @@ def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):
     stage = load_output(RunDir.of(run_dir).stage("langid"), "langid")
     assert stage.params["threshold"] == 0.9 and set(partitions(stage, "clean")) <= {"de", "en", "fr", "zh"}
     assert (Path(run_dir) / "langid" / "stats.json").exists()
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        tables = [a for a in client.read_artifacts() if a.key == "langid-stats"]
+    assert tables and any("en" in str(a.data) and "clean" in str(a.data) for a in tables)
