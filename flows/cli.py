@@ -110,6 +110,9 @@ def _pairs(items: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `xlmflow status | head` ends quietly
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return status(args.run_dir)
