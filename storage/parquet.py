@@ -35,11 +35,6 @@ def read_batches(loc: Location, columns: list[str] | None = None, batch_rows: in
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
 
-def schema_of(loc: Location) -> pa.Schema:
-    with loc.open("rb") as f:
-        return pq.ParquetFile(f).schema_arrow
-
-
 class PartWriter:
     """Writes batches into ``part-00000.parquet``, ``part-00001.parquet``, ... of at most ~``max_bytes`` each.
 
