@@ -42,8 +42,10 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    one = b"".join(zstandard.decompress(Path(p).read_bytes(), max_output_size=1 << 30)
-                   for p in sorted(glob.glob(str(ROOT / "data/demo/*.jsonl.zst"))))
+    one = b"".join(
+        zstandard.decompress(Path(p).read_bytes(), max_output_size=1 << 30)
+        for p in sorted(glob.glob(str(ROOT / "data/demo/*.jsonl.zst")))
+    )
     (tmp / "x1.jsonl").write_bytes(one)
     with open(tmp / f"x{args.copies}.jsonl", "wb") as f:
         for _ in range(args.copies):
@@ -53,7 +55,8 @@ def main() -> None:
     big = peak_mb(str(tmp / f"x{args.copies}.jsonl"), str(tmp / "runN"))
     print(f"input: {len(one) / 1e6:.0f} MB of JSONL vs {args.copies}x that ({args.copies * len(one) / 1e6:.0f} MB)")
     print(f"peak RSS  imports only: {floor} MB   1x: {small} MB   {args.copies}x: {big} MB")
-    print(f"ratio {args.copies}x / 1x: {big / small:.2f}   (above the import floor: {(big - floor) / max(small - floor, 1):.2f})")
+    above = (big - floor) / max(small - floor, 1)
+    print(f"ratio {args.copies}x / 1x: {big / small:.2f}   (above the import floor: {above:.2f})")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import polars as pl
 
 from xlmflow import PACKAGE_ROOT
 from xlmflow.storage import RunDir, read_table
-from xlmflow.tasks import ingest, langid
+from xlmflow.tasks import ingest, langid, lid
 from xlmflow.tasks.runtime import commit_stage
 
 
@@ -30,7 +30,9 @@ def ingested_run(src: str | None, work: str) -> str:
     if src and os.path.exists(os.path.join(src, "ingest", "_manifest.json")):
         shutil.copytree(os.path.join(src, "ingest"), os.path.join(run, "ingest"))
         return run
-    params = ingest.IngestParams(sources=[ingest.Source(path=str(PACKAGE_ROOT / "data" / "demo" / "*.jsonl.zst"), format="jsonl")])
+    params = ingest.IngestParams(
+        sources=[ingest.Source(path=str(PACKAGE_ROOT / "data" / "demo" / "*.jsonl.zst"), format="jsonl")]
+    )
     refs = [ingest.ingest_unit(u) for u in ingest.plan(RunDir.of(run), params)]
     commit_stage(ingest.stage_for(RunDir.of(run), params, refs), refs)
     return run
@@ -47,10 +49,16 @@ def main() -> None:
         run = ingested_run(args.ingest_run, work)
         units, _, _ = langid.plan(RunDir.of(run), params)
         units = units[: args.units or None]
-        texts = pl.concat([pl.from_arrow(read_table(RunDir.of(run).stage("ingest").child("parts", u.name, k[5:]), ["text"]))
-                           for u in units for k in sorted(u.inputs) if k.startswith("docs/")])["text"]
+        texts = pl.concat(
+            [
+                pl.from_arrow(read_table(RunDir.of(run).stage("ingest").child("parts", u.name, k[5:]), ["text"]))
+                for u in units
+                for k in sorted(u.inputs)
+                if k.startswith("docs/")
+            ]
+        )["text"]
         n = len(texts)
-        model = langid.load_model(langid.model_file(params))
+        model = lid.load_model(lid.model_file(params.model_path))
         lines = texts.str.replace_all("\n", " ", literal=True).to_list()
 
         def bare():

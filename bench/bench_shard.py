@@ -41,7 +41,7 @@ import pyarrow as pa
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("XLMFLOW_PREFECT_HOME", tempfile.mkdtemp(prefix="bench-shard-prefect-"))  # no flow runs here
 
-from xlmflow.storage import RunDir, load_output, write_table  # noqa: E402
+from xlmflow.storage import FileWriter, RunDir, load_output, write_table  # noqa: E402
 from xlmflow.tasks import shard  # noqa: E402
 from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit  # noqa: E402
 
@@ -79,11 +79,14 @@ def train_tokenizer(df: pl.DataFrame, vocab_size: int, langs: list[str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  special_tokens=[shard.EOS, "<pad>"] + [shard.lang_tag(lg) for lg in langs],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        special_tokens=[shard.EOS, "<pad>"] + [shard.lang_tag(lg) for lg in langs],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     sample = df["text"][np.linspace(0, df.height - 1, min(df.height, 150_000)).astype(np.int64)]
-    tok.train_from_iterator((sample[i:i + 4096].to_list() for i in range(0, len(sample), 4096)), trainer=trainer)
+    tok.train_from_iterator((sample[i : i + 4096].to_list() for i in range(0, len(sample), 4096)), trainer=trainer)
     return tok
 
 
@@ -95,9 +98,14 @@ def write_inputs(run_dir: str, df: pl.DataFrame, tok_json: str, langs: list[str]
     refs = []
     for (lang,), part in df.group_by(["lang"], maintain_order=True):
         loc = run.unit("langid", f"lang={lang}", group="clean")
-        table = part.select("doc_id", "text", "lang").to_arrow().cast(
-            pa.schema([("doc_id", pa.string()), ("text", pa.large_string()), ("lang", pa.string())]))
-        unit = Unit(stage="langid", name=f"lang={lang}", out=loc.uri, code_version="bench", params={"rows": part.height})
+        table = (
+            part.select("doc_id", "text", "lang")
+            .to_arrow()
+            .cast(pa.schema([("doc_id", pa.string()), ("text", pa.large_string()), ("lang", pa.string())]))
+        )
+        unit = Unit(
+            stage="langid", name=f"lang={lang}", out=loc.uri, code_version="bench", params={"rows": part.height}
+        )
         refs.append(ensure(unit, lambda aside, t=table: write_table(aside.path("part-00000.parquet"), t)))
     commit_stage(stage_unit(run.stage("langid").uri, "langid", refs, "bench", {}), refs)
 
@@ -115,7 +123,7 @@ def bare(texts: list[str], tok, batch_docs: int, fast: bool) -> tuple[tuple[floa
     t, c = time.perf_counter(), time.process_time()
     tokens = 0
     for i in range(0, len(texts), batch_docs):
-        tokens += sum(map(len, encode(texts[i:i + batch_docs], add_special_tokens=False)))
+        tokens += sum(map(len, encode(texts[i : i + batch_docs], add_special_tokens=False)))
     return (time.perf_counter() - t, time.process_time() - c), tokens
 
 
@@ -127,7 +135,7 @@ def ours_whole(run_dir: str, params: shard.ShardParams, workers: int) -> tuple[t
         refs = list(pool.map(shard.shard_unit, units))
     shard.commit_shards(shard.stage_for(run, params, refs), refs)
     seconds = (time.perf_counter() - t, time.process_time() - c)
-    m = load_output(run.stage("shards"), "shards")
+    m = load_output(run.stage("shard"), "shard")
     docs = sum(sum(v.values()) for v in m.stats["documents"].values())
     return seconds, m.stats["tokens_total"] - 2 * docs, docs
 
@@ -138,19 +146,35 @@ def ours_phases(run_dir: str, params: shard.ShardParams, out_dir: str) -> dict[s
 
     run = RunDir.of(run_dir)
     units = shard.plan(run, params)
-    langid = run.stage("langid")
     t, c = time.perf_counter(), time.process_time()
-    batches = [(u, b) for u in units for b in shard._documents(langid, u.params, params.batch_docs)]
+    batches = [(u, b) for u in units for b in shard._documents(u, params.batch_docs)]
     read_s = (time.perf_counter() - t, time.process_time() - c)
     tok = shard.load_tokenizer(run.stage("vocab"))
     ids_type = shard.token_type(tok.get_vocab_size(with_added_tokens=True))
     t, c = time.perf_counter(), time.process_time()
     tables = []
     for u, b in batches:
-        ids, n = shard.tokenize(tok, b.column("text"), tok.token_to_id(shard.lang_tag(u.params["lang"])),
-                                tok.token_to_id(shard.EOS), ids_type)
-        tables.append((u, pa.table({"input_ids": ids, "n_tokens": n, "lang": pa.repeat(pa.scalar(u.params["lang"]), len(n)),
-                                    "doc_id": b.column("doc_id")}, schema=shard.shard_schema(ids_type))))
+        ids, n = shard.tokenize(
+            tok,
+            b.column("text"),
+            tok.token_to_id(shard.lang_tag(u.params["lang"])),
+            tok.token_to_id(shard.EOS),
+            ids_type,
+        )
+        tables.append(
+            (
+                u,
+                pa.table(
+                    {
+                        "input_ids": ids,
+                        "n_tokens": n,
+                        "lang": pa.repeat(pa.scalar(u.params["lang"]), len(n)),
+                        "doc_id": b.column("doc_id"),
+                    },
+                    schema=shard.shard_schema(ids_type),
+                ),
+            )
+        )
     tok_s = (time.perf_counter() - t, time.process_time() - c)
     out = Location.of(out_dir)
     out.makedirs()
@@ -158,8 +182,11 @@ def ours_phases(run_dir: str, params: shard.ShardParams, out_dir: str) -> dict[s
     writers = {}
     for u, table in tables:
         if u.name not in writers:
-            writers[u.name] = shard.RowGroupWriter(out.child(u.name.replace("/", "-") + ".parquet"),
-                                                   shard.shard_schema(ids_type), params.row_group_tokens)
+            writers[u.name] = FileWriter(
+                out.child(u.name.replace("/", "-") + ".parquet"),
+                shard.shard_schema(ids_type),
+                weight=("n_tokens", params.row_group_tokens),
+            )
         writers[u.name].write(table)
     for w in writers.values():
         w.close()
@@ -167,14 +194,22 @@ def ours_phases(run_dir: str, params: shard.ShardParams, out_dir: str) -> dict[s
     return {"read": read_s, "tokenise": tok_s, "write": write_s}
 
 
-def datatrove(python: str, src: str, tok_path: str, work: str, batch_docs: int, tasks: int) -> tuple[tuple[float, float], int] | str:
+def datatrove(
+    python: str, src: str, tok_path: str, work: str, batch_docs: int, tasks: int
+) -> tuple[tuple[float, float], int] | str:
     if not python:
-        return "skipped: no --datatrove-python given (make one: python3 -m venv /tmp/venv-dt && /tmp/venv-dt/bin/pip install datatrove)"
+        return (
+            "skipped: no --datatrove-python given "
+            "(make one: python3 -m venv /tmp/venv-dt && /tmp/venv-dt/bin/pip install datatrove)"
+        )
     if not Path(python).exists():
         return f"skipped: {python} does not exist"
     out, logs = Path(work, "dt-out"), Path(work, "dt-logs")
-    proc = subprocess.run([python, "-c", DT_SCRIPT, src, tok_path, str(out), str(logs), str(batch_docs), str(tasks)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [python, "-c", DT_SCRIPT, src, tok_path, str(out), str(logs), str(batch_docs), str(tasks)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
     seconds = tuple(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
@@ -204,15 +239,20 @@ def main() -> None:
             tok_json = Path(args.tokenizer).read_text(encoding="utf-8")
         else:
             tok_json = train_tokenizer(df, args.vocab_size, langs).to_str()
-        print(f"{df.height} documents, {df['text'].str.len_bytes().sum() / 1e6:.1f} MB of text, {len(langs)} languages; "
-              f"tokenizer {'loaded' if args.tokenizer else 'trained'} in {time.perf_counter() - t:.1f}s")
+        print(
+            f"{df.height} documents, {df['text'].str.len_bytes().sum() / 1e6:.1f} MB of text, {len(langs)} languages; "
+            f"tokenizer {'loaded' if args.tokenizer else 'trained'} in {time.perf_counter() - t:.1f}s"
+        )
         run_dir = str(Path(work, "run"))
         write_inputs(run_dir, df, tok_json, langs)
         tok = shard.load_tokenizer(RunDir.of(run_dir).stage("vocab"))
         tok_path = RunDir.of(run_dir).stage("vocab").child(shard.TOKENIZER_FILE).path
         params = shard.ShardParams(batch_docs=args.batch_docs)
         workers = int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2))
-        print(f"vocab {tok.get_vocab_size()}, {os.cpu_count()} CPUs, {workers} shard workers, batches of {args.batch_docs}")
+        print(
+            f"vocab {tok.get_vocab_size()}, {os.cpu_count()} CPUs, {workers} shard workers, "
+            f"batches of {args.batch_docs}"
+        )
 
         texts = df["text"].to_list()
         del df
@@ -230,13 +270,19 @@ def main() -> None:
             s, bare_tokens = bare(texts, tok, args.batch_docs, fast=False)
             keep("bare encode_batch", s)
             keep("bare encode_batch_fast", bare(texts, tok, args.batch_docs, fast=True)[0])
-            shutil.rmtree(RunDir.of(run_dir).stage("shards").path, ignore_errors=True)
+            shutil.rmtree(RunDir.of(run_dir).stage("shard").path, ignore_errors=True)
             s, our_tokens, our_docs = ours_whole(run_dir, params, workers)
             keep("ours: whole stage", s)
             for name, s in ours_phases(run_dir, params, str(Path(work, "phases"))).items():
                 keep(f"ours: {name} only", s)
-            dt_result = datatrove(args.datatrove_python, RunDir.of(run_dir).stage("langid").child("clean").path,
-                                  tok_path, work, args.batch_docs, args.datatrove_tasks)
+            dt_result = datatrove(
+                args.datatrove_python,
+                RunDir.of(run_dir).stage("langid").child("clean").path,
+                tok_path,
+                work,
+                args.batch_docs,
+                args.datatrove_tasks,
+            )
             shutil.rmtree(Path(work, "dt-out"), ignore_errors=True)
             shutil.rmtree(Path(work, "dt-logs"), ignore_errors=True)
             if not isinstance(dt_result, str):
@@ -246,18 +292,28 @@ def main() -> None:
         tokens = {name: bare_tokens if name.startswith("bare") else our_tokens for name in wall}
         if "datatrove DocumentTokenizer" in wall:
             tokens["datatrove DocumentTokenizer"] = dt_tokens
-        print(f"\nbest of {args.repeat} interleaved runs; content tokens: bare {bare_tokens}, ours {our_tokens} "
-              f"(+{2 * our_docs} tags/eos)" + (f", datatrove {dt_tokens} (+{our_docs} eos)" if "datatrove DocumentTokenizer" in wall else ""))
-        print(f"{'':28s} {'wall tok/s':>11s} {'wall s':>7s} {'x bare':>7s} {'x fast':>7s} | {'CPU tok/s':>10s} {'CPU s':>7s} {'x bare':>7s} {'x fast':>7s}")
+        print(
+            f"\nbest of {args.repeat} interleaved runs; content tokens: bare {bare_tokens}, ours {our_tokens} "
+            f"(+{2 * our_docs} tags/eos)"
+            + (f", datatrove {dt_tokens} (+{our_docs} eos)" if "datatrove DocumentTokenizer" in wall else "")
+        )
+        print(
+            f"{'':28s} {'wall tok/s':>11s} {'wall s':>7s} {'x bare':>7s} {'x fast':>7s} | "
+            f"{'CPU tok/s':>10s} {'CPU s':>7s} {'x bare':>7s} {'x fast':>7s}"
+        )
         for name in wall:
             w, c = tokens[name] / wall[name], tokens[name] / cpu[name]
             bw, bc = bare_tokens / wall["bare encode_batch"], bare_tokens / cpu["bare encode_batch"]
             fw, fc = bare_tokens / wall["bare encode_batch_fast"], bare_tokens / cpu["bare encode_batch_fast"]
-            print(f"{name:28s} {w / 1e6:10.3f}M {wall[name]:7.2f} {w / bw:7.2f} {w / fw:7.2f} | "
-                  f"{c / 1e6:9.3f}M {cpu[name]:7.2f} {c / bc:7.2f} {c / fc:7.2f}")
+            print(
+                f"{name:28s} {w / 1e6:10.3f}M {wall[name]:7.2f} {w / bw:7.2f} {w / fw:7.2f} | "
+                f"{c / 1e6:9.3f}M {cpu[name]:7.2f} {c / bc:7.2f} {c / fc:7.2f}"
+            )
         if "datatrove DocumentTokenizer" in wall:
-            print(f"ours / datatrove, whole: {our_tokens / wall['ours: whole stage'] / (dt_tokens / wall['datatrove DocumentTokenizer']):.2f}x wall, "
-                  f"{our_tokens / cpu['ours: whole stage'] / (dt_tokens / cpu['datatrove DocumentTokenizer']):.2f}x CPU")
+            dt = "datatrove DocumentTokenizer"
+            ratio_wall = our_tokens / wall["ours: whole stage"] / (dt_tokens / wall[dt])
+            ratio_cpu = our_tokens / cpu["ours: whole stage"] / (dt_tokens / cpu[dt])
+            print(f"ours / datatrove, whole: {ratio_wall:.2f}x wall, {ratio_cpu:.2f}x CPU")
         else:
             print(f"datatrove DocumentTokenizer: {dt_result}")
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,8 @@ t = time.time()
 chars = {l: c for l, (c, _) in language_chars(loc, files, p.batch_rows).items()}
 mix = sampling_rates(chars, p.alpha, p.sample_chars)
 tally = {}
-tok = train_tokenizer(sampled_texts(loc, files, {l: m["rate"] for l, m in mix.items()}, p.seed, p.batch_rows, tally), sorted(mix), p)
+rates = {lang: m["rate"] for lang, m in mix.items()}
+tok = train_tokenizer(sampled_texts(loc, files, rates, p.seed, p.batch_rows, tally), sorted(mix), p)
 print(json.dumps({"seconds": round(time.time() - t, 1), "sampled_chars": sum(v["chars"] for v in tally.values()),
                   "vocab": tok.get_vocab_size()}))
 """
@@ -40,7 +40,7 @@ MAKE = r"""
 import sys
 import polars as pl, pyarrow as pa
 from xlmflow.storage import RunDir, load_output, read_table, write_table
-from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit
+from xlmflow.tasks.runtime import Input, Unit, commit_stage, ensure, stage_unit
 src, dst, reps = RunDir.of(sys.argv[1]), RunDir.of(sys.argv[2]), int(sys.argv[3])
 m = load_output(src.stage("ingest"), "ingest")
 schema = pa.schema([("doc_id", pa.string()), ("text", pa.large_string()), ("lang", pa.string())])
@@ -48,11 +48,17 @@ df = pl.concat([pl.from_arrow(read_table(src.stage("ingest").child(f.path), ["do
                 for f in m.files if "/part-" in f.path]).rename({"claimed_lang": "lang"}).drop_nulls("lang")
 refs = []
 for (lang,), g in sorted(df.group_by("lang"), key=lambda x: x[0]):
-    g = pl.concat([g.with_columns(pl.format("r{}-{}", pl.lit(r), pl.col("doc_id")).alias("doc_id")) for r in range(reps)])
+    g = pl.concat([g.with_columns(pl.format("r{}-{}", pl.lit(r), pl.col("doc_id")).alias("doc_id"))
+                   for r in range(reps)])
     t = g.select(schema.names).to_arrow().cast(schema)
     unit = Unit(stage="langid", name=f"lang={lang}", out=dst.unit("langid", f"lang={lang}", group="clean").uri,
-                code_version="bench", params={"reps": reps}, upstream={"ingest": m.fingerprint})
-    refs.append(ensure(unit, lambda aside, t=t: (write_table(aside.path("part-00000.parquet"), t), {"documents": t.num_rows})[1]))
+                code_version="bench", params={"reps": reps},
+                inputs={"ingest": {"stage": Input(src.stage("ingest").uri, m.fingerprint)}})
+
+    def build(aside, t=t):
+        write_table(aside.path("part-00000.parquet"), t)
+        return {"documents": t.num_rows}
+    refs.append(ensure(unit, build))
 commit_stage(stage_unit(dst.stage("langid").uri, "langid", refs, "bench", {"reps": reps}), refs)
 """
 
@@ -63,11 +69,13 @@ def child_peak(code: str, *args: str) -> tuple[str, int]:
     RUSAGE_CHILDREN is the max over all waited-for children, so each measured child
     runs from a fresh intermediate process that reports only its own child's peak.
     """
-    wrapper = ("import resource, subprocess, sys\n"
-               "r = subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], capture_output=True, text=True)\n"
-               "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')\n"
-               "print(r.stdout.strip()); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-               "sys.exit(r.returncode)")
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], capture_output=True, text=True)\n"
+        "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')\n"
+        "print(r.stdout.strip()); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(r.returncode)"
+    )
     r = subprocess.run([sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"child failed:\n{r.stderr}")
@@ -90,8 +98,11 @@ def main() -> None:
             out, peak = child_peak(CHILD, run, str(args.vocab_size))
             rows.append((reps, peak, json.loads(out), time.time() - t))
     for reps, peak, info, wall in rows:
-        print(f"corpus x{reps}: peak RSS {peak} MiB, training {info['seconds']} s, sampled chars {info['sampled_chars']}, "
-              f"vocab {info['vocab']}")
+        print(
+            f"corpus x{reps}: peak RSS {peak} MiB, training {info['seconds']} s, "
+            f"sampled chars {info['sampled_chars']}, "
+            f"vocab {info['vocab']}"
+        )
     print(f"peak ratio x{args.repeat} / x1 = {rows[1][1] / rows[0][1]:.2f} (goal <= 1.3)")
 
 

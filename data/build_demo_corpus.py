@@ -20,7 +20,16 @@ the directory of this script):
 Usage: python data/build_demo_corpus.py [--debs DIR] [--out DIR] [--lo-keep K]
 Needs: apt-get and dpkg-deb (Debian/Ubuntu), Python 3.11, pyarrow, zstandard.
 """
-import argparse, hashlib, html.parser, json, re, shutil, subprocess, sys, tempfile
+
+import argparse
+import hashlib
+import html.parser
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,8 +39,7 @@ import zstandard
 HANDBOOK = "debian-handbook"
 LOHELP = "libreoffice-help"
 PACKAGES = [HANDBOOK] + [f"{LOHELP}-{v}" for v in ("en-us", "fr", "de", "es", "zh-cn", "ru")]
-PARALLEL = {LOHELP: ["en", "fr", "de", "es", "zh", "ru"],
-            HANDBOOK: ["en", "fr", "de", "es", "zh", "ru", "ar"]}
+PARALLEL = {LOHELP: ["en", "fr", "de", "es", "zh", "ru"], HANDBOOK: ["en", "fr", "de", "es", "zh", "ru", "ar"]}
 # The handbook's zh-CN and zh-TW both map to ISO 639-1 "zh": zh-CN gets the file
 # name "<source>-zh", zh-TW keeps its locale ("<source>-zh-TW"); both claim "zh".
 PRIMARY_LOCALE = {"zh": "zh-CN"}
@@ -39,8 +47,29 @@ EVAL_BYTE = 26  # sha1(English text)[0] < 26 -> eval split (26/256 = 10.2%)
 # Size cap (all of data/ must stay < 20 MB): keep a LibreOffice help file only if
 # sha1(its path)[0] < LO_KEEP. Same files in every language, all modules sampled.
 LO_KEEP = 160
-BLOCK = {"br", "div", "p", "li", "ul", "ol", "dl", "dt", "dd", "pre", "table", "tr",
-         "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
+BLOCK = {
+    "br",
+    "div",
+    "p",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "pre",
+    "table",
+    "tr",
+    "td",
+    "th",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+}
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 WS = re.compile(r"[ \t\n\r\f]+")  # HTML whitespace only: keep U+00A0 etc. as shipped
 
@@ -114,10 +143,18 @@ def get_debs(debs_dir):
 
 
 def deb_info(deb):
-    field = lambda f: subprocess.run(["dpkg-deb", "-f", str(deb), f], check=True,
-                                     capture_output=True, text=True).stdout.strip()
-    return {"package": field("Package"), "version": field("Version"), "file": deb.name,
-            "sha256": hashlib.sha256(deb.read_bytes()).hexdigest(), "size": deb.stat().st_size}
+    def field(f):
+        return subprocess.run(
+            ["dpkg-deb", "-f", str(deb), f], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    return {
+        "package": field("Package"),
+        "version": field("Version"),
+        "file": deb.name,
+        "sha256": hashlib.sha256(deb.read_bytes()).hexdigest(),
+        "size": deb.stat().st_size,
+    }
 
 
 def hash_below(s, threshold):
@@ -132,16 +169,21 @@ def collect(root, lo_keep):
         yield HANDBOOK, d.name.split("-")[0], d.name, docs
     lo = root / "usr/share/libreoffice/help"
     for d in sorted(x for x in lo.iterdir() if (x / "text").is_dir()):
-        files = sorted((f for f in d.glob("text/**/*.html") if hash_below(f.relative_to(d).as_posix(), lo_keep)),
-                       key=lambda f: f.relative_to(d).as_posix())
+        files = sorted(
+            (f for f in d.glob("text/**/*.html") if hash_below(f.relative_to(d).as_posix(), lo_keep)),
+            key=lambda f: f.relative_to(d).as_posix(),
+        )
         docs = {(f.relative_to(d).as_posix(), k): t for f in files for k, t in extract(f, LOHELP)}
         yield LOHELP, d.name.split("-")[0].lower(), d.name, docs
 
 
 def write_jsonl_zst(path, source, lang, locale, docs):
-    lines = [json.dumps({"text": t, "lang": lang, "source": source, "file": f, "para": k,
-                         "locale": locale}, ensure_ascii=False)
-             for (f, k), t in docs.items()]
+    lines = [
+        json.dumps(
+            {"text": t, "lang": lang, "source": source, "file": f, "para": k, "locale": locale}, ensure_ascii=False
+        )
+        for (f, k), t in docs.items()
+    ]
     data = ("\n".join(lines) + "\n").encode("utf-8")
     path.write_bytes(zstandard.ZstdCompressor(level=19).compress(data))
     return len(lines)
@@ -180,11 +222,23 @@ def write_parallel(outdir, source, by_lang):
     for split, rs in rows.items():
         cols = list(zip(*rs)) if rs else [[] for _ in range(len(langs) + 1)]
         table = pa.table({n: pa.array(c, pa.string()) for n, c in zip(["id"] + langs, cols)})
-        pq.write_table(table, outdir / f"{source}.{split}.parquet", compression="zstd",
-                       compression_level=19, use_dictionary=False, data_page_size=1 << 26)
-    stats.update({"keys_all_langs": len(keys), "dropped_identical": identical,
-                  "dropped_repeats": repeats,
-                  "train": len(rows["train"]), "eval": len(rows["eval"])})
+        pq.write_table(
+            table,
+            outdir / f"{source}.{split}.parquet",
+            compression="zstd",
+            compression_level=19,
+            use_dictionary=False,
+            data_page_size=1 << 26,
+        )
+    stats.update(
+        {
+            "keys_all_langs": len(keys),
+            "dropped_identical": identical,
+            "dropped_repeats": repeats,
+            "train": len(rows["train"]),
+            "eval": len(rows["eval"]),
+        }
+    )
     return stats
 
 

@@ -1,8 +1,12 @@
-"""Pipeline configuration: one section per stage, from a TOML file, CLI flags or defaults.
+"""Pipeline configuration: one section per stage (from the registry), from a TOML file, CLI flags or the demo.
 
-The defaults run the bundled demo corpus (``data/demo``), so ``xlmflow run`` needs no
-arguments. A TOML file has one table per stage, e.g.::
+With no ``--config`` file and no ``--source``, ``xlmflow run`` runs the bundled demo:
+its corpus (``data/demo``) and its parallel sets (``data/parallel``). A user's file
+starts from the plain defaults, so nothing of the demo leaks into a user's run. A TOML
+file has an optional top-level ``parallel`` (the user's evaluation sets: held out of
+the corpus, used for alignment pairs and evaluation) and one table per stage, e.g.::
 
+    parallel = "/data/my-parallel-sets"
     [ingest]
     bad_records = "fail"
     [[ingest.sources]]
@@ -19,51 +23,62 @@ arguments. A TOML file has one table per stage, e.g.::
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from xlmflow import PACKAGE_ROOT
-from xlmflow.tasks.ingest import IngestParams, Source
-from xlmflow.tasks.langid import LangidParams
-from xlmflow.tasks.shard import ShardParams
-from xlmflow.tasks.vocab import VocabParams
+from xlmflow.flows.registry import STAGES
 
 DEMO_CORPUS = PACKAGE_ROOT / "data" / "demo"
+DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
 
 
-def demo_ingest() -> IngestParams:
-    return IngestParams(sources=[Source(path=str(DEMO_CORPUS / "*.jsonl.zst"), format="jsonl", text_field="text",
-                                        lang_field="lang")])
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt section or option is an error, not ignored
 
+    parallel: str | None = Field(
+        None,
+        description="folder/URL of the evaluation parallel sets (NAME.train.parquet, "
+        "NAME.eval.parquet): eval segments are held out of the corpus, train ones feed alignment",
+    )
 
-def task_runner(dask: str | None = None):
-    """Units run on threads (the work is in Arrow/polars/fastText/tokenizers, which release the GIL),
-    bounded by ``XLMFLOW_WORKERS`` (default: CPU count) so memory stays bounded too. With ``dask``
-    (a scheduler address, or ``local``) they run on a Dask cluster through prefect-dask instead."""
-    if not dask:
-        return ThreadPoolTaskRunner(max_workers=int(os.environ.get("XLMFLOW_WORKERS", os.cpu_count() or 2)))
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError as e:
-        raise ImportError("running on Dask needs prefect-dask: pip install -e '.[dask]'") from e
-    return DaskTaskRunner() if dask == "local" else DaskTaskRunner(address=dask)
-
-
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ingest: IngestParams = Field(default_factory=demo_ingest)
-    langid: LangidParams = Field(default_factory=LangidParams)
-    vocab: VocabParams = Field(default_factory=VocabParams)
-    shard: ShardParams = Field(default_factory=ShardParams)
+    def stage_params(self, name: str) -> BaseModel:
+        """The section of stage ``name``, with the pipeline's parallel sets filled in where it leaves them unset."""
+        params = getattr(self, name).model_copy(deep=True)
+        stage = next(s for s in STAGES if s.name == name)
+        if stage.parallel_field and getattr(params, stage.parallel_field) is None:
+            setattr(params, stage.parallel_field, self.parallel)
+        return params
 
     @classmethod
     def load(cls, path: str | Path | None) -> "PipelineConfig":
+        """The file's configuration over the plain defaults; with no file, the demo's."""
         if path is None:
-            return cls()
+            return cls.demo()
         with open(path, "rb") as f:
             return cls.model_validate(tomllib.load(f))
+
+    @classmethod
+    def demo(cls) -> "PipelineConfig":
+        """The bundled demo corpus and parallel sets (the only place they are named)."""
+        return cls.model_validate(DEMO)
+
+
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=_Config,
+    __doc__="Every stage's parameters, one section per stage of the registry.",
+    **{s.name: (s.params, Field(default_factory=s.params, description=s.help)) for s in STAGES},
+)
+
+DEMO: dict[str, Any] = {
+    "parallel": str(DEMO_PARALLEL),
+    "ingest": {
+        "sources": [
+            {"path": str(DEMO_CORPUS / "*.jsonl.zst"), "format": "jsonl", "text_field": "text", "lang_field": "lang"}
+        ]
+    },
+}

@@ -1,4 +1,5 @@
-"""The langid flow: score (LID) and signal (quality) every ingest unit, filter it, dedup each language, write the clean partitions.
+"""The langid flow: score (LID) and signal (quality) every ingest unit, filter it, dedup each language,
+write the clean partitions.
 
 Scores (the model) and decisions (thresholds, kept languages, quality rules) are
 separate units, so changing a threshold re-runs ``langid-filter`` and later tasks
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.config import task_runner
+from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import langid
 from xlmflow.tasks.langid import LangidParams
 from xlmflow.tasks.runtime import Ref, logger, run_unit, submit_units
-
 
 
 @flow(name="langid", task_runner=task_runner())
@@ -29,7 +29,56 @@ def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
     dedup_refs = [f.result() for f in submit_units(langid.dedup_lang, dedup_units)]
     clean_units = langid.plan_clean_task(run, dedup_units, dedup_refs)
     clean_refs = [f.result() for f in submit_units(langid.clean_lang, clean_units)]
-    refs = [f.result() for f in score_futures] + [f.result() for f in signal_futures] + filter_refs + dedup_refs + clean_refs
+    refs = (
+        [f.result() for f in score_futures]
+        + [f.result() for f in signal_futures]
+        + filter_refs
+        + dedup_refs
+        + clean_refs
+    )
     ref = run_unit(langid.commit_task, langid.stage_for(run, params, refs), refs)
     logger().info("langid: %d ingest units scored and filtered, %d languages clean", len(score_units), len(clean_refs))
     return ref
+
+
+def _flags(g) -> None:
+    g.add_argument("--lang-threshold", action="append", metavar="XX=P", help="per-language threshold (repeatable)")
+    g.add_argument("--keep-langs", help="comma-separated languages to keep (default: all)")
+    g.add_argument("--no-near-dedup", action="store_true", help="exact dedup only")
+
+
+def _apply(args, params: LangidParams) -> None:
+    if getattr(args, "lang_threshold", None):
+        params.thresholds = {**params.thresholds, **_pairs(args.lang_threshold)}
+    if getattr(args, "keep_langs", None):
+        params.keep_langs = [x.strip() for x in args.keep_langs.split(",") if x.strip()]
+    if getattr(args, "no_near_dedup", False):
+        params.dedup.near = False
+
+
+def _pairs(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        lang, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--lang-threshold {item!r}: write it as LANG=PROBABILITY, e.g. hr=0.3")
+        out[lang.strip()] = float(value)
+    return out
+
+
+STAGE = Stage(
+    name="langid",
+    flow=langid_flow,
+    params=LangidParams,
+    reads=("ingest",),
+    help="fastText language ID, per-language thresholds, quality filters, exact and MinHash dedup",
+    flags={
+        "--model": "model_path",
+        "--threshold": "threshold",
+        "--mismatch": "mismatch",
+        "--min-lang-docs": "min_lang_docs",
+    },
+    extra_flags=_flags,
+    apply_extra=_apply,
+    parallel_field="holdout",
+)

@@ -1,4 +1,4 @@
-"""The whole pipeline: each stage's flow, in order. No algorithms here.
+"""The whole pipeline: each stage's flow, in registry order. No algorithms here.
 
 Every stage is a flow of its own (``flows/<stage>.py``), so the CLI and deployments can
 trigger any single stage; ``pipeline`` chains them as subflows. Units of a stage are
@@ -10,22 +10,19 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.config import PipelineConfig, task_runner
-from xlmflow.flows.ingest import ingest_flow
-from xlmflow.flows.langid import langid_flow
-from xlmflow.flows.shard import shard_flow
-from xlmflow.flows.vocab import vocab_flow
+from xlmflow.flows.config import PipelineConfig
+from xlmflow.flows.registry import STAGES
+from xlmflow.flows.stage import task_runner
 from xlmflow.tasks.runtime import Ref
-
-#: stage name -> its flow, in pipeline order; each takes (run_dir, the PipelineConfig section of that name)
-STAGE_FLOWS = {"ingest": ingest_flow, "langid": langid_flow, "vocab": vocab_flow, "shard": shard_flow}
 
 
 @flow(name="pipeline", task_runner=task_runner())
 def pipeline(run_dir: str, config: PipelineConfig | None = None, dask: str | None = None) -> dict[str, Ref]:
-    """Every stage in order; ``dask`` (scheduler address or ``local``) runs their units on Dask."""
-    config = config or PipelineConfig()
-    return {name: on(fl, dask)(run_dir, getattr(config, name)) for name, fl in STAGE_FLOWS.items()}
+    """Every stage in order (the demo when no config is given).
+
+    ``dask`` (scheduler address or ``local``) runs their units on Dask."""
+    config = config or PipelineConfig.demo()
+    return {s.name: on(s.flow, dask)(run_dir, config.stage_params(s.name)) for s in STAGES}
 
 
 def on(fl, dask: str | None):

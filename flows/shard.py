@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.config import task_runner
+from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import shard
 from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.shard import ShardParams
-
 
 
 @flow(name="shard", task_runner=task_runner())
@@ -23,3 +22,13 @@ def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
     units = shard.plan_task(run, params)
     refs = [f.result() for f in submit_units(shard.shard_task, units)]
     return run_unit(shard.commit_task, shard.stage_for(run, params, refs), refs)
+
+
+STAGE = Stage(
+    name="shard",
+    flow=shard_flow,
+    params=ShardParams,
+    reads=("langid", "vocab"),
+    help="tokenise the clean corpus into train/valid Parquet token shards with a checksummed manifest",
+    flags={"--valid-fraction": "valid_fraction", "--min-valid-docs": "min_valid_docs", "--shard-docs": "shard_docs"},
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.config import task_runner
+from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import vocab
 from xlmflow.tasks.runtime import Ref, run_unit
@@ -17,3 +17,14 @@ def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
     ref = run_unit(vocab.vocab_task, unit)
     vocab.report_task(ref)
     return ref
+
+
+STAGE = Stage(
+    name="vocab",
+    flow=vocab_flow,
+    params=vocab.VocabParams,
+    reads=("langid",),
+    help="train one byte-level BPE on a temperature-sampled language mix, alignment table, fairness report",
+    flags={"--vocab-size": "vocab_size", "--alpha": "alpha", "--vocab-seed": "seed", "--dictionary": "dictionary"},
+    parallel_field="parallel",
+)

@@ -94,7 +94,7 @@ def commit(target: Location, manifest: Manifest) -> Iterator[Aside]:
 
 def _files_below(loc: Location) -> list[str]:
     base = loc.path.rstrip("/") + "/"
-    return [p[len(base):] for p in loc.fs.find(loc.path) if p.startswith(base)]
+    return [p[len(base) :] for p in loc.fs.find(loc.path) if p.startswith(base)]
 
 
 def _remove_stale_asides(target: Location) -> None:

@@ -67,7 +67,7 @@ def _local_sha256(path: str, size: int, mtime_ns: int) -> tuple[str, int]:
 def tree_sha256(fs, path: str) -> str:
     """Fingerprint of every file below a folder: relative names and contents."""
     files = sorted(p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith("."))
-    return hash_json([[p[len(path.rstrip("/")) + 1:], file_sha256(fs, p)[0]] for p in files])
+    return hash_json([[p[len(path.rstrip("/")) + 1 :], file_sha256(fs, p)[0]] for p in files])
 
 
 _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
@@ -94,7 +94,7 @@ def stable_hashes(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     n = len(arr)
     if n == 0:
         return np.zeros(0, np.int64)
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
     n_words = (lengths + 7) // 8
@@ -132,7 +132,17 @@ def code_version(*modules: str) -> str:
 
 
 #: libraries whose upgrade can change what a stage writes (Parquet encoding, NFC, regexes, BPE, LID)
-LIBRARIES = ("pyarrow", "polars", "numpy", "scipy", "tokenizers", "transformers", "datasets", "fasttext-numpy2", "orjson")
+LIBRARIES = (
+    "pyarrow",
+    "polars",
+    "numpy",
+    "scipy",
+    "tokenizers",
+    "transformers",
+    "datasets",
+    "fasttext-numpy2",
+    "orjson",
+)
 
 
 @lru_cache(maxsize=1)
@@ -161,7 +171,11 @@ def _our_imports(name: str, src: str) -> list[str]:
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
+                else node.module
+            )
             found.append(base)
             found += [f"{base}.{a.name}" for a in node.names]  # `from pkg import module`
     return [m for m in found if m and m.split(".")[0] in OUR_PACKAGES]

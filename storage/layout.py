@@ -1,9 +1,11 @@
 """Where things live: the run directory and its stage folders, on any fsspec file system.
 
-A run directory holds one folder per stage. A stage that works in units (one per
-input file or shard) commits each unit into ``<stage>/parts/<unit>/`` and then the
-stage itself, whose ``_manifest.json`` lists every file. No other module builds a
-path by hand: they ask a :class:`Location` for one.
+A run directory holds one folder per stage, named as the stage. A stage that works in
+units (one per input file or shard) commits each unit into ``<stage>/<group>/<unit>/``
+and then the stage itself, whose ``_manifest.json`` lists every file. Partitions by a
+key are folders ``<key>=<value>/`` (Hive style: ``lang=fr``). No other module builds
+or parses a path by hand: they ask a :class:`Location`, :class:`RunDir` or the
+functions here.
 """
 
 from __future__ import annotations
@@ -15,8 +17,40 @@ from functools import cached_property
 import fsspec
 from fsspec.core import url_to_fs
 
-STAGES = ("ingest", "langid", "vocab", "shards", "model", "eval")
 PARTS = "parts"
+CHECKPOINTS = ".checkpoints"  # hidden: outside every stage folder, so no commit ever removes it
+
+
+def partition(key: str, value: str, *rest: str) -> str:
+    """``<key>=<value>[/rest...]``: the relative path of a partition folder (or a file in it)."""
+    if not value or "/" in value or "=" in value:
+        raise ValueError(f"not a partition value: {value!r}")
+    return posixpath.join(f"{key}={value}", *rest)
+
+
+def partition_value(path: str, key: str) -> str | None:
+    """The value of the first ``<key>=<value>`` folder in a relative path, or None."""
+    for part in path.split("/")[:-1]:
+        k, sep, v = part.partition("=")
+        if sep and k == key:
+            return v
+    return None
+
+
+def split_path(path: str, depth: int) -> list[str]:
+    """A relative path as its first ``depth`` folder names and the rest: ``a/b/c.parquet``, 2 -> [a, b, c.parquet]."""
+    parts = path.split("/", depth)
+    if len(parts) != depth + 1:
+        raise ValueError(f"{path!r} is not {depth} folders deep")
+    return parts
+
+
+def relative(base_uri: str, uri: str) -> str:
+    """``uri`` relative to the folder ``base_uri`` (an error when it is not inside it)."""
+    base = base_uri.rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise ValueError(f"{uri} is not inside the folder {base_uri}")
+    return uri[len(base) :]
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,17 @@ class Location:
     def is_dir(self) -> bool:
         return self.fs.isdir(self.path)
 
+    def subfolders(self) -> list[str]:
+        """Names of the folders directly inside, sorted; hidden ones (``.aside-*``) left out."""
+        if not self.is_dir():
+            return []
+        names = [
+            posixpath.basename(d["name"].rstrip("/"))
+            for d in self.fs.ls(self.path, detail=True)
+            if d["type"] == "directory"
+        ]
+        return sorted(n for n in names if not n.startswith("."))
+
     def makedirs(self) -> None:
         self.fs.makedirs(self.path, exist_ok=True)
 
@@ -98,9 +143,15 @@ class RunDir:
         return cls(Location.of(uri_or_path))
 
     def stage(self, name: str) -> Location:
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        if not name.isidentifier():
+            raise ValueError(f"not a stage name: {name!r}")
         return self.root.child(name)
+
+    def checkpoints(self, stage: str, fingerprint: str) -> Location:
+        """Where a long unit keeps its checkpoints: outside the stage folder (a commit never
+        deletes them) and keyed by the unit's fingerprint (a changed config never resumes
+        from a stale one)."""
+        return self.root.child(CHECKPOINTS, stage, fingerprint[:16])
 
     def unit(self, stage: str, unit: str, group: str = PARTS) -> Location:
         """``<stage>/<group>/<unit>/``: one unit's committed output (a stage may have several groups)."""

@@ -98,12 +98,16 @@ def load_output(loc: Location, stage: str | None = None) -> Manifest:
     """Read a committed output as an input to the next step; any defect is an error."""
     m = read_manifest(loc)
     if m is None:
-        raise ManifestError(f"{loc} has no {MANIFEST}: it is not a committed output; run the {stage or 'upstream'} stage first")
+        raise ManifestError(
+            f"{loc} has no {MANIFEST}: it is not a committed output; run the {stage or 'upstream'} stage first"
+        )
     if stage and m.stage != stage:
         raise ManifestError(f"{loc}: manifest is for stage {m.stage!r}, expected {stage!r}")
     bad = problems(loc, m)
     if bad:
-        raise ManifestError(f"{loc}: output does not match its manifest: {'; '.join(bad)}. Rerun the {m.stage} stage to rebuild it")
+        raise ManifestError(
+            f"{loc}: output does not match its manifest: {'; '.join(bad)}. Rerun the {m.stage} stage to rebuild it"
+        )
     return m
 
 
@@ -124,6 +128,6 @@ def partitions(manifest: Manifest, group: str, key: str = "lang") -> dict[str, l
     prefix = f"{group}/{key}="
     for f in manifest.files:
         if f.path.startswith(prefix):
-            value = f.path[len(prefix):].split("/", 1)[0]
+            value = f.path[len(prefix) :].split("/", 1)[0]
             found.setdefault(value, []).append(f)
     return dict(sorted(found.items()))

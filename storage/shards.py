@@ -2,11 +2,11 @@
 
 Layout (one committed unit folder per shard, so each shard is cached and rebuilt alone)::
 
-    shards/_manifest.json            every shard file with bytes, sha256, rows; totals in stats
-    shards/shards.json               the index: per shard split, lang, rows, tokens, bytes, sha256
-    shards/<split>/<lang>-NNNNN/<split>-<lang>-NNNNN.parquet
+    shard/_manifest.json             every shard file with bytes, sha256, rows; totals in stats
+    shard/shards.json                the index: per shard split, lang, rows, tokens, bytes, sha256
+    shard/<split>/<lang>-NNNNN/<split>-<lang>-NNNNN.parquet
 
-The split is the folder group so ``data_files={"train": "shards/train/*/*.parquet"}`` is
+The split is the folder group so ``data_files={"train": "shard/train/*/*.parquet"}`` is
 one glob per split; the language leads the shard name so one language is a glob too;
 file names repeat split and language so shards copied elsewhere stay self-describing.
 
@@ -29,7 +29,7 @@ from .fingerprint import file_sha256
 from .layout import Location
 from .manifest import ManifestError, read_manifest
 
-STAGE = "shards"
+STAGE = "shard"
 SPLITS = ("train", "valid")
 INDEX = "shards.json"
 BATCH_ROWS = 4096
@@ -74,8 +74,17 @@ def list_shards(stage: Location | str, split: str | None = "train", langs: list[
             continue
         lang = parts[1].rsplit("-", 1)[0]
         if (split is None or parts[0] == split) and (langs is None or lang in langs):
-            found.append(Shard(path=f.path, uri=loc.child(f.path).uri, split=parts[0], lang=lang,
-                               rows=f.rows or 0, bytes=f.bytes, sha256=f.sha256))
+            found.append(
+                Shard(
+                    path=f.path,
+                    uri=loc.child(f.path).uri,
+                    split=parts[0],
+                    lang=lang,
+                    rows=f.rows or 0,
+                    bytes=f.bytes,
+                    sha256=f.sha256,
+                )
+            )
     return found
 
 
@@ -89,8 +98,10 @@ def for_rank(shards: list[Shard], rank: int, world_size: int) -> list[Shard]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     if len(shards) < world_size:
-        raise ValueError(f"{len(shards)} shards cannot feed {world_size} ranks; make smaller shards "
-                         f"(shard stage: shard_docs) or use fewer ranks")
+        raise ValueError(
+            f"{len(shards)} shards cannot feed {world_size} ranks; make smaller shards "
+            f"(shard stage: shard_docs) or use fewer ranks"
+        )
     load = [0] * world_size
     mine = []
     for s in sorted(shards, key=lambda s: (-s.bytes, s.path)):
@@ -109,16 +120,28 @@ def verify(shard: Shard) -> None:
     except FileNotFoundError:
         raise ManifestError(f"{shard.uri}: shard is missing; rerun the shard stage to rebuild it") from None
     if size != shard.bytes:
-        raise ManifestError(f"{shard.uri}: {size} bytes, the shards manifest says {shard.bytes}; the shard is "
-                            f"truncated or was changed: rerun the shard stage to rebuild it")
+        raise ManifestError(
+            f"{shard.uri}: {size} bytes, the shards manifest says {shard.bytes}; the shard is "
+            f"truncated or was changed: rerun the shard stage to rebuild it"
+        )
     if file_sha256(loc.fs, loc.path)[0] != shard.sha256:
-        raise ManifestError(f"{shard.uri}: sha256 differs from the shards manifest; the shard is corrupt: "
-                            f"rerun the shard stage to rebuild it")
+        raise ManifestError(
+            f"{shard.uri}: sha256 differs from the shards manifest; the shard is corrupt: "
+            f"rerun the shard stage to rebuild it"
+        )
 
 
-def iter_batches(stage: Location | str, split: str = "train", rank: int = 0, world_size: int = 1,
-                 langs: list[str] | None = None, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS,
-                 seed: int | None = None, check: bool = True) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    stage: Location | str,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    langs: list[str] | None = None,
+    columns: list[str] | None = None,
+    batch_rows: int = BATCH_ROWS,
+    seed: int | None = None,
+    check: bool = True,
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches of this rank's shards, each shard verified before it is read.
 
     ``seed`` shuffles the order of the rank's shards (the same seed gives the same
@@ -135,7 +158,9 @@ def iter_batches(stage: Location | str, split: str = "train", rank: int = 0, wor
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
 
-def data_files(stage: Location | str, split: str = "train", langs: list[str] | None = None, check: bool = True) -> list[str]:
+def data_files(
+    stage: Location | str, split: str = "train", langs: list[str] | None = None, check: bool = True
+) -> list[str]:
     """Verified shard URIs of a split, for ``datasets.load_dataset("parquet", data_files=...)`` or polars."""
     shards = list_shards(stage, split, langs)
     if check:

@@ -27,51 +27,38 @@ import pyarrow as pa
 import scipy.sparse as sp
 from tokenizers import Tokenizer
 
-from xlmflow.storage import Location, read_table, write_table
+from xlmflow.storage import Location, write_table
 
-from .fairness import Usage, encode_ids, is_cjk
+from .fairness import Usage
+from .parallel import PIVOT, Parallel
+from .tokens import is_cjk, surfaces
 
-PIVOT = "en"
 EVIDENCE_SCORE = {"identical": 1.0, "normalised": 0.9, "transliterated": 0.7}
-ALIGNMENT_SCHEMA = pa.schema([("token_id", pa.int32()), ("anchor_id", pa.int32()), ("evidence", pa.string()),
-                              ("score", pa.float32()), ("lang", pa.string()), ("anchor_lang", pa.string())])
+ALIGNMENT_SCHEMA = pa.schema(
+    [
+        ("token_id", pa.int32()),
+        ("anchor_id", pa.int32()),
+        ("evidence", pa.string()),
+        ("score", pa.float32()),
+        ("lang", pa.string()),
+        ("anchor_lang", pa.string()),
+    ]
+)
 
-_CYRILLIC = dict(zip("абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґўђјљњћџ",
-                     "a b v g d e e zh z i j k l m n o p r s t u f h c ch sh shch  y  e yu ya i yi ye g u d j lj nj c dz".split(" ")))
+_CYRILLIC = dict(
+    zip(
+        "абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґўђјљњћџ",
+        "a b v g d e e zh z i j k l m n o p r s t u f h c ch sh shch  y  e yu ya i yi ye g u d j lj nj c dz".split(" "),
+    )
+)
 _GREEK = dict(zip("αβγδεζηθικλμνξοπρσςτυφχψω", "a v g d e z i th i k l m n x o p r s s t y f ch ps o".split()))
-_ARABIC = dict(zip("ابتثجحخدذرزسشصضطظعغفقكلمنهويءآأإةى",
-                   "a b t th j h kh d dh r z s sh s d t z a gh f q k l m n h w y a a a i h a".split()))
+_ARABIC = dict(
+    zip(
+        "ابتثجحخدذرزسشصضطظعغفقكلمنهويءآأإةى",
+        "a b t th j h kh d dh r z s sh s d t z a gh f q k l m n h w y a a a i h a".split(),
+    )
+)
 TRANSLIT = str.maketrans({**_CYRILLIC, **_GREEK, **_ARABIC})
-
-
-# ---------------------------------------------------------------- token surfaces
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte <-> printable character table, inverted (what the ByteLevel pre-tokenizer uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def surfaces(tok: Tokenizer) -> tuple[list[str | None], np.ndarray]:
-    """Each id's text (None for specials and partial UTF-8 sequences) and whether it starts a word (leading space)."""
-    table = _byte_decoder()
-    special = {t.content for t in tok.get_added_tokens_decoder().values()}
-    out: list[str | None] = [None] * tok.get_vocab_size()
-    for token, i in tok.get_vocab().items():
-        if token in special:
-            continue
-        try:
-            out[i] = bytes(table[ch] for ch in token).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            out[i] = None
-    initial = np.array([s is not None and s.startswith(" ") for s in out])
-    return out, initial
 
 
 def core(surface: str | None) -> str | None:
@@ -108,16 +95,31 @@ def form_clusters(cores: list[str | None]) -> tuple[np.ndarray, list[str]]:
     folded = [fold(c) for c in df["core"].to_list()]  # one entry per vocabulary id, not per document
     translit = [f.translate(TRANSLIT) for f in folded]
     df = df.with_columns(pl.Series("folded", folded), pl.Series("translit", translit))
-    df = df.with_columns(pl.when((pl.col("folded") == pl.col("translit")) | (pl.col("translit").str.len_chars() >= 4))
-                         .then(pl.col("translit")).otherwise(pl.col("folded")).alias("key"))
+    df = df.with_columns(
+        pl.when((pl.col("folded") == pl.col("translit")) | (pl.col("translit").str.len_chars() >= 4))
+        .then(pl.col("translit"))
+        .otherwise(pl.col("folded"))
+        .alias("key")
+    )
     df = df.with_columns(pl.col("id").min().over("key").alias("rep"))
-    reps = df.select("id", "rep").join(df.select(pl.col("id").alias("rep"), pl.col("core").alias("rep_core"),
-                                                 pl.col("folded").alias("rep_folded")), on="rep")
-    reps = reps.join(df.select("id", "core", "folded"), on="id").with_columns(
-        pl.when(pl.col("id") == pl.col("rep")).then(pl.lit("self"))
-        .when(pl.col("core") == pl.col("rep_core")).then(pl.lit("identical"))
-        .when(pl.col("folded") == pl.col("rep_folded")).then(pl.lit("normalised"))
-        .otherwise(pl.lit("transliterated")).alias("how")).sort("id")
+    reps = df.select("id", "rep").join(
+        df.select(pl.col("id").alias("rep"), pl.col("core").alias("rep_core"), pl.col("folded").alias("rep_folded")),
+        on="rep",
+    )
+    reps = (
+        reps.join(df.select("id", "core", "folded"), on="id")
+        .with_columns(
+            pl.when(pl.col("id") == pl.col("rep"))
+            .then(pl.lit("self"))
+            .when(pl.col("core") == pl.col("rep_core"))
+            .then(pl.lit("identical"))
+            .when(pl.col("folded") == pl.col("rep_folded"))
+            .then(pl.lit("normalised"))
+            .otherwise(pl.lit("transliterated"))
+            .alias("how")
+        )
+        .sort("id")
+    )
     rep = np.arange(v, dtype=np.int64)
     how = ["self"] * v
     ids = reps["id"].to_numpy()
@@ -127,8 +129,9 @@ def form_clusters(cores: list[str | None]) -> tuple[np.ndarray, list[str]]:
     return rep, how
 
 
-def translation_edges(tok: Tokenizer, candidates: np.ndarray, train: "Parallel", langs: list[str],
-                      min_df: int, min_dice: float) -> Edges:
+def translation_edges(
+    tok: Tokenizer, candidates: np.ndarray, train: Parallel, langs: list[str], min_df: int, min_dice: float
+) -> Edges:
     """Mutual-best Dice pairs (x in language X -> e in en) over the aligned segments of every train file."""
     src, tgt, score, pair_langs = [], [], [], []
     for x in [lang for lang in langs if lang != PIVOT]:
@@ -160,63 +163,6 @@ def translation_edges(tok: Tokenizer, candidates: np.ndarray, train: "Parallel",
     return Edges(s, np.concatenate(tgt), np.concatenate(score), ["translation"] * len(s), pair_langs)
 
 
-class Parallel:
-    """Parallel files as binary segment x token matrices, each language column encoded once.
-
-    ``pair(a, b)`` stacks, over every file holding both, the rows where both sides are
-    present and not copies of each other (untranslated segments would teach identity).
-    """
-
-    def __init__(self, tok: Tokenizer, files: list[Location]):
-        self.tok = tok
-        # ``id`` names the segment, not Indonesian: parallel files keep their key there
-        self.tables = [pl.from_arrow(read_table(loc)).drop("id", strict=False) for loc in files]
-        self._matrices: dict[tuple[int, str], sp.csr_matrix] = {}
-
-    def _matrix(self, i: int, lang: str) -> sp.csr_matrix:
-        if (i, lang) not in self._matrices:
-            texts = self.tables[i][lang].fill_null("").str.normalize("NFC").to_list()
-            self._matrices[(i, lang)] = presence(self.tok, texts)
-        return self._matrices[(i, lang)]
-
-    def rows(self, i: int, a: str, b: str) -> np.ndarray:
-        t = self.tables[i]
-        return t.select(pl.col(a).is_not_null() & pl.col(b).is_not_null() & (pl.col(a) != pl.col(b))).to_series().fill_null(False).to_numpy()
-
-    def pair(self, a: str, b: str) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
-        ma, mb = [], []
-        for i, t in enumerate(self.tables):
-            if a in t.columns and b in t.columns:
-                keep = self.rows(i, a, b)
-                ma.append(self._matrix(i, a)[keep])
-                mb.append(self._matrix(i, b)[keep])
-        if not ma or sum(m.shape[0] for m in ma) == 0:
-            return None, None
-        return sp.vstack(ma).tocsr(), sp.vstack(mb).tocsr()
-
-    def texts(self, a: str, b: str) -> tuple[list[str], list[str]]:
-        out_a, out_b = [], []
-        for i, t in enumerate(self.tables):
-            if a in t.columns and b in t.columns:
-                sel = t.filter(pl.Series(self.rows(i, a, b)))
-                out_a += sel[a].str.normalize("NFC").to_list()
-                out_b += sel[b].str.normalize("NFC").to_list()
-        return out_a, out_b
-
-
-def presence(tok: Tokenizer, texts: list[str], keep: np.ndarray | None = None) -> sp.csr_matrix:
-    """Binary segment x token matrix (which ids occur in each text), restricted to ``keep`` ids."""
-    ids, lengths = encode_ids(tok, texts)
-    rows = np.repeat(np.arange(len(texts)), lengths)
-    if keep is not None:
-        mask = keep[ids]
-        rows, ids = rows[mask], ids[mask]
-    m = sp.csr_matrix((np.ones(len(ids), np.float64), (rows, ids)), shape=(len(texts), tok.get_vocab_size()))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
-
-
 def dictionary_edges(tok: Tokenizer, loc: Location) -> Edges:
     """src<TAB>tgt lines whose words are single tokens (as words inside a sentence): src -> tgt."""
     with loc.open("rb") as f:
@@ -232,8 +178,9 @@ def dictionary_edges(tok: Tokenizer, loc: Location) -> Edges:
     return Edges(arr[:, 0], arr[:, 1], np.ones(len(arr)), ["dictionary"] * len(arr), [("", "")] * len(arr))
 
 
-def build_alignment(tok: Tokenizer, usage: Usage, train: list[Location], dictionary: Location | None,
-                    min_df: int, min_dice: float) -> tuple[pa.Table, Edges]:
+def build_alignment(
+    tok: Tokenizer, usage: Usage, train: list[Location], dictionary: Location | None, min_df: int, min_dice: float
+) -> tuple[pa.Table, Edges]:
     """The table (one row per id) and the translation/dictionary edges it used."""
     v = tok.get_vocab_size()
     texts, _ = surfaces(tok)
@@ -244,8 +191,13 @@ def build_alignment(tok: Tokenizer, usage: Usage, train: list[Location], diction
     edges = translation_edges(tok, candidates, Parallel(tok, train), usage.langs, min_df, min_dice)
     if dictionary is not None:
         d = dictionary_edges(tok, dictionary)
-        edges = Edges(np.concatenate([d.source, edges.source]), np.concatenate([d.target, edges.target]),
-                      np.concatenate([d.score, edges.score]), d.evidence + edges.evidence, d.langs + edges.langs)
+        edges = Edges(
+            np.concatenate([d.source, edges.source]),
+            np.concatenate([d.target, edges.target]),
+            np.concatenate([d.score, edges.score]),
+            d.evidence + edges.evidence,
+            d.langs + edges.langs,
+        )
     # cluster-level edges: the best-scoring one per source cluster, into a cluster that has none of its own
     anchor = rep.copy()
     evidence = list(how)
@@ -271,9 +223,17 @@ def build_alignment(tok: Tokenizer, usage: Usage, train: list[Location], diction
         elif anchor[t] == t and usage.languages_using(t) >= 2:
             evidence[t] = "shared"
             score[t] = usage.languages_using(t) / len(usage.langs)
-    table = pa.table({"token_id": pa.array(np.arange(v), pa.int32()), "anchor_id": pa.array(anchor, pa.int32()),
-                      "evidence": evidence, "score": pa.array(np.round(score, 4), pa.float32()),
-                      "lang": lang, "anchor_lang": [lang[a] for a in anchor.tolist()]}, schema=ALIGNMENT_SCHEMA)
+    table = pa.table(
+        {
+            "token_id": pa.array(np.arange(v), pa.int32()),
+            "anchor_id": pa.array(anchor, pa.int32()),
+            "evidence": evidence,
+            "score": pa.array(np.round(score, 4), pa.float32()),
+            "lang": lang,
+            "anchor_lang": [lang[a] for a in anchor.tolist()],
+        },
+        schema=ALIGNMENT_SCHEMA,
+    )
     return table, edges
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+
 class DedupParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
@@ -36,16 +37,16 @@ class DedupParams(BaseModel):
 
 
 def normalise(text: pl.Expr) -> pl.Expr:
-    return (text.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]", " ")
-            .str.replace_all(r"\s+", " ").str.strip_chars())
+    return text.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]", " ").str.replace_all(r"\s+", " ").str.strip_chars()
 
 
 def exact_duplicates(doc_id: pl.Series, norm: pl.Series) -> pl.DataFrame:
     """(doc_id, dup_of) of every document whose normalised text an earlier doc_id already has."""
     df = pl.DataFrame({"doc_id": doc_id, "norm": norm})
     first = df.group_by("norm").agg(pl.col("doc_id").min().alias("dup_of"))
-    return (df.join(first, on="norm").filter(pl.col("doc_id") != pl.col("dup_of"))
-            .select("doc_id", "dup_of").sort("doc_id"))
+    return (
+        df.join(first, on="norm").filter(pl.col("doc_id") != pl.col("dup_of")).select("doc_id", "dup_of").sort("doc_id")
+    )
 
 
 def minhash(norm: list[str] | pl.Series, p: DedupParams) -> np.ndarray:
@@ -60,7 +61,7 @@ def minhash(norm: list[str] | pl.Series, p: DedupParams) -> np.ndarray:
     h = np.zeros(span, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(k):
-            h = h * np.uint64(1099511628211) + cps[j:j + span] + np.uint64(1)
+            h = h * np.uint64(1099511628211) + cps[j : j + span] + np.uint64(1)
     # k-grams of document d start at starts[d] .. starts[d]+len-k; short documents get one shingle
     n_sh = np.maximum(lengths - k + 1, 1)
     offs = np.arange(n_sh.sum()) - np.repeat(np.cumsum(n_sh) - n_sh, n_sh)
@@ -96,7 +97,7 @@ def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
     rows = p.num_perm // p.bands
     src, dst = [], []
     for band in range(p.bands):
-        block = np.ascontiguousarray(sig[:, band * rows:(band + 1) * rows])
+        block = np.ascontiguousarray(sig[:, band * rows : (band + 1) * rows])
         keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         rep = first[inverse.ravel()]  # np.unique's first index is the smallest member of each bucket

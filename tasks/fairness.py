@@ -11,7 +11,6 @@ segments / tokens of en) and the alignment precision (see :func:`alignment_preci
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -19,29 +18,17 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import scipy.sparse as sp
 from tokenizers import Tokenizer
 
-from xlmflow.storage import FileEntry, Location, read_batches, read_table, stable_uniform
+from xlmflow.storage import FileEntry, Location, read_batches, stable_uniform
+
+from .parallel import PIVOT, Parallel
+from .tokens import encode_ids, surfaces
 
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}
 WORD = r"[\p{L}\p{M}\p{N}]+"
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 MIN_USE = 2  # a language "uses" an id seen this often in its sample
 EXAMPLES = 5
-
-
-def is_cjk(text: str) -> bool:
-    return bool(CJK.search(text))
-
-
-def encode_ids(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All ids of a batch, concatenated, and the number of ids per text."""
-    encs = tok.encode_batch_fast(texts, add_special_tokens=False) if hasattr(tok, "encode_batch_fast") \
-        else tok.encode_batch(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
-    return ids, lengths
 
 
 @dataclass
@@ -66,8 +53,9 @@ class Usage:
         return int((self.counts[:, token] >= MIN_USE).sum())
 
 
-def language_usage(tok: Tokenizer, stage: Location, files: dict[str, list[FileEntry]], docs_per_lang: int,
-                   seed: int, batch_rows: int) -> Usage:
+def language_usage(
+    tok: Tokenizer, stage: Location, files: dict[str, list[FileEntry]], docs_per_lang: int, seed: int, batch_rows: int
+) -> Usage:
     """Encode up to ``docs_per_lang`` hash-sampled documents per language and measure them."""
 
     langs = sorted(files)
@@ -88,9 +76,12 @@ def language_usage(tok: Tokenizer, stage: Location, files: dict[str, list[FileEn
                 ids, lengths = encode_ids(tok, texts.to_list())
                 counts[li] += np.bincount(ids, minlength=v)
                 offsets = np.concatenate([[0], np.cumsum(lengths)])
-                decoded = tok.decode_batch([ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])],
-                                           skip_special_tokens=False)
-                s["roundtrip_failures"] += int(pc.sum(pc.invert(pc.equal(pa.array(decoded, pa.large_string()), texts.to_arrow()))).as_py() or 0)
+                decoded = tok.decode_batch(
+                    [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])], skip_special_tokens=False
+                )
+                s["roundtrip_failures"] += int(
+                    pc.sum(pc.invert(pc.equal(pa.array(decoded, pa.large_string()), texts.to_arrow()))).as_py() or 0
+                )
                 s["docs"] += len(texts)
                 s["chars"] += int(texts.str.len_chars().sum())
                 s["bytes"] += int(texts.str.len_bytes().sum())
@@ -118,8 +109,6 @@ def whole_word_share(tok: Tokenizer, frames: list[pl.DataFrame]) -> float | None
 # ---------------------------------------------------------------- parallel eval: premium, precision
 def premiums(tok: Tokenizer, eval_files: list[Location], langs: list[str]) -> dict[str, dict]:
     """Per language: token and byte premium vs en over eval segments present, and translated, in both."""
-    from .alignment import PIVOT, Parallel
-
     out = {}
     data = Parallel(tok, eval_files)
     for lang in langs:
@@ -130,8 +119,11 @@ def premiums(tok: Tokenizer, eval_files: list[Location], langs: list[str]) -> di
             continue
         _, n_en = encode_ids(tok, en)
         _, n_l = encode_ids(tok, other)
-        out[lang] = {"segments": len(en), "token_premium": round(float(n_l.sum() / n_en.sum()), 4),
-                     "byte_premium": round(sum(len(t.encode()) for t in other) / sum(len(t.encode()) for t in en), 4)}
+        out[lang] = {
+            "segments": len(en),
+            "token_premium": round(float(n_l.sum() / n_en.sum()), 4),
+            "byte_premium": round(sum(len(t.encode()) for t in other) / sum(len(t.encode()) for t in en), 4),
+        }
     return out
 
 
@@ -144,11 +136,13 @@ def alignment_precision(tok: Tokenizer, table: pa.Table, eval_files: list[Locati
     expected rate if a were independent of t (share of B sides containing a). ``lift`` =
     hit / chance. ``pairs_evaluated`` counts rows with t seen at least once.
     """
-    from .alignment import Parallel
-
     data = Parallel(tok, eval_files)
-    df = pl.from_arrow(table).filter((pl.col("token_id") != pl.col("anchor_id")) & pl.col("lang").is_not_null()
-                                     & pl.col("anchor_lang").is_not_null() & (pl.col("lang") != pl.col("anchor_lang")))
+    df = pl.from_arrow(table).filter(
+        (pl.col("token_id") != pl.col("anchor_id"))
+        & pl.col("lang").is_not_null()
+        & pl.col("anchor_lang").is_not_null()
+        & (pl.col("lang") != pl.col("anchor_lang"))
+    )
     df = df.with_columns(pl.col("evidence").str.split("+").list.last().alias("kind"))
     pooled: dict[str, np.ndarray] = {}
     for (a, b), rows in sorted(df.group_by(["lang", "anchor_lang"]), key=lambda g: g[0]):
@@ -165,45 +159,69 @@ def alignment_precision(tok: Tokenizer, table: pa.Table, eval_files: list[Locati
             k = (rows["kind"] == kind).to_numpy()
             acc = pooled.setdefault(kind, np.zeros(4))
             acc += [hits[k].sum(), seen[k].sum(), (seen[k] * chance[k]).sum(), (seen[k] > 0).sum()]
-    return {kind: {"hit_rate": round(float(h / n), 4) if n else None, "chance_rate": round(float(c / n), 4) if n else None,
-                   "lift": round(float(h / c), 2) if c else None, "pairs_evaluated": int(p), "occurrences": int(n)}
-            for kind, (h, n, c, p) in sorted(pooled.items())}
+    return {
+        kind: {
+            "hit_rate": round(float(h / n), 4) if n else None,
+            "chance_rate": round(float(c / n), 4) if n else None,
+            "lift": round(float(h / c), 2) if c else None,
+            "pairs_evaluated": int(p),
+            "occurrences": int(n),
+        }
+        for kind, (h, n, c, p) in sorted(pooled.items())
+    }
 
 
 # ---------------------------------------------------------------- the report
 def report(tok: Tokenizer, usage: Usage, table: pa.Table, edges, eval_files: list[Location]) -> dict:
-    from .alignment import surfaces
-
     used = usage.counts >= MIN_USE
-    overlap = {f"{usage.langs[i]}-{usage.langs[j]}": round(float((used[i] & used[j]).sum() / max((used[i] | used[j]).sum(), 1)), 4)
-               for i, j in combinations(range(len(usage.langs)), 2)}
+    overlap = {
+        f"{usage.langs[i]}-{usage.langs[j]}": round(
+            float((used[i] & used[j]).sum() / max((used[i] | used[j]).sum(), 1)), 4
+        )
+        for i, j in combinations(range(len(usage.langs)), 2)
+    }
     df = pl.from_arrow(table)
-    cross = df.filter((pl.col("token_id") != pl.col("anchor_id")) & pl.col("lang").is_not_null()
-                      & pl.col("anchor_lang").is_not_null() & (pl.col("lang") != pl.col("anchor_lang")))
-    cross = cross.with_columns(pl.concat_str([pl.min_horizontal("lang", "anchor_lang"), pl.max_horizontal("lang", "anchor_lang")],
-                                             separator="-").alias("pair"))
+    cross = df.filter(
+        (pl.col("token_id") != pl.col("anchor_id"))
+        & pl.col("lang").is_not_null()
+        & pl.col("anchor_lang").is_not_null()
+        & (pl.col("lang") != pl.col("anchor_lang"))
+    )
+    cross = cross.with_columns(
+        pl.concat_str(
+            [pl.min_horizontal("lang", "anchor_lang"), pl.max_horizontal("lang", "anchor_lang")], separator="-"
+        ).alias("pair")
+    )
     texts, _ = surfaces(tok)
     coverage = {p: n for p, n in cross.group_by("pair").len().sort("pair").rows()}
     examples = {}
     for (pair,), g in sorted(cross.group_by("pair"), key=lambda x: x[0]):
         learned = pl.col("evidence").str.contains("translation|dictionary")  # the informative ones first
         top = g.sort([learned, "score", "token_id"], descending=[True, True, False]).head(EXAMPLES)
-        examples[pair] = [[texts[t], texts[a], e, round(float(s), 3)]
-                          for t, a, e, s in top.select("token_id", "anchor_id", "evidence", "score").rows()]
-    per_lang = {lang: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for lang, s in usage.stats.items()}
+        examples[pair] = [
+            [texts[t], texts[a], e, round(float(s), 3)]
+            for t, a, e, s in top.select("token_id", "anchor_id", "evidence", "score").rows()
+        ]
+    per_lang = {
+        lang: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for lang, s in usage.stats.items()
+    }
     for lang, prem in premiums(tok, eval_files, usage.langs).items():
         per_lang[lang].update(prem)
     return {
         "vocab_size": tok.get_vocab_size(),
         "languages": per_lang,
-        "roundtrip": {"checked": sum(s["docs"] for s in usage.stats.values()),
-                      "failures": sum(s["roundtrip_failures"] for s in usage.stats.values())},
+        "roundtrip": {
+            "checked": sum(s["docs"] for s in usage.stats.values()),
+            "failures": sum(s["roundtrip_failures"] for s in usage.stats.values()),
+        },
         "vocabulary_overlap_jaccard": overlap,
         "shared_tokens": int((used.sum(0) >= 2).sum()),
         "alignment": {
             "evidence": {e: n for e, n in df.group_by("evidence").len().sort("evidence").rows()},
             "cross_language_pairs": cross.height,
-            "cross_language_pairs_by_evidence": {e: n for e, n in cross.group_by("evidence").len().sort("evidence").rows()},
+            "cross_language_pairs_by_evidence": {
+                e: n for e, n in cross.group_by("evidence").len().sort("evidence").rows()
+            },
             "coverage": coverage,
             "learned_pairs": len(edges.source),
             "precision": alignment_precision(tok, table, eval_files),
@@ -214,19 +232,37 @@ def report(tok: Tokenizer, usage: Usage, table: pa.Table, edges, eval_files: lis
 
 def markdown(report: dict) -> str:
     """The Prefect artifact: a per-language table and the alignment summary."""
-    lines = ["# Vocabulary report", "", f"vocab size {report['vocab_size']}; round trip {report['roundtrip']['checked']} docs, "
-             f"{report['roundtrip']['failures']} failures", "",
-             "| lang | sampled chars | q | fertility | chars/token | whole words | token premium | byte premium |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Vocabulary report",
+        "",
+        f"vocab size {report['vocab_size']}; round trip {report['roundtrip']['checked']} docs, "
+        f"{report['roundtrip']['failures']} failures",
+        "",
+        "| lang | sampled chars | q | fertility | chars/token | whole words | token premium | byte premium |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for lang, s in report["languages"].items():
         mix = report.get("sampling", {}).get(lang, {})
-        lines.append(f"| {lang} | {mix.get('sampled_chars', '')} | {mix.get('q', '')} | {s.get('fertility')} | "
-                     f"{s.get('chars_per_token')} | {s.get('whole_word_share')} | {s.get('token_premium', '')} | {s.get('byte_premium', '')} |")
+        lines.append(
+            f"| {lang} | {mix.get('sampled_chars', '')} | {mix.get('q', '')} | {s.get('fertility')} | "
+            f"{s.get('chars_per_token')} | {s.get('whole_word_share')} | {s.get('token_premium', '')} | "
+            f"{s.get('byte_premium', '')} |"
+        )
     a = report["alignment"]
-    lines += ["", f"## Alignment: {a['cross_language_pairs']} cross-language pairs", "",
-              "| evidence | hit rate | chance | lift | pairs evaluated |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['hit_rate']} | {v['chance_rate']} | {v['lift']} | {v['pairs_evaluated']} |" for k, v in a["precision"].items()]
+    lines += [
+        "",
+        f"## Alignment: {a['cross_language_pairs']} cross-language pairs",
+        "",
+        "| evidence | hit rate | chance | lift | pairs evaluated |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['hit_rate']} | {v['chance_rate']} | {v['lift']} | {v['pairs_evaluated']} |"
+        for k, v in a["precision"].items()
+    ]
     lines += ["", "| pair | rows | examples |", "|---|---|---|"]
-    lines += [f"| {p} | {n} | {'; '.join(f'{x[0]!r}->{x[1]!r}' for x in a['examples'].get(p, [])[:3])} |"
-              for p, n in a["coverage"].items()]
+    lines += [
+        f"| {p} | {n} | {'; '.join(f'{x[0]!r}->{x[1]!r}' for x in a['examples'].get(p, [])[:3])} |"
+        for p, n in a["coverage"].items()
+    ]
     return "\n".join(lines)

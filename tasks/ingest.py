@@ -22,27 +22,34 @@ from typing import Iterator, Literal
 import polars as pl
 import pyarrow as pa
 from fsspec.core import url_to_fs
+from prefect import task
+from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256
 
 from . import readers
 from .readers import Batch, InputError
-from prefect import task
-from prefect.tasks import exponential_backoff
-
-from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step
+from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step
 
 STAGE = "ingest"
 Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
 
-DOCS_SCHEMA = pa.schema([
-    ("doc_id", pa.string()), ("text", pa.large_string()), ("claimed_lang", pa.string()),
-    ("source", pa.string()), ("record", pa.int64()), ("meta", pa.string()),
-])
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("record", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+DOCS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.large_string()),
+        ("claimed_lang", pa.string()),
+        ("source", pa.string()),
+        ("record", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [("source", pa.string()), ("record", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
 CONTROL_CHARS = r"[\p{Cc}--[\t\n]]"
 
 
@@ -65,7 +72,7 @@ class Source(BaseModel):
 class IngestParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
-    sources: list[Source]
+    sources: list[Source] = Field(default_factory=list, description="inputs to read; at least one")
     part_mb: int = Field(256, description="roll over to a new Parquet part after this many MB of Arrow data")
     bad_records: Literal["quarantine", "fail"] = "quarantine"
 
@@ -73,6 +80,10 @@ class IngestParams(BaseModel):
 # ---------------------------------------------------------------- planning: inputs -> units
 def plan(run: RunDir, params: IngestParams) -> list[Unit]:
     """Expand every source into input files and make one fingerprinted unit per file."""
+    if not params.sources:
+        raise InputError(
+            "ingest: no sources configured; name at least one (--source PATH, or [[ingest.sources]] in the config file)"
+        )
     code = code_version(__name__)
     units: list[Unit] = []
     for index, source in enumerate(params.sources):
@@ -80,11 +91,25 @@ def plan(run: RunDir, params: IngestParams) -> list[Unit]:
             fp = _content_fingerprint(uri, fmt, source)
             key = input_key(index, rel)
             name = f"{_slug(rel)}-{key[:8]}"
-            unit_params = {"source": source.model_dump(exclude={"path"}), "format": fmt, "rel": rel, "key": key,
-                           "bad_records": params.bad_records, "part_mb": params.part_mb}
-            units.append(Unit(stage=STAGE, name=name, out=run.unit(STAGE, name).uri, code_version=code,
-                              params=unit_params, upstream={"input": fp}, inputs={"input": uri}))
-    uris = [u.inputs["input"] for u in units]
+            unit_params = {
+                "source": source.model_dump(exclude={"path"}),
+                "format": fmt,
+                "rel": rel,
+                "key": key,
+                "bad_records": params.bad_records,
+                "part_mb": params.part_mb,
+            }
+            units.append(
+                Unit(
+                    stage=STAGE,
+                    name=name,
+                    out=run.unit(STAGE, name).uri,
+                    code_version=code,
+                    params=unit_params,
+                    inputs={"input": {rel: Input(uri, fp)}},
+                )
+            )
+    uris = [u.input("input").uri for u in units]
     if len(set(uris)) != len(uris):
         raise InputError("the same input file is named by two sources; list each file once")
     return units
@@ -114,8 +139,10 @@ def expand(source: Source) -> list[tuple[str, str, str]]:
     elif fs.exists(path):
         found, base = [path], path.rsplit("/", 1)[0] if "/" in path else ""
     else:
-        raise InputError(f"source {source.path!r}: no such file or folder; check the path "
-                         f"(relative paths start from the current folder) or the fsspec URL")
+        raise InputError(
+            f"source {source.path!r}: no such file or folder; check the path "
+            f"(relative paths start from the current folder) or the fsspec URL"
+        )
     files = []
     for p in found:
         if fs.isdir(p) or posixpath.basename(p).startswith("."):
@@ -125,11 +152,13 @@ def expand(source: Source) -> list[tuple[str, str, str]]:
             if source.format == "auto" and not fs.isdir(source.path) and "*" not in source.path:
                 raise InputError(f"{p}: unknown format; name one with format (text, jsonl, parquet, hf-disk, hf)")
             continue  # folders and globs skip files they cannot read (README, licences)
-        rel = p[len(base):].lstrip("/") if base and p.startswith(base) else posixpath.basename(p)
+        rel = p[len(base) :].lstrip("/") if base and p.startswith(base) else posixpath.basename(p)
         files.append((_uri(fs, p), rel, fmt))
     if not files:
-        raise InputError(f"source {source.path!r}: matched no readable input files "
-                         f"({', '.join(sorted(EXTENSIONS))}, optionally compressed {', '.join(COMPRESSIONS)})")
+        raise InputError(
+            f"source {source.path!r}: matched no readable input files "
+            f"({', '.join(sorted(EXTENSIONS))}, optionally compressed {', '.join(COMPRESSIONS)})"
+        )
     return files
 
 
@@ -168,7 +197,8 @@ def _content_fingerprint(uri: str, fmt: str, source: Source) -> str:
 # ---------------------------------------------------------------- one unit: read -> normalise -> write
 def ingest_unit(unit: Unit) -> Ref:
     """Read one input file and commit its documents (and quarantined records) to the unit's folder."""
-    source = Source(path=unit.inputs["input"], **unit.params["source"])
+    uri = unit.input("input").uri
+    source = Source(path=uri, **unit.params["source"])
     fmt, rel, key = unit.params["format"], unit.params["rel"], unit.params["key"]
     strict = unit.params["bad_records"] == "fail"
     part_bytes = unit.params["part_mb"] << 20
@@ -178,28 +208,38 @@ def ingest_unit(unit: Unit) -> Ref:
         bad = PartWriter(aside.path, QUARANTINE_SCHEMA, prefix="quarantine")  # streamed: a bad file never fills memory
         n_bad, first_reason = 0, None
         per_lang: dict[str, int] = {}
-        for batch in batches(unit.inputs["input"], fmt, source, readers.BATCH_ROWS):
+        for batch in batches(uri, fmt, source, readers.BATCH_ROWS):
             for record, reason, raw in batch.bad:
                 if strict:
-                    raise InputError(f"{unit.inputs['input']}: {reason}. Fix the record, or set bad_records="
-                                     f"'quarantine' (--bad-records quarantine) to set it aside and go on")
+                    raise InputError(
+                        f"{uri}: {reason}. Fix the record, or set bad_records="
+                        f"'quarantine' (--bad-records quarantine) to set it aside and go on"
+                    )
             if batch.bad:
                 records, reasons, raws = zip(*batch.bad)
-                bad.write(pa.table({"source": [rel] * len(records), "record": records, "reason": reasons, "raw": raws},
-                                   schema=QUARANTINE_SCHEMA))
+                bad.write(
+                    pa.table(
+                        {"source": [rel] * len(records), "record": records, "reason": reasons, "raw": raws},
+                        schema=QUARANTINE_SCHEMA,
+                    )
+                )
                 n_bad, first_reason = n_bad + len(records), first_reason or reasons[0]
             table = to_documents(batch, rel, key, source.lang)
-            for lang, n in pl.from_arrow(table.select(["claimed_lang"])).group_by("claimed_lang").len().fill_null("und").rows():
+            for lang, n in (
+                pl.from_arrow(table.select(["claimed_lang"])).group_by("claimed_lang").len().fill_null("und").rows()
+            ):
                 per_lang[lang] = per_lang.get(lang, 0) + n
             docs.write(table)
         docs.close()
         bad.close()
         n_docs = sum(per_lang.values())
         if n_docs == 0 and not n_bad:
-            raise InputError(f"{unit.inputs['input']}: no documents found; check the format ({fmt}), "
-                             f"text_field ({source.text_field!r}) and that the file is not empty")
+            raise InputError(
+                f"{uri}: no documents found; check the format ({fmt}), "
+                f"text_field ({source.text_field!r}) and that the file is not empty"
+            )
         if n_bad:
-            logger().warning("%s: quarantined %d bad records (first: %s)", unit.inputs["input"], n_bad, first_reason)
+            logger().warning("%s: quarantined %d bad records (first: %s)", uri, n_bad, first_reason)
         return {"documents": n_docs, "quarantined": n_bad, "claimed_lang": dict(sorted(per_lang.items()))}
 
     return ensure(unit, build)
@@ -238,8 +278,13 @@ def _dataset_batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Ite
     if fmt == "hf-disk":
         ds = datasets.load_from_disk(uri)
     else:  # a hub name (online users) or a local folder/builder such as "json" with data_files
-        ds = datasets.load_dataset(uri, source.config, split=source.split, revision=source.revision,
-                                   streaming=not Location.of(uri).is_dir() if "://" not in uri else True)
+        ds = datasets.load_dataset(
+            uri,
+            source.config,
+            split=source.split,
+            revision=source.revision,
+            streaming=not Location.of(uri).is_dir() if "://" not in uri else True,
+        )
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         splits = [source.split] if source.split else sorted(ds)
         missing = [s for s in splits if s not in ds]
@@ -256,12 +301,16 @@ def _dataset_batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Ite
 def to_documents(batch: Batch, rel: str, key: str, default_lang: str | None) -> pa.Table:
     """Columns of one batch -> the documents schema, normalised with vectorised polars calls."""
     n = len(batch.text)
-    df = pl.DataFrame({
-        "text": pl.Series("text", batch.text, dtype=pl.String),
-        "claimed_lang": pl.Series("claimed_lang", batch.lang if batch.lang is not None else [None] * n, dtype=pl.String),
-        "record": pl.Series("record", batch.record, dtype=pl.Int64),
-        "meta": pl.Series("meta", batch.meta if batch.meta is not None else [None] * n, dtype=pl.String),
-    })
+    df = pl.DataFrame(
+        {
+            "text": pl.Series("text", batch.text, dtype=pl.String),
+            "claimed_lang": pl.Series(
+                "claimed_lang", batch.lang if batch.lang is not None else [None] * n, dtype=pl.String
+            ),
+            "record": pl.Series("record", batch.record, dtype=pl.Int64),
+            "meta": pl.Series("meta", batch.meta if batch.meta is not None else [None] * n, dtype=pl.String),
+        }
+    )
     df = df.with_columns(
         pl.col("text").str.normalize("NFC").str.replace_all(CONTROL_CHARS, ""),
         pl.col("claimed_lang").fill_null(pl.lit(default_lang, dtype=pl.String)),
@@ -279,5 +328,10 @@ commit_task = step(name="ingest-commit")(commit_stage)
 
 def stage_for(run: RunDir, params: IngestParams, refs: list[Ref]) -> Unit:
     """The stage commit; source paths stay out of its params (the units carry their inputs' content)."""
-    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__),
-                      params.model_dump(exclude={"sources": {"__all__": {"path"}}}))
+    return stage_unit(
+        run.stage(STAGE).uri,
+        STAGE,
+        refs,
+        code_version(__name__),
+        params.model_dump(exclude={"sources": {"__all__": {"path"}}}),
+    )

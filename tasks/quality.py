@@ -63,12 +63,17 @@ def signal_columns() -> list[pl.Expr]:
         text.str.len_chars().cast(pl.Int64).alias("n_chars"),
         unspaced.alias("unspaced"),
         pl.when(unspaced).then(letters).otherwise(words).alias("n_words"),
-        pl.when(unspaced | (words == 0)).then(None).otherwise(nonspace / pl.max_horizontal(words, pl.lit(1)))
-        .cast(pl.Float32).alias("mean_word_len"),
+        pl.when(unspaced | (words == 0))
+        .then(None)
+        .otherwise(nonspace / pl.max_horizontal(words, pl.lit(1)))
+        .cast(pl.Float32)
+        .alias("mean_word_len"),
         (text.str.count_matches(SYMBOLS) / denom).cast(pl.Float32).alias("symbol_ratio"),
         (text.str.count_matches(r"\p{N}") / denom).cast(pl.Float32).alias("digit_ratio"),
         (letters / denom).cast(pl.Float32).alias("alpha_ratio"),
-        (1 - lines.list.n_unique() / pl.max_horizontal(lines.list.len(), pl.lit(1))).cast(pl.Float32).alias("dup_line_frac"),
+        (1 - lines.list.n_unique() / pl.max_horizontal(lines.list.len(), pl.lit(1)))
+        .cast(pl.Float32)
+        .alias("dup_line_frac"),
         text.str.contains(KANA).alias("has_kana"),
     ]
 
@@ -83,25 +88,43 @@ def repeated_ngram_frac(texts: pl.Series, unspaced: pl.Series, n_words: pl.Serie
     shifted hashes within a document, and distinct n-grams are counted per document.
     """
     n = len(texts)
-    df = (pl.DataFrame({"text": texts, "unspaced": unspaced, "n_words": n_words}).with_row_index("i")
-          .filter(pl.col("n_words") >= MIN_REPETITION_WORDS))
+    df = (
+        pl.DataFrame({"text": texts, "unspaced": unspaced, "n_words": n_words})
+        .with_row_index("i")
+        .filter(pl.col("n_words") >= MIN_REPETITION_WORDS)
+    )
     prefix = pl.col("text").str.slice(0, REPETITION_PREFIX)
-    tokens = (df.lazy()
-              .select("i", "unspaced", pl.when(pl.col("unspaced")).then(prefix.str.extract_all(r"\S"))
-                      .otherwise(prefix.str.extract_all(r"\S+")).alias("tok"))
-              .filter(pl.col("tok").list.len() >= WORD_NGRAM)
-              .explode("tok"))
+    tokens = (
+        df.lazy()
+        .select(
+            "i",
+            "unspaced",
+            pl.when(pl.col("unspaced"))
+            .then(prefix.str.extract_all(r"\S"))
+            .otherwise(prefix.str.extract_all(r"\S+"))
+            .alias("tok"),
+        )
+        .filter(pl.col("tok").list.len() >= WORD_NGRAM)
+        .explode("tok")
+    )
     h = pl.col("tok").hash(17)
     word_ng = h + h.shift(-1) * 0x9E3779B1 + h.shift(-2) * 0x85EBCA77
     char_ng = word_ng + h.shift(-3) * 0xC2B2AE3D + h.shift(-4) * 0x27D4EB2F
     size = pl.when(pl.col("unspaced")).then(CHAR_NGRAM).otherwise(WORD_NGRAM)
-    grams = (tokens.with_columns(pl.when(pl.col("unspaced")).then(char_ng).otherwise(word_ng).alias("ng"),
-                                 (pl.col("i").shift(-(CHAR_NGRAM - 1)) == pl.col("i")).alias("ok5"),
-                                 (pl.col("i").shift(-(WORD_NGRAM - 1)) == pl.col("i")).alias("ok3"))
-             .filter(pl.when(size == CHAR_NGRAM).then(pl.col("ok5")).otherwise(pl.col("ok3")))
-             .group_by("i").agg((1 - pl.col("ng").n_unique() / pl.len()).cast(pl.Float32).alias("rep"))
-             .collect())
-    full = pl.DataFrame({"i": pl.arange(0, n, dtype=pl.UInt32, eager=True)}).join(grams, on="i", how="left", maintain_order="left")
+    grams = (
+        tokens.with_columns(
+            pl.when(pl.col("unspaced")).then(char_ng).otherwise(word_ng).alias("ng"),
+            (pl.col("i").shift(-(CHAR_NGRAM - 1)) == pl.col("i")).alias("ok5"),
+            (pl.col("i").shift(-(WORD_NGRAM - 1)) == pl.col("i")).alias("ok3"),
+        )
+        .filter(pl.when(size == CHAR_NGRAM).then(pl.col("ok5")).otherwise(pl.col("ok3")))
+        .group_by("i")
+        .agg((1 - pl.col("ng").n_unique() / pl.len()).cast(pl.Float32).alias("rep"))
+        .collect()
+    )
+    full = pl.DataFrame({"i": pl.arange(0, n, dtype=pl.UInt32, eager=True)}).join(
+        grams, on="i", how="left", maintain_order="left"
+    )
     return full["rep"].fill_null(0.0).alias("rep_ngram_frac")
 
 
@@ -118,14 +141,28 @@ def reject_reason(q: QualityParams) -> tuple[pl.Expr, pl.Expr]:
     the other rules after, so a rejected document names the most basic problem.
     """
     mwl = pl.col("mean_word_len")
-    length = (pl.when(pl.col("n_words") == 0).then(pl.lit("empty"))
-              .when(pl.col("unspaced") & (pl.col("n_words") < q.min_unspaced_chars)).then(pl.lit("too_short"))
-              .when(~pl.col("unspaced") & (pl.col("n_words") < q.min_words)).then(pl.lit("too_short"))
-              .when(pl.col("n_words") > q.max_words).then(pl.lit("too_long")))
-    other = (pl.when(mwl.is_not_null() & ((mwl < q.min_mean_word_len) | (mwl > q.max_mean_word_len))).then(pl.lit("mean_word_length"))
-             .when(pl.col("symbol_ratio") > q.max_symbol_ratio).then(pl.lit("symbol_ratio"))
-             .when(pl.col("digit_ratio") > q.max_digit_ratio).then(pl.lit("digit_ratio"))
-             .when(pl.col("alpha_ratio") < q.min_alpha_ratio).then(pl.lit("alpha_ratio"))
-             .when(pl.col("dup_line_frac") > q.max_dup_line_frac).then(pl.lit("duplicate_lines"))
-             .when(pl.col("rep_ngram_frac") > q.max_rep_ngram_frac).then(pl.lit("repeated_ngrams")))
+    length = (
+        pl.when(pl.col("n_words") == 0)
+        .then(pl.lit("empty"))
+        .when(pl.col("unspaced") & (pl.col("n_words") < q.min_unspaced_chars))
+        .then(pl.lit("too_short"))
+        .when(~pl.col("unspaced") & (pl.col("n_words") < q.min_words))
+        .then(pl.lit("too_short"))
+        .when(pl.col("n_words") > q.max_words)
+        .then(pl.lit("too_long"))
+    )
+    other = (
+        pl.when(mwl.is_not_null() & ((mwl < q.min_mean_word_len) | (mwl > q.max_mean_word_len)))
+        .then(pl.lit("mean_word_length"))
+        .when(pl.col("symbol_ratio") > q.max_symbol_ratio)
+        .then(pl.lit("symbol_ratio"))
+        .when(pl.col("digit_ratio") > q.max_digit_ratio)
+        .then(pl.lit("digit_ratio"))
+        .when(pl.col("alpha_ratio") < q.min_alpha_ratio)
+        .then(pl.lit("alpha_ratio"))
+        .when(pl.col("dup_line_frac") > q.max_dup_line_frac)
+        .then(pl.lit("duplicate_lines"))
+        .when(pl.col("rep_ngram_frac") > q.max_rep_ngram_frac)
+        .then(pl.lit("repeated_ngrams"))
+    )
     return length, other

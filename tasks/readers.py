@@ -39,7 +39,7 @@ class Batch:
 
 def excerpt(raw: bytes | str, limit: int = 500) -> str:
     if isinstance(raw, bytes):
-        raw = raw[:limit * 4].decode("utf-8", errors="backslashreplace")
+        raw = raw[: limit * 4].decode("utf-8", errors="backslashreplace")
     return raw[:limit]
 
 
@@ -115,8 +115,14 @@ def read_jsonl(f, name: str, text_field: str, lang_field: str | None, batch_rows
         text = obj.pop(text_field, None)
         if not isinstance(text, str):
             what = "missing" if text is None else f"a {type(text).__name__}, not a string"
-            bad.append((lineno, f"line {lineno}: field {text_field!r} is {what} (keys: {', '.join(sorted(obj))[:200]}); "
-                                f"set text_field to the field holding the text", excerpt(raw)))
+            bad.append(
+                (
+                    lineno,
+                    f"line {lineno}: field {text_field!r} is {what} (keys: {', '.join(sorted(obj))[:200]}); "
+                    f"set text_field to the field holding the text",
+                    excerpt(raw),
+                )
+            )
             continue
         lang = obj.pop(lang_field, None) if lang_field else None
         texts.append(text)
@@ -139,15 +145,22 @@ def _bad_utf8(raw: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- Arrow tables (Parquet, datasets)
-def read_arrow(batches: Iterator[pa.RecordBatch], schema: pa.Schema, name: str, text_field: str,
-               lang_field: str | None) -> Iterator[Batch]:
+def read_arrow(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, name: str, text_field: str, lang_field: str | None
+) -> Iterator[Batch]:
     """Columns straight from Arrow: the text column, the language column if any, the rest as JSON meta."""
     if text_field not in schema.names:
-        raise InputError(f"{name}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
-                         f"pass the name of the text column as text_field (--text-field)")
-    if not (pa.types.is_string(schema.field(text_field).type) or pa.types.is_large_string(schema.field(text_field).type)):
-        raise InputError(f"{name}: column {text_field!r} is {schema.field(text_field).type}, not text; "
-                         f"pick the column that holds the documents' text")
+        raise InputError(
+            f"{name}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
+            f"pass the name of the text column as text_field (--text-field)"
+        )
+    if not (
+        pa.types.is_string(schema.field(text_field).type) or pa.types.is_large_string(schema.field(text_field).type)
+    ):
+        raise InputError(
+            f"{name}: column {text_field!r} is {schema.field(text_field).type}, not text; "
+            f"pick the column that holds the documents' text"
+        )
     lang_field = lang_field if lang_field in schema.names else None
     offset = 0
     for rb in batches:
@@ -178,8 +191,9 @@ def parquet_batches(f, name: str, batch_rows: int) -> tuple[pa.Schema, Iterator[
     try:
         pf = pq.ParquetFile(f)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{name}: not a readable Parquet file ({e}); check that it is Parquet "
-                         f"or set the source's format explicitly") from e
+        raise InputError(
+            f"{name}: not a readable Parquet file ({e}); check that it is Parquet or set the source's format explicitly"
+        ) from e
     return pf.schema_arrow, pf.iter_batches(batch_size=batch_rows)
 
 
@@ -194,6 +208,7 @@ def dataset_batches(ds, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordB
     def gen():  # streaming (hub): fixed-size blocks of rows
         for block in ds.iter(batch_size=batch_rows):
             yield pa.RecordBatch.from_pydict(block)
+
     first = next(iter(ds.iter(batch_size=1)), None)
     if first is None:
         return pa.schema([]), iter(())

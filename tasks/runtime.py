@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 
-from xlmflow.storage import MANIFEST, Aside, Location, Manifest, commit, committed, hash_json, read_manifest
+from xlmflow.storage import MANIFEST, Aside, Location, Manifest, commit, committed, hash_json, read_manifest, relative
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,37 @@ class Ref:
 
 
 @dataclass(frozen=True)
+class Input:
+    """One input of a unit: where it is (not in the key: a moved corpus does no work) and
+    what it is (its content fingerprint: file sha256 or an upstream output's fingerprint)."""
+
+    uri: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Unit:
-    """One piece of a stage's work: its output folder and everything its bytes depend on."""
+    """One piece of a stage's work: its output folder and everything its bytes depend on.
+
+    The cache key (:attr:`fingerprint`) is the stage, name, code, ``params`` and the content
+    fingerprints of ``inputs``; ``options`` (batch sizes and other speed-only settings) are
+    given to the body but are not in the key, so changing them does no work again.
+    """
 
     stage: str
     name: str
     out: str
     code_version: str
     params: dict[str, Any] = field(default_factory=dict)
-    upstream: dict[str, str] = field(default_factory=dict)  # input name -> content fingerprint
-    inputs: dict[str, str] = field(default_factory=dict)  # input name -> uri (not fingerprinted)
+    inputs: dict[str, dict[str, Input]] = field(default_factory=dict)  # role -> name -> input
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        """Every input's content fingerprint by ``role/name``: what the manifest records."""
+        return {
+            f"{role}/{name}": i.fingerprint for role, group in sorted(self.inputs.items()) for name, i in group.items()
+        }
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +78,17 @@ class Unit:
     @property
     def ref(self) -> Ref:
         return Ref(self.out, self.fingerprint)
+
+    def each(self, role: str) -> list[tuple[str, Input]]:
+        """The inputs of one role, by name."""
+        return sorted(self.inputs.get(role, {}).items())
+
+    def input(self, role: str) -> Input:
+        """The single input of ``role``."""
+        group = self.inputs.get(role, {})
+        if len(group) != 1:
+            raise KeyError(f"{self.stage}/{self.name}: expected one {role!r} input, found {len(group)}")
+        return next(iter(group.values()))
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -77,10 +109,22 @@ def ensure(unit: Unit, build: Callable[[Aside], dict[str, Any] | None], adopt: l
     """
     loc = Location(unit.out)
     if committed(loc, unit.fingerprint) is not None:
-        logger().info("%s/%s: committed output matches fingerprint %s; nothing to do", unit.stage, unit.name, unit.fingerprint[:12])
+        logger().info(
+            "%s/%s: committed output matches fingerprint %s; nothing to do",
+            unit.stage,
+            unit.name,
+            unit.fingerprint[:12],
+        )
         return unit.ref
-    manifest = Manifest(stage=unit.stage, unit=unit.name, fingerprint=unit.fingerprint, code_version=unit.code_version,
-                        params=unit.params, upstream=unit.upstream, files=list(adopt or []))
+    manifest = Manifest(
+        stage=unit.stage,
+        unit=unit.name,
+        fingerprint=unit.fingerprint,
+        code_version=unit.code_version,
+        params=unit.params,
+        upstream=unit.upstream,
+        files=list(adopt or []),
+    )
     with commit(loc, manifest) as aside:
         manifest.stats = build(aside) or {}
     logger().info("%s/%s: committed %d files (%s)", unit.stage, unit.name, len(manifest.files), _short(manifest.stats))
@@ -120,8 +164,10 @@ def submit_units(step_task, units: list[Unit], *per_unit: list) -> list:
     builds it also writes its cache record and the next run is a Prefect cache hit.
     """
     fresh = step_task.with_options(refresh_cache=True)
-    return [(step_task if committed(Location(u.out), u.fingerprint) else fresh).submit(u, *args)
-            for u, *args in zip(units, *per_unit)]
+    return [
+        (step_task if committed(Location(u.out), u.fingerprint) else fresh).submit(u, *args)
+        for u, *args in zip(units, *per_unit)
+    ]
 
 
 def run_unit(step_task, unit: Unit, *args):
@@ -131,8 +177,15 @@ def run_unit(step_task, unit: Unit, *args):
 
 def step(name: str | None = None, retries: int = 2, **kwargs):
     """``@task`` with xlmflow's conventions: output-aware cache, retries with backoff."""
-    return task(name=name, cache_policy=OutputCache(), persist_result=True, retries=retries,
-                retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5, **kwargs)
+    return task(
+        name=name,
+        cache_policy=OutputCache(),
+        persist_result=True,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        **kwargs,
+    )
 
 
 def _short(stats: dict[str, Any]) -> str:
@@ -140,12 +193,24 @@ def _short(stats: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- stage commits
-def stage_unit(stage_uri: str, stage: str, refs: list[Ref], code: str, params: dict[str, Any],
-               upstream: dict[str, str] | None = None) -> Unit:
+def stage_unit(
+    stage_uri: str,
+    stage: str,
+    refs: list[Ref],
+    code: str,
+    params: dict[str, Any],
+    inputs: dict[str, dict[str, Input]] | None = None,
+) -> Unit:
     """The unit that commits a whole stage: it depends on exactly its units' fingerprints."""
-    units = {_relative(stage_uri, r.uri): r.fingerprint for r in refs}
-    return Unit(stage=stage, name="_stage", out=stage_uri, code_version=code, params=params,
-                upstream={**(upstream or {}), **units})
+    units = {relative(stage_uri, r.uri): Input(r.uri, r.fingerprint) for r in refs}
+    return Unit(
+        stage=stage,
+        name="_stage",
+        out=stage_uri,
+        code_version=code,
+        params=params,
+        inputs={**(inputs or {}), "units": units},
+    )
 
 
 def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str, Any] | None] | None = None) -> Ref:
@@ -156,34 +221,20 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
     """
     stage_loc = Location(unit.out)
     keep = {r.uri for r in refs}
-    for group in _subfolders(stage_loc):  # every group, also one that no unit uses any more
-        for name in _subfolders(stage_loc.child(group)):
+    for group in stage_loc.subfolders():  # every group, also one that no unit uses any more
+        for name in stage_loc.child(group).subfolders():
             loc = stage_loc.child(group, name)
             if loc.uri not in keep and loc.child(MANIFEST).exists():
                 logger().info("%s: removing %s/%s (its input is gone)", unit.stage, group, name)
                 loc.fs.rm(loc.path, recursive=True)
     manifests = [unit_manifest(r) for r in refs]
-    adopt = [replace(f, path=f"{_relative(unit.out, r.uri)}/{f.path}") for r, m in zip(refs, manifests) for f in m.files]
+    adopt = [replace(f, path=f"{relative(unit.out, r.uri)}/{f.path}") for r, m in zip(refs, manifests) for f in m.files]
 
     def build_stage(aside: Aside) -> dict[str, Any]:
         extra = build(aside) if build else None
         return sum_stats([m.stats for m in manifests]) | {"units": len(refs)} | (extra or {})
 
     return ensure(unit, build_stage, adopt=adopt)
-
-
-def _subfolders(loc: Location) -> list[str]:
-    if not loc.is_dir():
-        return []
-    names = [d["name"].rstrip("/").rsplit("/", 1)[-1] for d in loc.fs.ls(loc.path, detail=True) if d["type"] == "directory"]
-    return sorted(n for n in names if not n.startswith("."))
-
-
-def _relative(stage_uri: str, uri: str) -> str:
-    base = stage_uri.rstrip("/") + "/"
-    if not uri.startswith(base):
-        raise ValueError(f"{uri} is not inside the stage folder {stage_uri}")
-    return uri[len(base):]
 
 
 def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -33,18 +33,28 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, partitions, read_manifest, stable_hashes
+from xlmflow.storage import (
+    Aside,
+    FileWriter,
+    Location,
+    RunDir,
+    code_version,
+    load_output,
+    partitions,
+    read_batches,
+    read_manifest,
+    relative,
+    stable_hashes,
+)
 from xlmflow.storage.fingerprint import HASH_BITS
-from xlmflow.storage.parquet import COMPRESSION
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
 
-from .runtime import Ref, Unit, commit_stage, ensure, logger, stage_unit, step, unit_manifest
+from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step, unit_manifest
 from .specials import EOS, TOKENIZER_FILE, lang_tag
 
 UINT16_VOCAB = 1 << 16
@@ -54,17 +64,23 @@ class ShardParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     valid_fraction: float = Field(0.01, ge=0.0, le=0.5, description="share of each language's documents held out")
-    min_valid_docs: int = Field(100, ge=0, description="at least this many validation documents per language "
-                                "(never more than half of a language)")
+    min_valid_docs: int = Field(
+        100,
+        ge=0,
+        description="at least this many validation documents per language (never more than half of a language)",
+    )
     seed: int = Field(0, description="seeds the document-id hash that picks the split")
-    shard_docs: int = Field(100_000, ge=1, description="documents per shard (the last shard of a language holds the rest)")
+    shard_docs: int = Field(
+        100_000, ge=1, description="documents per shard (the last shard of a language holds the rest)"
+    )
     row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
     batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
 
 
 def shard_schema(ids_type: pa.DataType) -> pa.Schema:
-    return pa.schema([("input_ids", pa.list_(ids_type)), ("n_tokens", pa.int32()), ("lang", pa.string()),
-                      ("doc_id", pa.string())])
+    return pa.schema(
+        [("input_ids", pa.list_(ids_type)), ("n_tokens", pa.int32()), ("lang", pa.string()), ("doc_id", pa.string())]
+    )
 
 
 def token_type(vocab_size: int) -> pa.DataType:
@@ -101,27 +117,54 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
     for lang, files in partitions(langid, "clean").items():
         files = [f for f in files if f.path.endswith(".parquet")]
         if tok.token_to_id(lang_tag(lang)) is None:
-            logger().warning("shards: language %r has clean documents but the vocabulary has no %s token; "
-                             "skipping it (the vocab stage did not keep it)", lang, lang_tag(lang))
+            logger().warning(
+                "shards: language %r has clean documents but the vocabulary has no %s token; "
+                "skipping it (the vocab stage did not keep it)",
+                lang,
+                lang_tag(lang),
+            )
             continue
         sizes = [f.rows or 0 for f in files]
         threshold, valid_pos = split_language(langid_loc, [f.path for f in files], sum(sizes), params)
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        for split, cuts in (("train", _train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
-                            ("valid", _valid_cuts(valid_pos, params.shard_docs))):
+        for split, cuts in (
+            ("train", _train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
+            ("valid", _valid_cuts(valid_pos, params.shard_docs)),
+        ):
             for number, (lo, hi, docs) in enumerate(cuts):
                 ranges = _file_ranges(files, starts, lo, hi)
                 name = shard_name(lang, number)
-                unit_params = {"split": split, "lang": lang, "ranges": ranges, "threshold": threshold, "docs": docs,
-                               "seed": params.seed, "token_type": ids_type, "row_group_tokens": params.row_group_tokens}
-                upstream = {"tokenizer": tok_sha} | {f"langid/{p}": langid.file(p).sha256 for p, _, _ in ranges}
-                units.append(Unit(stage=STAGE, name=f"{split}/{name}", out=run.unit(STAGE, name, group=split).uri,
-                                  code_version=code, params=unit_params, upstream=upstream,
-                                  inputs={"langid": langid_loc.uri, "vocab": run.stage("vocab").uri,
-                                          "batch_docs": str(params.batch_docs)}))  # speed only: not fingerprinted
+                unit_params = {
+                    "split": split,
+                    "lang": lang,
+                    "number": number,
+                    "ranges": ranges,
+                    "threshold": threshold,
+                    "docs": docs,
+                    "seed": params.seed,
+                    "token_type": ids_type,
+                    "row_group_tokens": params.row_group_tokens,
+                }
+                inputs = {
+                    "tokenizer": {TOKENIZER_FILE: Input(run.stage("vocab").child(TOKENIZER_FILE).uri, tok_sha)},
+                    "langid": {p: Input(langid_loc.child(p).uri, langid.file(p).sha256) for p, _, _ in ranges},
+                }
+                units.append(
+                    Unit(
+                        stage=STAGE,
+                        name=f"{split}/{name}",
+                        out=run.unit(STAGE, name, group=split).uri,
+                        code_version=code,
+                        params=unit_params,
+                        inputs=inputs,
+                        options={"batch_docs": params.batch_docs},
+                    )
+                )
     if not units:
-        raise ValueError(f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
-                         f"check the langid and vocab stages")
+        raise ValueError(
+            f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
+            f"check the langid and vocab stages"
+        )
     return units
 
 
@@ -137,7 +180,7 @@ def split_language(langid_loc: Location, paths: list[str], n_docs: int, params: 
     k = min(params.min_valid_docs, n_docs // 2)
     row = 0
     for path in paths:
-        for batch in _read(langid_loc.child(path), ["doc_id"], 1 << 16):
+        for batch in read_batches(langid_loc.child(path), ["doc_id"], 1 << 16):
             h = stable_hashes(batch.column(0), params.seed) if batch.num_rows else np.zeros(0, np.int64)
             _check_ids(batch.column(0), langid_loc.child(path), row)
             keep_h = np.concatenate([keep_h, h])
@@ -166,13 +209,21 @@ def _train_cuts(valid_pos: np.ndarray, n_rows: int, per_shard: int) -> list[tupl
     # train document j sits at row j + (number of validation rows before it)
     before = valid_pos - np.arange(len(valid_pos))
     starts = [j + int(np.searchsorted(before, j, side="right")) for j in range(0, n_train, per_shard)]
-    return [(lo, starts[i + 1] if i + 1 < len(starts) else n_rows, min(per_shard, n_train - i * per_shard))
-            for i, lo in enumerate(starts)]
+    return [
+        (lo, starts[i + 1] if i + 1 < len(starts) else n_rows, min(per_shard, n_train - i * per_shard))
+        for i, lo in enumerate(starts)
+    ]
 
 
 def _valid_cuts(valid_pos: np.ndarray, per_shard: int) -> list[tuple[int, int, int]]:
-    return [(int(valid_pos[i]), int(valid_pos[min(i + per_shard, len(valid_pos)) - 1]) + 1,
-             min(per_shard, len(valid_pos) - i)) for i in range(0, len(valid_pos), per_shard)]
+    return [
+        (
+            int(valid_pos[i]),
+            int(valid_pos[min(i + per_shard, len(valid_pos)) - 1]) + 1,
+            min(per_shard, len(valid_pos) - i),
+        )
+        for i in range(0, len(valid_pos), per_shard)
+    ]
 
 
 def _file_ranges(files, starts: np.ndarray, lo: int, hi: int) -> list[list]:
@@ -222,35 +273,10 @@ def _shared_tokenizer(vocab_uri: str, sha256: str) -> Tokenizer:
     return tok
 
 
-def _read(loc: Location, columns: list[str], batch_rows: int, start: int = 0, stop: int | None = None) -> Iterator[pa.RecordBatch]:
-    """Rows [start, stop) of one Parquet file, skipping row groups outside the range."""
-    with loc.open("rb") as f:
-        pf = pq.ParquetFile(f)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{loc}: no column {missing[0]!r} (columns: {', '.join(pf.schema_arrow.names)}); "
-                             f"the langid stage must write doc_id and text")
-        stop = pf.metadata.num_rows if stop is None else stop
-        groups, row, first = [], 0, None
-        for i in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
-            if row < stop and row + n > start:
-                groups.append(i)
-                first = row if first is None else first
-            row += n
-        if not groups:
-            return
-        row = first
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
-            lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
-            if lo < hi:
-                yield batch.slice(lo, hi - lo)
-            row += batch.num_rows
-
-
 # ---------------------------------------------------------------- one unit: read -> tokenise -> write
-def tokenize(tok: Tokenizer, texts: pa.Array | pa.ChunkedArray, tag_id: int, eos_id: int,
-             ids_type: pa.DataType) -> tuple[pa.ListArray, np.ndarray]:
+def tokenize(
+    tok: Tokenizer, texts: pa.Array | pa.ChunkedArray, tag_id: int, eos_id: int, ids_type: pa.DataType
+) -> tuple[pa.ListArray, np.ndarray]:
     """(``input_ids`` list array, token counts) for a batch of texts: tag + tokens + end-of-text.
 
     Empty texts give 2 tokens (tag, end-of-text); the caller drops them.
@@ -278,50 +304,67 @@ def tokenize(tok: Tokenizer, texts: pa.Array | pa.ChunkedArray, tag_id: int, eos
 def shard_unit(unit: Unit) -> Ref:
     """Tokenise one shard's documents (its row ranges, filtered to its split) into one Parquet file."""
     p = unit.params
-    langid_loc, vocab_loc = Location(unit.inputs["langid"]), Location(unit.inputs["vocab"])
-    split, lang = p["split"], p["lang"]
+    tokenizer, split, lang = unit.input("tokenizer"), p["split"], p["lang"]
+    vocab_loc = Location(tokenizer.uri).parent
 
     def build(aside: Aside) -> dict[str, Any]:
-        tok = load_tokenizer(vocab_loc, unit.upstream["tokenizer"])
+        tok = load_tokenizer(vocab_loc, tokenizer.fingerprint)
         tag_id, eos_id = tok.token_to_id(lang_tag(lang)), tok.token_to_id(EOS)
         if tag_id is None or eos_id is None:
-            raise ValueError(f"{vocab_loc}: the tokenizer lacks {lang_tag(lang) if tag_id is None else EOS}; rerun the vocab stage")
+            raise ValueError(
+                f"{vocab_loc}: the tokenizer lacks {lang_tag(lang) if tag_id is None else EOS}; rerun the vocab stage"
+            )
         ids_type = pa.type_for_alias(p["token_type"])
         if token_type(tok.get_vocab_size(with_added_tokens=True)) != ids_type:
             raise ValueError(f"{vocab_loc}: the tokenizer changed since planning; rerun the shard stage")
-        number = int(unit.out.rstrip("/").rsplit("-", 1)[1])
-        name = shard_file(split, lang, number)
-        writer = RowGroupWriter(aside.path(name), shard_schema(ids_type), p["row_group_tokens"])
+        name = shard_file(split, lang, p["number"])
+        writer = FileWriter(aside.path(name), shard_schema(ids_type), weight=("n_tokens", p["row_group_tokens"]))
         docs = empty = 0
-        for batch in _documents(langid_loc, p, int(unit.inputs["batch_docs"])):
+        for batch in _documents(unit, unit.options["batch_docs"]):
             ids, n_tokens = tokenize(tok, batch.column("text"), tag_id, eos_id, ids_type)
             keep = n_tokens > 2
             empty += int((~keep).sum())
-            table = pa.table({"input_ids": ids, "n_tokens": n_tokens, "lang": pa.repeat(pa.scalar(lang), len(ids)),
-                              "doc_id": batch.column("doc_id")}, schema=writer.schema)
+            table = pa.table(
+                {
+                    "input_ids": ids,
+                    "n_tokens": n_tokens,
+                    "lang": pa.repeat(pa.scalar(lang), len(ids)),
+                    "doc_id": batch.column("doc_id"),
+                },
+                schema=writer.schema,
+            )
             if not keep.all():
                 table = table.filter(pa.array(keep))
             docs += table.num_rows
             writer.write(table)
-        tokens = writer.close()
+        writer.close()
+        tokens = writer.weighed
         if docs + empty != p["docs"]:
-            raise RuntimeError(f"{unit.name}: read {docs + empty} documents, the plan says {p['docs']}; "
-                               f"the langid output changed while sharding: rerun")
+            raise RuntimeError(
+                f"{unit.name}: read {docs + empty} documents, the plan says {p['docs']}; "
+                f"the langid output changed while sharding: rerun"
+            )
         if empty:
             logger().warning("%s: dropped %d documents that tokenise to nothing", unit.name, empty)
-        return {"documents": {split: {lang: docs}}, "tokens": {split: {lang: tokens}}, "empty_dropped": empty,
-                "row_groups": writer.row_groups}
+        return {
+            "documents": {split: {lang: docs}},
+            "tokens": {split: {lang: tokens}},
+            "empty_dropped": empty,
+            "row_groups": writer.row_groups,
+        }
 
     return ensure(unit, build)
 
 
-def _documents(langid_loc: Location, p: dict[str, Any], batch_docs: int) -> Iterator[pa.RecordBatch]:
+def _documents(unit: Unit, batch_docs: int) -> Iterator[pa.RecordBatch]:
     """The shard's documents in input order, in batches of about ``batch_docs``, split by hash."""
+    p, files = unit.params, unit.inputs["langid"]
     pending: list[pa.RecordBatch] = []
     rows = 0
     for path, start, stop in p["ranges"]:
-        for batch in _read(langid_loc.child(path), ["doc_id", "text"], batch_docs, start, stop):
-            _check_ids(batch.column(0), langid_loc.child(path), start)
+        loc = Location(files[path].uri)
+        for batch in read_batches(loc, ["doc_id", "text"], batch_docs, start, stop):
+            _check_ids(batch.column(0), loc, start)
             is_valid = stable_hashes(batch.column(0), p["seed"]) < p["threshold"]
             batch = batch.filter(pa.array(is_valid if p["split"] == "valid" else ~is_valid))
             pending.append(batch)
@@ -333,55 +376,23 @@ def _documents(langid_loc: Location, p: dict[str, Any], batch_docs: int) -> Iter
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
-class RowGroupWriter:
-    """One Parquet file whose row groups close at ~``group_tokens`` tokens, whatever the batch sizes."""
-
-    def __init__(self, loc: Location, schema: pa.Schema, group_tokens: int):
-        self.schema, self.group_tokens = schema, group_tokens
-        self._file = loc.open("wb")
-        self._writer = pq.ParquetWriter(self._file, schema, compression=COMPRESSION)
-        self._pending: list[pa.Table] = []
-        self._pending_tokens = 0
-        self.tokens = 0
-        self.row_groups = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-        if self._pending_tokens >= self.group_tokens:
-            table = pa.concat_tables(self._pending)
-            counts = table.column("n_tokens").to_numpy()
-            ends = np.cumsum(counts, dtype=np.int64)
-            cut, done = 0, 0
-            while ends[-1] - done >= self.group_tokens:
-                nxt = int(np.searchsorted(ends, done + self.group_tokens)) + 1  # first prefix reaching the target
-                self._write_group(table.slice(cut, nxt - cut))
-                done, cut = int(ends[nxt - 1]), nxt
-            rest = table.slice(cut)
-            self._pending, self._pending_tokens = ([rest], int(ends[-1] - done)) if rest.num_rows else ([], 0)
-
-    def _write_group(self, table: pa.Table) -> None:
-        self._writer.write_table(table.combine_chunks(), row_group_size=max(table.num_rows, 1))
-        self.tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-        self.row_groups += 1
-
-    def close(self) -> int:
-        """Write the last row group, finish the file; returns the tokens written."""
-        if self._pending:
-            self._write_group(pa.concat_tables(self._pending))
-        self._writer.close()
-        self._file.close()
-        return self.tokens
-
-
 # ---------------------------------------------------------------- the stage commit: manifest, index, totals
 def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
     """The stage unit: its units' fingerprints plus the vocabulary's and the clean corpus's."""
     vocab, langid = read_manifest(run.stage("vocab")), read_manifest(run.stage("langid"))
     tok_sha = vocab.file(TOKENIZER_FILE).sha256 if vocab else ""
-    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), params.model_dump(exclude={"batch_docs"}),
-                      upstream={"vocab": vocab.fingerprint if vocab else "", "tokenizer": tok_sha,
-                                "langid": langid.fingerprint if langid else ""})
+    return stage_unit(
+        run.stage(STAGE).uri,
+        STAGE,
+        refs,
+        code_version(__name__),
+        params.model_dump(exclude={"batch_docs"}),
+        inputs={
+            "vocab": {"stage": Input(run.stage("vocab").uri, vocab.fingerprint if vocab else "")},
+            "tokenizer": {TOKENIZER_FILE: Input(run.stage("vocab").child(TOKENIZER_FILE).uri, tok_sha)},
+            "langid": {"stage": Input(run.stage("langid").uri, langid.fingerprint if langid else "")},
+        },
+    )
 
 
 def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
@@ -394,27 +405,63 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
             token_type_name = m.params["token_type"]
             split, lang = m.params["split"], m.params["lang"]
             f = next(e for e in m.files if e.path.endswith(".parquet"))
-            rel = Location(ref.uri).child(f.path).uri[len(unit.out.rstrip("/")) + 1:]
-            rows.append({"path": rel, "split": split, "lang": lang, "rows": f.rows, "bytes": f.bytes,
-                         "sha256": f.sha256, "tokens": m.stats["tokens"][split][lang], "fingerprint": m.fingerprint})
+            rel = relative(unit.out, Location(ref.uri).child(f.path).uri)
+            rows.append(
+                {
+                    "path": rel,
+                    "split": split,
+                    "lang": lang,
+                    "rows": f.rows,
+                    "bytes": f.bytes,
+                    "sha256": f.sha256,
+                    "tokens": m.stats["tokens"][split][lang],
+                    "fingerprint": m.fingerprint,
+                }
+            )
         rows.sort(key=lambda r: r["path"])
         totals = _totals(rows)
-        index = {"tokenizer": {"file": TOKENIZER_FILE, "sha256": unit.upstream.get("tokenizer"),
-                               "vocab_fingerprint": unit.upstream.get("vocab")},
-                 "token_type": token_type_name, "shards": rows, "totals": totals}
+        tok_sha, vocab_fp = unit.input("tokenizer").fingerprint, unit.input("vocab").fingerprint
+        index = {
+            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_sha, "vocab_fingerprint": vocab_fp},
+            "token_type": token_type_name,
+            "shards": rows,
+            "totals": totals,
+        }
         with aside.path(INDEX).open("wb") as out:
             out.write(_json(index))
-        return {"totals": totals, "tokens_total": sum(r["tokens"] for r in rows), "token_type": token_type_name,
-                "tokenizer_sha256": unit.upstream.get("tokenizer"), "languages": sorted({r["lang"] for r in rows})}
+        return {
+            "totals": totals,
+            "tokens_total": sum(r["tokens"] for r in rows),
+            "token_type": token_type_name,
+            "tokenizer_sha256": tok_sha,
+            "languages": sorted({r["lang"] for r in rows}),
+        }
 
     return commit_stage(unit, refs, build)
 
 
 def _totals(rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
-    df = pl.DataFrame(rows, schema={"split": pl.String, "lang": pl.String, "rows": pl.Int64, "tokens": pl.Int64,
-                                    "bytes": pl.Int64, "path": pl.String})
-    agg = df.group_by("split", "lang").agg(pl.len().alias("shards"), pl.col("rows").sum().alias("documents"),
-                                           pl.col("tokens").sum(), pl.col("bytes").sum()).sort("split", "lang")
+    df = pl.DataFrame(
+        rows,
+        schema={
+            "split": pl.String,
+            "lang": pl.String,
+            "rows": pl.Int64,
+            "tokens": pl.Int64,
+            "bytes": pl.Int64,
+            "path": pl.String,
+        },
+    )
+    agg = (
+        df.group_by("split", "lang")
+        .agg(
+            pl.len().alias("shards"),
+            pl.col("rows").sum().alias("documents"),
+            pl.col("tokens").sum(),
+            pl.col("bytes").sum(),
+        )
+        .sort("split", "lang")
+    )
     out: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SPLITS}
     for r in agg.iter_rows(named=True):
         out[r["split"]][r["lang"]] = {k: r[k] for k in ("shards", "documents", "tokens", "bytes")}

@@ -34,11 +34,21 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from xlmflow.storage import (Aside, FileEntry, Location, RunDir, code_version, file_sha256, load_output, partitions, read_batches,
-                             stable_uniform)
+from xlmflow.storage import (
+    Aside,
+    FileEntry,
+    Location,
+    RunDir,
+    code_version,
+    file_sha256,
+    load_output,
+    partitions,
+    read_batches,
+    stable_uniform,
+)
 
-from .parallel import DEMO_PARALLEL, parallel_files
-from .runtime import Ref, Unit, ensure, logger
+from .parallel import parallel_files
+from .runtime import Input, Ref, Unit, ensure, logger
 from .specials import EOS, PAD, lang_tag
 
 STAGE = "vocab"
@@ -55,20 +65,34 @@ class VocabParams(BaseModel):
     vocab_size: int = Field(16000, ge=300, description="ids in all: 256 bytes + specials + merges")
     alpha: float = Field(0.3, gt=0, le=1, description="sampling temperature exponent: 1 = natural mix, ->0 = uniform")
     seed: int = 0
-    sample_chars: int | None = Field(None, ge=1, description="characters in the training sample; None = as many as the corpus")
+    sample_chars: int | None = Field(
+        None, ge=1, description="characters in the training sample; None = as many as the corpus"
+    )
     min_frequency: int = Field(2, ge=1, description="a merge needs a pair seen this often")
-    cjk_chunk: int = Field(4, ge=0, description="cut Han/kana runs into pieces of at most this many characters (0 = off)")
-    parallel: str | None = Field(str(DEMO_PARALLEL), description="folder/URL with <set>.train.parquet and <set>.eval.parquet "
-                                 "(one column per language); None = no translation pairs, no premium")
-    dictionary: str | None = Field(None, description="TSV file src<TAB>tgt of word translations to add as alignment evidence")
+    cjk_chunk: int = Field(
+        4, ge=0, description="cut Han/kana runs into pieces of at most this many characters (0 = off)"
+    )
+    parallel: str | None = Field(
+        None,
+        description="folder/URL of parallel sets (NAME.train.parquet, NAME.eval.parquet; one "
+        "column per language); None = no translation pairs, no premium. The pipeline's "
+        "top-level parallel setting fills it",
+    )
+    dictionary: str | None = Field(
+        None, description="TSV file src<TAB>tgt of word translations to add as alignment evidence"
+    )
     align_min_df: int = Field(3, ge=1, description="a translation pair needs both tokens in this many train segments")
     align_min_dice: float = Field(0.3, ge=0, le=1, description="minimum Dice coefficient of a translation pair")
-    report_docs: int = Field(2000, ge=1, description="documents per language (hash-sampled) measured for usage and the report")
+    report_docs: int = Field(
+        2000, ge=1, description="documents per language (hash-sampled) measured for usage and the report"
+    )
     batch_rows: int = Field(4096, ge=1)
 
     def fingerprinted(self) -> dict[str, Any]:
         """Parameters that shape the bytes; input locations are covered by content hashes instead."""
-        return self.model_dump(exclude={"parallel", "dictionary", "batch_rows"}) | {"dictionary": self.dictionary is not None}
+        return self.model_dump(exclude={"parallel", "dictionary", "batch_rows"}) | {
+            "dictionary": self.dictionary is not None
+        }
 
 
 # ---------------------------------------------------------------- planning
@@ -77,24 +101,27 @@ def plan(run: RunDir, params: VocabParams) -> Unit:
     langid = load_output(run.stage("langid"), "langid")
     if not partitions(langid, "clean"):
         raise ValueError(f"{run.stage('langid')}: no clean/lang=xx documents; the langid stage kept no language")
-    upstream = {"langid": langid.fingerprint}
-    inputs = {"langid": run.stage("langid").uri}
+    inputs: dict[str, dict[str, Input]] = {"langid": {"stage": Input(run.stage("langid").uri, langid.fingerprint)}}
     for split, loc in parallel_files(params.parallel):
-        upstream[f"parallel/{split}/{loc.name}"] = file_sha256(loc.fs, loc.path)[0]
-        inputs[f"parallel/{split}/{loc.name}"] = loc.uri
+        inputs.setdefault(f"parallel_{split}", {})[loc.name] = Input(loc.uri, file_sha256(loc.fs, loc.path)[0])
     if params.dictionary:
         loc = Location.of(params.dictionary)
         if not loc.exists():
             raise ValueError(f"dictionary {params.dictionary!r}: no such file; give a TSV of src<TAB>tgt words")
-        upstream["dictionary"] = file_sha256(loc.fs, loc.path)[0]
-        inputs["dictionary"] = loc.uri
-    return Unit(stage=STAGE, name=STAGE, out=run.stage(STAGE).uri, code_version=code_version(__name__),
-                params=params.fingerprinted(), upstream=upstream,
-                inputs=inputs | {"params": params.model_dump_json()})
+        inputs["dictionary"] = {loc.name: Input(loc.uri, file_sha256(loc.fs, loc.path)[0])}
+    return Unit(
+        stage=STAGE,
+        name=STAGE,
+        out=run.stage(STAGE).uri,
+        code_version=code_version(__name__),
+        params=params.fingerprinted(),
+        inputs=inputs,
+        options={"batch_rows": params.batch_rows},
+    )
 
 
 def inputs_of(unit: Unit, split: str) -> list[Location]:
-    return [Location(uri) for key, uri in sorted(unit.inputs.items()) if key.startswith(f"parallel/{split}/")]
+    return [Location(i.uri) for _, i in unit.each(f"parallel_{split}")]
 
 
 # ---------------------------------------------------------------- temperature sampling
@@ -116,7 +143,7 @@ def sampling_rates(chars: dict[str, int], alpha: float, sample_chars: int | None
     langs = [lang for lang in sorted(chars) if chars[lang] > 0]
     n = np.array([chars[lang] for lang in langs], dtype=np.float64)
     p = n / n.sum()
-    q = p ** alpha / (p ** alpha).sum()
+    q = p**alpha / (p**alpha).sum()
     total = float(sample_chars or n.sum())
     rate = q * total / n
     return {lang: {"p": float(p[i]), "q": float(q[i]), "rate": float(rate[i])} for i, lang in enumerate(langs)}
@@ -128,8 +155,14 @@ def copies(ids: pa.Array | pa.ChunkedArray, rate: float, seed: int) -> np.ndarra
     return (int(whole) + (stable_uniform(ids, seed) < frac)).astype(np.int64)
 
 
-def sampled_texts(stage: Location, files: dict[str, list[FileEntry]], rates: dict[str, float], seed: int,
-                  batch_rows: int, tally: dict[str, dict[str, int]]) -> Iterator[list[str]]:
+def sampled_texts(
+    stage: Location,
+    files: dict[str, list[FileEntry]],
+    rates: dict[str, float],
+    seed: int,
+    batch_rows: int,
+    tally: dict[str, dict[str, int]],
+) -> Iterator[list[str]]:
     """Batches of training texts in a fixed order (languages sorted, files and batches in order); fills ``tally``."""
     for lang in sorted(rates):
         seen = tally.setdefault(lang, {"chars": 0, "docs": 0, "distinct_docs": 0})
@@ -167,8 +200,13 @@ def special_tokens(langs: list[str]) -> list[str]:
 
 def train_tokenizer(texts: Iterator[list[str]], langs: list[str], params: VocabParams) -> Tokenizer:
     tok = new_tokenizer(params.cjk_chunk)
-    trainer = trainers.BpeTrainer(vocab_size=params.vocab_size, min_frequency=params.min_frequency, show_progress=False,
-                                  special_tokens=special_tokens(langs), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=params.vocab_size,
+        min_frequency=params.min_frequency,
+        show_progress=False,
+        special_tokens=special_tokens(langs),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -177,9 +215,15 @@ def save_tokenizer(tok: Tokenizer, langs: list[str], aside: Aside) -> list[str]:
     """``save_pretrained`` into a local temp folder, then copy each file through the aside (any fsspec run dir)."""
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD,
-                                   extra_special_tokens=[lang_tag(lang) for lang in sorted(langs)],
-                                   clean_up_tokenization_spaces=False, model_max_length=1 << 20)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[lang_tag(lang) for lang in sorted(langs)],
+        clean_up_tokenization_spaces=False,
+        model_max_length=1 << 20,
+    )
     with tempfile.TemporaryDirectory(prefix="xlmflow-vocab-") as tmp:
         fast.save_pretrained(tmp)
         names = sorted(p.name for p in Path(tmp).iterdir() if p.is_file())
@@ -194,8 +238,8 @@ def build_vocab(unit: Unit) -> Ref:
     """Sample, train, align, measure; commit tokenizer files, alignment.parquet and report.json as the stage."""
     from . import alignment, fairness
 
-    params = VocabParams.model_validate_json(unit.inputs["params"])
-    langid_loc = Location(unit.inputs["langid"])
+    params = VocabParams(**{k: v for k, v in unit.params.items() if k != "dictionary"}, **unit.options)
+    langid_loc = Location(unit.input("langid").uri)
 
     def build(aside: Aside) -> dict:
         log = logger()
@@ -205,31 +249,56 @@ def build_vocab(unit: Unit) -> Ref:
         mix = sampling_rates({lang: c for lang, (c, _) in totals.items()}, params.alpha, params.sample_chars)
         langs = sorted(mix)
         tally: dict[str, dict[str, int]] = {}
-        texts = sampled_texts(langid_loc, files, {lang: m["rate"] for lang, m in mix.items()}, params.seed,
-                              params.batch_rows, tally)
+        texts = sampled_texts(
+            langid_loc, files, {lang: m["rate"] for lang, m in mix.items()}, params.seed, params.batch_rows, tally
+        )
         tok = train_tokenizer(texts, langs, params)
-        sampling = {lang: {"chars": totals[lang][0], "docs": totals[lang][1], **{k: round(v, 6) for k, v in mix[lang].items()},
-                           "sampled_chars": tally[lang]["chars"], "sampled_docs": tally[lang]["docs"],
-                           "sampled_distinct_docs": tally[lang]["distinct_docs"]} for lang in langs}
+        sampling = {
+            lang: {
+                "chars": totals[lang][0],
+                "docs": totals[lang][1],
+                **{k: round(v, 6) for k, v in mix[lang].items()},
+                "sampled_chars": tally[lang]["chars"],
+                "sampled_docs": tally[lang]["docs"],
+                "sampled_distinct_docs": tally[lang]["distinct_docs"],
+            }
+            for lang in langs
+        }
         for lang in langs:
             s = sampling[lang]
-            log.info("vocab sample %s: p=%.4f q=%.4f rate=%.3f -> %d chars, %d docs", lang, s["p"], s["q"], s["rate"],
-                     s["sampled_chars"], s["sampled_docs"])
+            log.info(
+                "vocab sample %s: p=%.4f q=%.4f rate=%.3f -> %d chars, %d docs",
+                lang,
+                s["p"],
+                s["q"],
+                s["rate"],
+                s["sampled_chars"],
+                s["sampled_docs"],
+            )
         names = save_tokenizer(tok, langs, aside)
         usage = fairness.language_usage(tok, langid_loc, files, params.report_docs, params.seed, params.batch_rows)
-        dictionary = Location(unit.inputs["dictionary"]) if "dictionary" in unit.inputs else None
-        table, pairs = alignment.build_alignment(tok, usage, inputs_of(unit, "train"), dictionary,
-                                                 params.align_min_df, params.align_min_dice)
+        dictionary = Location(unit.input("dictionary").uri) if "dictionary" in unit.inputs else None
+        table, pairs = alignment.build_alignment(
+            tok, usage, inputs_of(unit, "train"), dictionary, params.align_min_df, params.align_min_dice
+        )
         alignment.write(aside.path(ALIGNMENT), table)
         report = fairness.report(tok, usage, table, pairs, inputs_of(unit, "eval"))
-        report = {"params": params.fingerprinted(), "sampling": sampling, **report}
+        report = {"params": unit.params, "sampling": sampling, **report}
         with aside.path(REPORT).open("wb") as f:
-            f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        return {"languages": langs, "vocab_size": tok.get_vocab_size(), "files": names + [ALIGNMENT, REPORT],
-                "sampled_chars": sum(s["sampled_chars"] for s in sampling.values()),
-                "alignment_cross_pairs": report["alignment"]["cross_language_pairs"],
-                "alignment_precision": report["alignment"]["precision"]["translation"]["hit_rate"]
-                if "translation" in report["alignment"]["precision"] else None}
+            f.write(
+                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+                + b"\n"
+            )
+        return {
+            "languages": langs,
+            "vocab_size": tok.get_vocab_size(),
+            "files": names + [ALIGNMENT, REPORT],
+            "sampled_chars": sum(s["sampled_chars"] for s in sampling.values()),
+            "alignment_cross_pairs": report["alignment"]["cross_language_pairs"],
+            "alignment_precision": report["alignment"]["precision"]["translation"]["hit_rate"]
+            if "translation" in report["alignment"]["precision"]
+            else None,
+        }
 
     return ensure(unit, build)
 
@@ -245,16 +314,20 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from .runtime import step  # noqa: E402
 
+
 def publish_report(ref: Ref) -> None:
     """The committed report as a Prefect markdown artifact (key ``vocab-report``)."""
     from prefect.artifacts import create_markdown_artifact
 
     from . import fairness
 
-    create_markdown_artifact(key="vocab-report", markdown=fairness.markdown(read_report(ref)),
-                             description=f"vocab {ref.fingerprint[:12]}")
+    create_markdown_artifact(
+        key="vocab-report", markdown=fairness.markdown(read_report(ref)), description=f"vocab {ref.fingerprint[:12]}"
+    )
 
 
 plan_task = task(name="vocab-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
 vocab_task = step(name="vocab-build")(build_vocab)
-report_task = task(name="vocab-report", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(publish_report)
+report_task = task(name="vocab-report", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(
+    publish_report
+)

@@ -42,11 +42,17 @@ def write_langid_stage(run_dir: str, docs_by_lang: dict[str, list[str]]):
     for lang, texts in sorted(docs_by_lang.items()):
         loc = run.unit("langid", f"lang={lang}", group="clean")
         unit = Unit(stage="langid", name=f"lang={lang}", out=loc.uri, code_version="test", params={"texts": texts})
-        table = pa.table({"doc_id": [f"{lang}-{i}" for i in range(len(texts))],
-                          "text": pa.array(texts, pa.large_string()), "lang": [lang] * len(texts)})
+        table = pa.table(
+            {
+                "doc_id": [f"{lang}-{i}" for i in range(len(texts))],
+                "text": pa.array(texts, pa.large_string()),
+                "lang": [lang] * len(texts),
+            }
+        )
 
         def build(aside, table=table):
             write_table(aside.path("part-00000.parquet"), table)
             return {"documents": table.num_rows}
+
         refs.append(ensure(unit, build))
     return commit_stage(stage_unit(run.stage("langid").uri, "langid", refs, code_version("xlmflow.storage"), {}), refs)

@@ -30,9 +30,12 @@ def train_tokenizer(docs: dict[str, list[str]], vocab_size: int = 400, tag_langs
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  special_tokens=["<|endoftext|>", "<pad>"] + [f"<lang:{lang}>" for lang in langs],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        special_tokens=["<|endoftext|>", "<pad>"] + [f"<lang:{lang}>" for lang in langs],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([t for lang in sorted(docs) for t in docs[lang]], trainer=trainer)
     return tok, langs
 
@@ -50,8 +53,13 @@ def write_vocab_stage(run_dir: str, tok, langs: list[str]):
             f.write(data)
         return {"languages": langs, "vocab_size": tok.get_vocab_size()}
 
-    unit = Unit(stage="vocab", name="_stage", out=run.stage("vocab").uri, code_version="test",
-                params={"tokenizer": tok.to_str()})
+    unit = Unit(
+        stage="vocab",
+        name="_stage",
+        out=run.stage("vocab").uri,
+        code_version="test",
+        params={"tokenizer": tok.to_str()},
+    )
     return ensure(unit, build)
 
 

@@ -14,9 +14,28 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_flags_override_the_config_file(tmp_path):
     toml = tmp_path / "x.toml"
     toml.write_text('[langid]\nthreshold = 0.6\nkeep_langs = ["de"]\n[vocab]\nalpha = 0.5\n')
-    args = build_parser().parse_args(["run", "--config", str(toml), "--threshold", "0.7", "--lang-threshold", "hr=0.3",
-                                      "--keep-langs", "en, fr", "--vocab-size", "2000", "--valid-fraction", "0.05",
-                                      "--no-near-dedup", "--source", "a.jsonl", "--text-field", "body"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--config",
+            str(toml),
+            "--threshold",
+            "0.7",
+            "--lang-threshold",
+            "hr=0.3",
+            "--keep-langs",
+            "en, fr",
+            "--vocab-size",
+            "2000",
+            "--valid-fraction",
+            "0.05",
+            "--no-near-dedup",
+            "--source",
+            "a.jsonl",
+            "--text-field",
+            "body",
+        ]
+    )
     cfg = config_from(args)
     assert cfg.langid.threshold == 0.7 and cfg.langid.thresholds["hr"] == 0.3 and cfg.langid.keep_langs == ["en", "fr"]
     assert cfg.langid.dedup.near is False and cfg.vocab.vocab_size == 2000 and cfg.vocab.alpha == 0.5
@@ -35,8 +54,12 @@ def test_bad_values_are_errors_not_silently_ignored(tmp_path):
         config_from(build_parser().parse_args(["langid", "--lang-threshold", "hr"]))
     with pytest.raises(ValueError):  # pydantic: out of range
         config_from(build_parser().parse_args(["shard", "--valid-fraction", "0.9"]))
-    for typo in ("[vocabulary]\nvocab_size = 5\n", "[langid]\nthreshhold = 0.6\n", "[langid.quality]\nmin_wrods = 2\n",
-                 '[[ingest.sources]]\npath = "x"\ntext_feild = "body"\n'):
+    for typo in (
+        "[vocabulary]\nvocab_size = 5\n",
+        "[langid]\nthreshhold = 0.6\n",
+        "[langid.quality]\nmin_wrods = 2\n",
+        '[[ingest.sources]]\npath = "x"\ntext_feild = "body"\n',
+    ):
         (tmp_path / "typo.toml").write_text(typo)
         with pytest.raises(ValueError, match="Extra inputs are not permitted"):  # a misspelt option is refused
             PipelineConfig.load(tmp_path / "typo.toml")

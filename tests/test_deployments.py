@@ -16,10 +16,20 @@ def test_prefect_deploy_creates_scheduled_deployments(prefect_api):
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    subprocess.run([*prefect, "work-pool", "create", "xlmflow-local", "--type", "process", "--overwrite"],
-                   env=env, cwd=ROOT, check=True, capture_output=True)
-    out = subprocess.run([*prefect, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
-                         env=env, cwd=ROOT, capture_output=True, text=True)
+    subprocess.run(
+        [*prefect, "work-pool", "create", "xlmflow-local", "--type", "process", "--overwrite"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [*prefect, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     with get_client(sync_client=True) as client:

@@ -54,11 +54,15 @@ def test_text_paragraph_mode(tmp_path, run_dir):
     assert docs["record"].to_list() == [1, 5]
 
 
-@pytest.mark.parametrize("suffix,opener", [(".jsonl", open), (".jsonl.gz", gzip.open),
-                                           (".jsonl.zst", lambda p, m: zstandard.open(p, m))])
+@pytest.mark.parametrize(
+    "suffix,opener", [(".jsonl", open), (".jsonl.gz", gzip.open), (".jsonl.zst", lambda p, m: zstandard.open(p, m))]
+)
 def test_jsonl_plain_and_compressed(tmp_path, run_dir, suffix, opener):
-    p = jsonl(tmp_path / f"c{suffix}", [{"content": "Hallo Welt", "language": "de", "url": "u1"},
-                                        {"content": "Hola", "language": "es"}], opener)
+    p = jsonl(
+        tmp_path / f"c{suffix}",
+        [{"content": "Hallo Welt", "language": "de", "url": "u1"}, {"content": "Hola", "language": "es"}],
+        opener,
+    )
     docs, _ = ingest(run_dir, Source(path=p, text_field="content", lang_field="language"))
     assert docs["text"].to_list() == ["Hallo Welt", "Hola"]
     assert docs["claimed_lang"].to_list() == ["de", "es"]
@@ -76,10 +80,12 @@ def test_parquet_with_configurable_column(tmp_path, run_dir):
 def test_datasets_saved_to_disk(tmp_path, run_dir):
     import datasets
 
-    ds = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": ["你好世界", "再见"], "lang": ["zh", "zh"]}),
-        "test": datasets.Dataset.from_dict({"text": ["谢谢"], "lang": ["zh"]}),
-    })
+    ds = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["你好世界", "再见"], "lang": ["zh", "zh"]}),
+            "test": datasets.Dataset.from_dict({"text": ["谢谢"], "lang": ["zh"]}),
+        }
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     docs, _ = ingest(run_dir, Source(path=str(tmp_path / "ds")))
     assert sorted(docs["text"].to_list()) == sorted(["你好世界", "再见", "谢谢"])
@@ -155,8 +161,10 @@ def test_invalid_utf8_text_is_quarantined_with_line(tmp_path, run_dir):
 
 
 def test_malformed_json_line_is_quarantined_not_the_file(tmp_path, run_dir):
-    p = jsonl(tmp_path / "m.jsonl", [{"text": "ok 1"}, '{"text": "unterminated', '[1, 2]', {"body": "no text"},
-                                     {"text": 5}, {"text": "ok 2"}])
+    p = jsonl(
+        tmp_path / "m.jsonl",
+        [{"text": "ok 1"}, '{"text": "unterminated', "[1, 2]", {"body": "no text"}, {"text": 5}, {"text": "ok 2"}],
+    )
     docs, bad = ingest(run_dir, Source(path=p))
     assert docs["text"].to_list() == ["ok 1", "ok 2"]
     reasons = dict(zip(bad["record"].to_list(), bad["reason"].to_list()))

@@ -1,5 +1,6 @@
 """The ingest flow under a real (temporary) Prefect API: exact caching, rebuilds, kills, the CLI."""
 
+import json
 import os
 import shutil
 import signal
@@ -9,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import task_states
+
 from xlmflow.flows.ingest import ingest_flow
 from xlmflow.storage import RunDir, load_output
 from xlmflow.tasks.ingest import IngestParams, Source
@@ -20,8 +21,11 @@ from xlmflow.tasks.ingest import IngestParams, Source
 def corpus(tmp_path):
     d = tmp_path / "corpus"
     d.mkdir()
-    for name, lang, lines in [("en.txt", "en", ["Hello world", "Good morning"]), ("fr.txt", "fr", ["Bonjour", "Salut"]),
-                              ("de.txt", "de", ["Guten Tag", "Hallo"])]:
+    for name, lang, lines in [
+        ("en.txt", "en", ["Hello world", "Good morning"]),
+        ("fr.txt", "fr", ["Bonjour", "Salut"]),
+        ("de.txt", "de", ["Guten Tag", "Hallo"]),
+    ]:
         (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return d
 
@@ -85,8 +89,14 @@ def test_bad_record_fails_flow_with_named_file_when_strict(prefect_api, run_dir,
 
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "xlmflow.flows.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xlmflow.flows.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _stage_bytes(run_dir, stages=("ingest",)):
@@ -97,9 +107,10 @@ def _stage_bytes(run_dir, stages=("ingest",)):
     return found
 
 
-PIPELINE_STAGES = ("ingest", "langid", "vocab", "shards")
+PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard")
 
 
+@pytest.mark.slow
 def test_killed_pipeline_resumes_to_the_same_bytes(tmp_path):
     """SIGKILL `xlmflow run` (and its Prefect server) in the middle of langid; the rerun equals a run never killed."""
     from xlmflow import PACKAGE_ROOT
@@ -128,6 +139,9 @@ def test_killed_pipeline_resumes_to_the_same_bytes(tmp_path):
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out
     assert _stage_bytes(killed, PIPELINE_STAGES) == _stage_bytes(clean, PIPELINE_STAGES)
+    # the demo's documents, but a user's configuration: the demo's eval sets are not held out
+    stats = json.loads((Path(clean) / "langid" / "stats.json").read_text())
+    assert stats["documents"]["clean"] > 1000 and "eval_holdout" not in stats["rejected_by_reason"]
 
 
 def test_cli_help_lists_stages():
@@ -142,6 +156,7 @@ def test_cli_reports_bad_source_clearly(tmp_path):
     assert f"error: source {str(tmp_path / 'missing.jsonl')!r}: no such file or folder" in out
 
 
+@pytest.mark.slow
 def test_units_on_a_dask_cluster_give_the_same_bytes(tmp_path, corpus):
     """`--dask local`: the same flow with its units on a Dask LocalCluster (prefect-dask) commits the same bytes."""
     threads, dask = str(tmp_path / "threads"), str(tmp_path / "dask")

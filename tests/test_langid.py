@@ -1,4 +1,4 @@
-"""Langid as plain functions: labels, thresholds, the zh/ja fix, mismatches, quality, dedup, bad input, parallel data."""
+"""Langid as plain functions: labels, thresholds, the zh/ja fix, mismatches, quality, dedup, bad input, parallel."""
 
 import json
 
@@ -13,23 +13,35 @@ from xlmflow.tasks.dedup import DedupParams
 from xlmflow.tasks.langid import LangidParams, label_texts
 from xlmflow.tasks.runtime import commit_stage
 
-EN = ["The kernel provides a block device file for every RAID volume that is configured on the machine.",
-      "Administrators should keep backups of the configuration files before they upgrade the system.",
-      "The package manager resolves dependencies and downloads the required archives from the mirrors.",
-      "This chapter explains how the graphical desktop environment can be installed and configured."]
-FR = ["Le noyau fournit un fichier de périphérique pour chaque volume RAID configuré sur la machine.",
-      "Les administrateurs doivent conserver une copie des fichiers de configuration avant la mise à jour.",
-      "Le gestionnaire de paquets résout les dépendances et télécharge les archives depuis les miroirs.",
-      "Ce chapitre explique comment installer et configurer un environnement de bureau graphique."]
-DE = ["Der Kernel stellt für jeden konfigurierten RAID-Verbund eine eigene Gerätedatei zur Verfügung.",
-      "Administratoren sollten vor der Aktualisierung eine Sicherung der Konfigurationsdateien anlegen.",
-      "Die Paketverwaltung löst Abhängigkeiten auf und lädt die benötigten Archive von den Spiegeln herunter."]
-ZH = ["内核为机器上配置的每个阵列卷提供一个块设备文件。", "管理员在升级系统之前应该备份配置文件。", "软件包管理器会解析依赖关系并从镜像下载所需的归档文件。"]
+EN = [
+    "The kernel provides a block device file for every RAID volume that is configured on the machine.",
+    "Administrators should keep backups of the configuration files before they upgrade the system.",
+    "The package manager resolves dependencies and downloads the required archives from the mirrors.",
+    "This chapter explains how the graphical desktop environment can be installed and configured.",
+]
+FR = [
+    "Le noyau fournit un fichier de périphérique pour chaque volume RAID configuré sur la machine.",
+    "Les administrateurs doivent conserver une copie des fichiers de configuration avant la mise à jour.",
+    "Le gestionnaire de paquets résout les dépendances et télécharge les archives depuis les miroirs.",
+    "Ce chapitre explique comment installer et configurer un environnement de bureau graphique.",
+]
+DE = [
+    "Der Kernel stellt für jeden konfigurierten RAID-Verbund eine eigene Gerätedatei zur Verfügung.",
+    "Administratoren sollten vor der Aktualisierung eine Sicherung der Konfigurationsdateien anlegen.",
+    "Die Paketverwaltung löst Abhängigkeiten auf und lädt die benötigten Archive von den Spiegeln herunter.",
+]
+ZH = [
+    "内核为机器上配置的每个阵列卷提供一个块设备文件。",
+    "管理员在升级系统之前应该备份配置文件。",
+    "软件包管理器会解析依赖关系并从镜像下载所需的归档文件。",
+]
 
 
 def write_jsonl(path, records):
-    path.write_text("".join(json.dumps({"text": t, "lang": lang}, ensure_ascii=False) + "\n" for t, lang in records),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"text": t, "lang": lang}, ensure_ascii=False) + "\n" for t, lang in records),
+        encoding="utf-8",
+    )
 
 
 def make_ingest(run_dir, tmp_path, files: dict[str, list[tuple[str, str | None]]]):
@@ -66,7 +78,9 @@ def outcome(run_dir) -> pl.DataFrame:
     frames = []
     for f in m.files:
         if f.path.startswith("clean/"):
-            frames.append(pl.from_arrow(read_table(stage.child(f.path))).with_columns(pl.lit(None, pl.String).alias("reason")))
+            frames.append(
+                pl.from_arrow(read_table(stage.child(f.path))).with_columns(pl.lit(None, pl.String).alias("reason"))
+            )
         elif "rejected" in f.path:
             frames.append(pl.from_arrow(read_table(stage.child(f.path))).drop("dup_of"))
     return pl.concat(frames, how="diagonal_relaxed").select("doc_id", "text", "lang", "claimed_lang", "reason")
@@ -103,7 +117,11 @@ def test_claimed_vs_detected_relabel_or_drop():
 def test_script_aware_quality_signals():
     from xlmflow.tasks.quality import signals
 
-    s = signals(pl.Series(["这是一个简单的中文句子", "one two three four", "a\na\na\nb", "x y z x y z x y z x y z", "%%% ### ***"]))
+    s = signals(
+        pl.Series(
+            ["这是一个简单的中文句子", "one two three four", "a\na\na\nb", "x y z x y z x y z x y z", "%%% ### ***"]
+        )
+    )
     assert s["unspaced"].to_list() == [True, False, False, False, False]
     assert s["n_words"].to_list() == [11, 4, 4, 12, 3]  # zh counts letters, not (space-separated) words
     assert s["mean_word_len"][0] is None and s["dup_line_frac"][2] == pytest.approx(0.5)
@@ -114,7 +132,12 @@ def test_script_aware_quality_signals():
 # ---------------------------------------------------------------- dedup
 def test_minhash_finds_near_duplicates_and_keeps_smallest_id():
     base = "the quick brown fox jumps over the lazy dog near the river bank every single morning"
-    texts = [base, base.replace("morning", "mornings"), "a completely different sentence about package management", base + " too"]
+    texts = [
+        base,
+        base.replace("morning", "mornings"),
+        "a completely different sentence about package management",
+        base + " too",
+    ]
     p = DedupParams()
     label = dedup.near_duplicates(dedup.minhash(texts, p), p)
     assert label.tolist() == [0, 0, 2, 0]
@@ -127,8 +150,12 @@ def test_minhash_finds_near_duplicates_and_keeps_smallest_id():
 # ---------------------------------------------------------------- the stage
 def test_stage_partitions_stats_and_same_bytes(tmp_path):
     untranslated = EN[2]
-    files = {"en": [(t, "en") for t in EN], "fr": [(t, "fr") for t in FR] + [(untranslated, "fr"), (FR[0].replace(" ", "  ") + " !", "fr")],
-             "de": [(t, "de") for t in DE], "zh": [(t, "zh-CN") for t in ZH]}
+    files = {
+        "en": [(t, "en") for t in EN],
+        "fr": [(t, "fr") for t in FR] + [(untranslated, "fr"), (FR[0].replace(" ", "  ") + " !", "fr")],
+        "de": [(t, "de") for t in DE],
+        "zh": [(t, "zh-CN") for t in ZH],
+    }
     runs = []
     for name in ("a", "b"):
         make_ingest(str(tmp_path / name), tmp_path, files)
@@ -141,7 +168,9 @@ def test_stage_partitions_stats_and_same_bytes(tmp_path):
     assert docs["doc_id"].is_unique().all() and docs.height == sum(map(len, files.values()))
     clean = docs.filter(pl.col("reason").is_null())
     assert sorted(clean.filter(pl.col("lang") == "fr")["text"]) == sorted(FR)  # the re-spaced copy is a duplicate
-    assert clean.filter(pl.col("text") == untranslated).rows() == [(clean.filter(pl.col("text") == untranslated)["doc_id"][0], untranslated, "en", "en", None)]
+    assert clean.filter(pl.col("text") == untranslated).rows() == [
+        (clean.filter(pl.col("text") == untranslated)["doc_id"][0], untranslated, "en", "en", None)
+    ]
     stats = json.loads((tmp_path / "a" / "langid" / "stats.json").read_text())
     assert stats["mismatch"]["fr"]["en"] == 1
     assert stats["rejected"]["duplicate"] == {"en": 1, "fr": 1}
@@ -150,14 +179,22 @@ def test_stage_partitions_stats_and_same_bytes(tmp_path):
 
 def test_bad_input_never_crashes_and_every_document_ends_somewhere(tmp_path):
     huge = "lorem ipsum dolor sit amet " * 800_000  # ~21 MB on one line
-    bad = [("", "en"), ("@#$%^&* ~~~ |||| <<>> ^^^ ***", "en"), (huge, "en"), ("a" * 5_000_000, None),
-           ("Hello world, Привет мир, 你好世界, مرحبا بالعالم and some more words here", "en"),
-           ("ꙮꙮꙮ ꙮꙮ ᚠᚢᚦᚨ ᚱᚲᚷ ᚹᚺᚾ ᛁᛃᛇ ᛈᛉᛊ", None), ("zxqv pqrk vvtl mmnx gdrz kwpl", "xx"), *[(t, "en") for t in EN]]
+    bad = [
+        ("", "en"),
+        ("@#$%^&* ~~~ |||| <<>> ^^^ ***", "en"),
+        (huge, "en"),
+        ("a" * 5_000_000, None),
+        ("Hello world, Привет мир, 你好世界, مرحبا بالعالم and some more words here", "en"),
+        ("ꙮꙮꙮ ꙮꙮ ᚠᚢᚦᚨ ᚱᚲᚷ ᚹᚺᚾ ᛁᛃᛇ ᛈᛉᛊ", None),
+        ("zxqv pqrk vvtl mmnx gdrz kwpl", "xx"),
+        *[(t, "en") for t in EN],
+    ]
     make_ingest(str(tmp_path / "r"), tmp_path, {"bad": bad})
     run_langid(str(tmp_path / "r"))
     docs = outcome(str(tmp_path / "r")).with_columns(pl.col("text").str.len_chars().alias("n"))
     assert docs.height == len(bad)  # JSONL keeps an empty text as a document: langid must judge it
     assert docs["doc_id"].is_unique().all()
+
     def reason(prefix):
         return docs.filter(pl.col("text").str.starts_with(prefix))["reason"].to_list()
 
@@ -204,8 +241,11 @@ def test_documents_repeating_a_held_out_eval_segment_are_rejected(tmp_path):
     pl.DataFrame({"id": ["a"], "en": [EN[0]], "fr": [FR[0]]}).write_parquet(held / "toy.eval.parquet")
     pl.DataFrame({"id": ["b"], "en": [EN[1]], "fr": [FR[1]]}).write_parquet(held / "toy.train.parquet")
     run_dir = str(tmp_path / "run")
-    make_ingest(run_dir, tmp_path, {"en": [(EN[0].upper() + "!!", "en"), (EN[1], "en"), (EN[2], "en")],
-                                    "fr": [(FR[0], "fr"), (FR[1], "fr")]})
+    make_ingest(
+        run_dir,
+        tmp_path,
+        {"en": [(EN[0].upper() + "!!", "en"), (EN[1], "en"), (EN[2], "en")], "fr": [(FR[0], "fr"), (FR[1], "fr")]},
+    )
     run_langid(run_dir, LangidParams(min_lang_docs=1, holdout=str(held)))
     got = outcome(run_dir)
     held_out = got.filter(pl.col("reason") == "eval_holdout")["text"].to_list()

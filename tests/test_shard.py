@@ -7,15 +7,33 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from shard_fixtures import corpus, make_inputs
-from xlmflow.storage import ManifestError, RunDir, load_output
+
+from xlmflow.storage import ManifestError, RunDir, load_output, stable_hashes
 from xlmflow.storage import shards as shard_store
-from xlmflow.storage import stable_hashes
-from xlmflow.tasks.shard import (EOS, ShardParams, commit_shards, plan, shard_unit, stage_for, token_type,
-                                 tokenize)
+from xlmflow.tasks.shard import EOS, ShardParams, commit_shards, plan, shard_unit, stage_for, token_type, tokenize
 
 SIZES = {"en": 400, "fr": 250, "zh": 30}
+MASK = (1 << 64) - 1
+
+
+def reference_hash(text: str, seed: int) -> int:
+    """The documented stable hash, one string at a time in plain Python (independent of the numpy code):
+    splitmix64's finaliser folded over the zero-padded 8-byte little-endian words, seeded with seed ^ length."""
+
+    def mix(h: int) -> int:
+        h = (h + 0x9E3779B97F4A7C15) & MASK
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & MASK
+        return h ^ (h >> 31)
+
+    data = text.encode()
+    h = mix((seed & MASK) ^ len(data))
+    for i in range(0, len(data), 8):
+        h = mix(h ^ int.from_bytes(data[i : i + 8].ljust(8, b"\0"), "little"))
+    return h >> 1
+
+
 PARAMS = ShardParams(shard_docs=150, min_valid_docs=8, valid_fraction=0.05, row_group_tokens=1500)
 
 
@@ -24,7 +42,7 @@ def run_stage(run_dir, params=PARAMS):
     units = plan(run, params)
     refs = [shard_unit(u) for u in units]
     commit_shards(stage_for(run, params, refs), refs)
-    return load_output(run.stage("shards"), "shards")
+    return load_output(run.stage("shard"), "shard")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +54,7 @@ def built(tmp_path_factory):
 
 
 def read_split(run_dir, split):
-    files = shard_store.data_files(RunDir.of(run_dir).stage("shards"), split)
+    files = shard_store.data_files(RunDir.of(run_dir).stage("shard"), split)
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
@@ -63,18 +81,22 @@ def test_split_by_doc_id_hash_with_minimum_per_language(built):
     counts = {lang: valid["lang"].count(lang) for lang in SIZES}
     assert counts["zh"] == PARAMS.min_valid_docs  # 5% of 30 is below the minimum
     assert counts["en"] >= PARAMS.min_valid_docs and counts["en"] < 0.15 * SIZES["en"]
-    # the split is a function of (doc id, seed) alone for the fraction part: the same ids rank the same
+    # the split is a function of (doc id, seed) alone for the fraction part; expected ids from the reference hash
     for lang in ("en", "fr"):
-        ids = pa.array([f"{lang}-{i}" for i in range(SIZES[lang])])
-        h = stable_hashes(ids, PARAMS.seed)
-        chosen = {f"{lang}-{i}" for i in np.flatnonzero(h < int(PARAMS.valid_fraction * (1 << 63)))}
-        assert chosen <= {d for d, lg in zip(valid["doc_id"], valid["lang"]) if lg == lang}
+        ids = [f"{lang}-{i}" for i in range(SIZES[lang])]
+        chosen = {d for d in ids if reference_hash(d, PARAMS.seed) < int(PARAMS.valid_fraction * (1 << 63))}
+        assert chosen and chosen <= {d for d, lg in zip(valid["doc_id"], valid["lang"]) if lg == lang}
     # train shards hold shard_docs documents each, the last the rest; order is input order
     for lang in SIZES:
         rows = [f.rows for f in manifest.files if f.path.startswith(f"train/{lang}-")]
         assert all(r == PARAMS.shard_docs for r in rows[:-1]) and 0 < rows[-1] <= PARAMS.shard_docs
     en = [int(d.split("-")[1]) for d, lg in zip(train["doc_id"], train["lang"]) if lg == "en"]
     assert en == sorted(en)
+
+
+def test_stable_hashes_equal_the_reference_implementation():
+    ids = ["", "a", "doc-1", "12345678", "123456789", "é" * 9, "x" * 70, "中文文档"]
+    assert stable_hashes(pa.array(ids), 7).tolist() == [reference_hash(t, 7) for t in ids]
 
 
 def test_stable_hashes_are_stable_seeded_and_spread():
@@ -87,15 +109,18 @@ def test_stable_hashes_are_stable_seeded_and_spread():
     assert stable_hashes(pa.array(["abc"]), 7)[0] == stable_hashes(pa.chunked_array([["x", "abc"]]), 7)[1]
     # pinned: a different value would silently move documents between train and valid
     assert stable_hashes(pa.array(["abc", "", "doc-123456789-xyz"]), 0).tolist() == [
-        1890309403025573435, 8147104208329303767, 3525021581473985947]
+        1890309403025573435,
+        8147104208329303767,
+        3525021581473985947,
+    ]
 
 
 def test_token_totals_match_manifest_index_and_files(built):
     run_dir, _, _, manifest = built
-    stage = RunDir.of(run_dir).stage("shards")
+    stage = RunDir.of(run_dir).stage("shard")
     index = orjson.loads(Path(stage.path, "shards.json").read_bytes())
     assert index["tokenizer"]["sha256"] == load_output(RunDir.of(run_dir).stage("vocab")).file("tokenizer.json").sha256
-    assert manifest.upstream["tokenizer"] == index["tokenizer"]["sha256"]
+    assert manifest.upstream["tokenizer/tokenizer.json"] == index["tokenizer"]["sha256"]
     for split in ("train", "valid"):
         table = read_split(run_dir, split)
         for lang in SIZES:
@@ -122,7 +147,7 @@ def test_two_runs_give_identical_bytes_and_rerun_does_nothing(built, tmp_path):
     again = run_stage(other)
     assert [(f.path, f.sha256) for f in again.files] == [(f.path, f.sha256) for f in manifest.files]
     assert again.fingerprint == manifest.fingerprint
-    shard = Path(run_dir, "shards", manifest.files[1].path)
+    shard = Path(run_dir, "shard", manifest.files[1].path)
     before = shard.stat().st_mtime_ns
     run_stage(run_dir)
     assert shard.stat().st_mtime_ns == before
@@ -135,7 +160,7 @@ def test_loads_with_datasets_and_polars(built, tmp_path):
     import polars as pl
 
     run_dir, _, _, manifest = built
-    stage = RunDir.of(run_dir).stage("shards")
+    stage = RunDir.of(run_dir).stage("shard")
     files = {"train": shard_store.data_files(stage, "train"), "validation": shard_store.data_files(stage, "valid")}
     ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))
     for split, name in (("train", "train"), ("valid", "validation")):
@@ -153,7 +178,7 @@ def test_reader_partitions_ranks_and_refuses_corrupt_shards(built, tmp_path):
     run_dir, _, _, manifest = built
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    stage = RunDir.of(str(copy)).stage("shards")
+    stage = RunDir.of(str(copy)).stage("shard")
     all_train = shard_store.list_shards(stage, "train")
     for world in (1, 2, 3):
         parts = [shard_store.for_rank(all_train, r, world) for r in range(world)]
@@ -214,8 +239,13 @@ def commit_langid_part(run_dir, table):
     from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit
 
     run = RunDir.of(run_dir)
-    unit = Unit(stage="langid", name="lang=en", out=run.unit("langid", "lang=en", group="clean").uri,
-                code_version="test", params={"rows": table.to_pylist()})
+    unit = Unit(
+        stage="langid",
+        name="lang=en",
+        out=run.unit("langid", "lang=en", group="clean").uri,
+        code_version="test",
+        params={"rows": table.to_pylist()},
+    )
     ref = ensure(unit, lambda aside: write_table(aside.path("part-00000.parquet"), table))
     commit_stage(stage_unit(run.stage("langid").uri, "langid", [ref], "test", {}), [ref])
 

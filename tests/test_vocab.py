@@ -1,30 +1,70 @@
 """The vocab stage as plain functions: sampling, tokenizer, alignment table, report, caching."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-
 from helpers import write_langid_stage
-from xlmflow.storage import RunDir, load_output, read_table
+from tokenizers import Tokenizer
+
+from xlmflow.storage import RunDir, load_output, read_table, stable_uniform
 from xlmflow.tasks import alignment, vocab
-from xlmflow.storage import stable_uniform
 from xlmflow.tasks.vocab import VocabParams, build_vocab, plan, sampling_rates
 
 LANGS = ["de", "en", "fr", "ru", "zh"]
-EN = ["The file is saved.", "Open the file and save it.", "The system starts.", "Select the table.",
-      "Insert a new table.", "The document is open.", "Close the document.", "Print the page."]
-FR = ["Le fichier est enregistré.", "Ouvrez le fichier et enregistrez-le.", "Le système démarre.",
-      "Sélectionnez le tableau.", "Insérez un nouveau tableau.", "Le document est ouvert.", "Fermez le document.",
-      "Imprimez la page."]
-DE = ["Die Datei wird gespeichert.", "Öffnen Sie die Datei und speichern Sie sie.", "Das System startet.",
-      "Wählen Sie die Tabelle.", "Fügen Sie eine neue Tabelle ein.", "Das Dokument ist offen.",
-      "Schließen Sie das Dokument.", "Drucken Sie die Seite."]
-RU = ["Файл сохранён.", "Откройте файл и сохраните его.", "Система запускается.", "Выберите таблицу.",
-      "Вставьте новую таблицу.", "Документ открыт.", "Закройте документ.", "Напечатайте страницу."]
-ZH = ["文件已保存。", "打开文件并保存。", "系统启动。", "选择表格。", "插入新表格。", "文档已打开。", "关闭文档。", "打印页面。"]
+EN = [
+    "The file is saved.",
+    "Open the file and save it.",
+    "The system starts.",
+    "Select the table.",
+    "Insert a new table.",
+    "The document is open.",
+    "Close the document.",
+    "Print the page.",
+]
+FR = [
+    "Le fichier est enregistré.",
+    "Ouvrez le fichier et enregistrez-le.",
+    "Le système démarre.",
+    "Sélectionnez le tableau.",
+    "Insérez un nouveau tableau.",
+    "Le document est ouvert.",
+    "Fermez le document.",
+    "Imprimez la page.",
+]
+DE = [
+    "Die Datei wird gespeichert.",
+    "Öffnen Sie die Datei und speichern Sie sie.",
+    "Das System startet.",
+    "Wählen Sie die Tabelle.",
+    "Fügen Sie eine neue Tabelle ein.",
+    "Das Dokument ist offen.",
+    "Schließen Sie das Dokument.",
+    "Drucken Sie die Seite.",
+]
+RU = [
+    "Файл сохранён.",
+    "Откройте файл и сохраните его.",
+    "Система запускается.",
+    "Выберите таблицу.",
+    "Вставьте новую таблицу.",
+    "Документ открыт.",
+    "Закройте документ.",
+    "Напечатайте страницу.",
+]
+ZH = [
+    "文件已保存。",
+    "打开文件并保存。",
+    "系统启动。",
+    "选择表格。",
+    "插入新表格。",
+    "文档已打开。",
+    "关闭文档。",
+    "打印页面。",
+]
 SIDES = {"en": EN, "fr": FR, "de": DE, "ru": RU, "zh": ZH}
 
 
@@ -35,19 +75,23 @@ def corpus(repeat=12):
     return docs
 
 
-LEXICON = {"en": ["file", "table", "window", "printer", "folder", "picture"],
-           "fr": ["fichier", "tableau", "fenêtre", "imprimante", "dossier", "image"],
-           "de": ["Datei", "Tabelle", "Fenster", "Drucker", "Ordner", "Bild"],
-           "ru": ["файл", "таблица", "окно", "принтер", "папка", "рисунок"],
-           "zh": ["文件", "表格", "窗口", "打印机", "目录", "图片"]}
+LEXICON = {
+    "en": ["file", "table", "window", "printer", "folder", "picture"],
+    "fr": ["fichier", "tableau", "fenêtre", "imprimante", "dossier", "image"],
+    "de": ["Datei", "Tabelle", "Fenster", "Drucker", "Ordner", "Bild"],
+    "ru": ["файл", "таблица", "окно", "принтер", "папка", "рисунок"],
+    "zh": ["文件", "表格", "窗口", "打印机", "目录", "图片"],
+}
 
 
 def segments(lang, triples=False):
-    """Aligned toy segments: every ordered pair (or triple) of lexicon words, so co-occurrence singles out translations."""
+    """Aligned toy segments: every ordered pair (or triple) of lexicon words; co-occurrence singles out translations."""
     w = LEXICON[lang]
     n = len(w)
     if triples:
-        return [f"{w[i]} {w[j]} {w[k]}" for i in range(n) for j in range(n) for k in range(n) if len({i, j, k}) == 3][::7]
+        return [f"{w[i]} {w[j]} {w[k]}" for i in range(n) for j in range(n) for k in range(n) if len({i, j, k}) == 3][
+            ::7
+        ]
     return [f"{w[i]} {w[j]}" for i in range(n) for j in range(n) if i != j]
 
 
@@ -75,7 +119,7 @@ def built(run_dir, parallel, **kw):
 def test_temperature_rates_follow_the_formula():
     mix = sampling_rates({"en": 900, "fr": 90, "zh": 10}, 0.3, None)
     p = np.array([0.9, 0.09, 0.01])
-    q = p ** 0.3 / (p ** 0.3).sum()
+    q = p**0.3 / (p**0.3).sum()
     assert np.allclose([mix[l]["q"] for l in ("en", "fr", "zh")], q)
     assert np.isclose(sum(mix[l]["rate"] * n for l, n in (("en", 900), ("fr", 90), ("zh", 10))), 1000)
     assert mix["zh"]["rate"] > 1 > mix["en"]["rate"]  # small languages are upsampled, large ones down
@@ -102,7 +146,9 @@ def test_stage_outputs_autotokenizer_alignment_and_report(run_dir, parallel):
     assert m.stats["languages"] == LANGS and m.stats["vocab_size"] == 400
     loc = run.stage("vocab")
     tok = AutoTokenizer.from_pretrained(loc.path)
-    assert tok.is_fast and tok.eos_token == "<|endoftext|>" and tok.pad_token == "<pad>" and tok.bos_token == tok.eos_token
+    assert (
+        tok.is_fast and tok.eos_token == "<|endoftext|>" and tok.pad_token == "<pad>" and tok.bos_token == tok.eos_token
+    )
     tags = [f"<lang:{l}>" for l in LANGS]
     assert set(tags) <= set(tok.all_special_tokens)
     ids = tok("<lang:fr> Le fichier<|endoftext|>")["input_ids"]
@@ -120,7 +166,17 @@ def test_stage_outputs_autotokenizer_alignment_and_report(run_dir, parallel):
     assert report["roundtrip"]["failures"] == 0 and report["roundtrip"]["checked"] > 100
     assert set(report["sampling"]) == set(LANGS) and all(s["sampled_docs"] > 0 for s in report["sampling"].values())
     assert report["languages"]["zh"]["whole_word_share"] is None and report["languages"]["en"]["fertility"] > 0
-    assert 0 < report["languages"]["fr"]["token_premium"] and report["languages"]["ru"]["byte_premium"] > 1
+    ev = pl.read_parquet(Path(parallel) / "toy.eval.parquet").filter(pl.col("en") != pl.col("fr"))
+    raw = Tokenizer.from_file(loc.child("tokenizer.json").path)
+    n_tokens = {
+        lang: sum(len(e.ids) for e in raw.encode_batch(ev[lang].to_list(), add_special_tokens=False))
+        for lang in ("en", "fr")
+    }
+    assert report["languages"]["fr"]["token_premium"] == pytest.approx(n_tokens["fr"] / n_tokens["en"], abs=1e-4)
+    ru = pl.read_parquet(Path(parallel) / "toy.eval.parquet").filter(pl.col("en") != pl.col("ru"))
+    n_bytes = {lang: sum(len(t.encode()) for t in ru[lang].to_list()) for lang in ("en", "ru")}
+    assert n_bytes["ru"] > n_bytes["en"]  # Cyrillic takes two bytes a letter
+    assert report["languages"]["ru"]["byte_premium"] == pytest.approx(n_bytes["ru"] / n_bytes["en"], abs=1e-4)
     assert set(report["vocabulary_overlap_jaccard"]) >= {"en-fr", "de-zh"}
 
 
@@ -134,7 +190,9 @@ def test_translation_pairs_are_learned_from_train_and_measured_on_eval(run_dir, 
     df = pl.from_arrow(read_table(run.stage("vocab").child("alignment.parquet")))
     trans = df.filter(pl.col("evidence").str.contains("translation"))
     assert trans.height > 0
-    pairs = {(tok.decode([t]).strip(), tok.decode([a]).strip()) for t, a in trans.select("token_id", "anchor_id").rows()}
+    pairs = {
+        (tok.decode([t]).strip(), tok.decode([a]).strip()) for t, a in trans.select("token_id", "anchor_id").rows()
+    }
     assert ("Datei", "file") in pairs or ("fichier", "file") in pairs, sorted(pairs)[:30]
     prec = report["alignment"]["precision"]["translation"]
     assert prec["pairs_evaluated"] > 0 and prec["hit_rate"] > prec["chance_rate"]

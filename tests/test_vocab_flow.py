@@ -1,7 +1,8 @@
 """The vocab flow under a real (temporary) Prefect API: one unit, cached rerun, the report artifact."""
 
 from helpers import task_states, write_langid_stage
-from test_vocab import LANGS, corpus, params, parallel  # noqa: F401  (fixture)
+from test_vocab import LANGS, corpus, parallel, params  # noqa: F401  (fixture)
+
 from xlmflow.flows.vocab import vocab_flow
 from xlmflow.storage import RunDir, load_output
 

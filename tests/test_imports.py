@@ -1,0 +1,50 @@
+"""The module graph of xlmflow has no cycles (imports inside functions count too)."""
+
+import importlib.util
+from pathlib import Path
+
+from xlmflow.storage.fingerprint import _our_imports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def modules() -> list[str]:
+    found = []
+    for folder in ("flows", "tasks", "storage"):
+        for f in sorted((ROOT / folder).glob("*.py")):
+            found.append(f"xlmflow.{folder}" if f.stem == "__init__" else f"xlmflow.{folder}.{f.stem}")
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    names = set(modules())
+    edges = {}
+    for name in names:
+        src = Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8")
+        edges[name] = {m for m in _our_imports(name, src) if m in names and m != name and not name.startswith(m + ".")}
+    return edges
+
+
+def test_no_import_cycles():
+    edges, state, cycles = graph(), {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_graph_sees_imports():
+    edges = graph()
+    assert "xlmflow.tasks.tokens" in edges["xlmflow.tasks.alignment"]
+    assert "xlmflow.tasks.parallel" in edges["xlmflow.tasks.fairness"]
+    assert len(modules()) > 20

@@ -1,0 +1,74 @@
+"""Every stage of the registry appears in every place derived from it: CLI, config, pipeline, status, deployments."""
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from xlmflow.flows import pipeline as pipeline_module
+from xlmflow.flows.cli import build_parser, status
+from xlmflow.flows.config import PipelineConfig
+from xlmflow.flows.registry import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [s.name for s in STAGES]
+
+
+def test_names_are_unique_and_one_name_per_stage():
+    assert len(set(NAMES)) == len(NAMES)
+    for s in STAGES:
+        assert s.flow.name == s.name, f"flow {s.flow.name!r} of stage {s.name!r}"
+        assert set(s.reads) <= set(NAMES[: NAMES.index(s.name)]), f"{s.name} reads a stage that runs after it"
+        assert inspect.getsourcefile(s.flow.fn) == str(ROOT / "flows" / f"{s.name}.py")
+
+
+def test_cli_has_a_command_and_an_option_group_per_stage():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == ["run", *NAMES, "status"]
+    run_groups = [g.title for g in sub.choices["run"]._action_groups]
+    for s in STAGES:
+        assert f"{s.name} options" in run_groups
+        groups = [g.title for g in sub.choices[s.name]._action_groups]
+        assert [g for g in groups if g.endswith(" options") and g != "options"] == [f"{s.name} options"]
+
+
+def test_config_has_a_section_per_stage_and_flags_land_in_it():
+    assert [f for f in PipelineConfig.model_fields if f != "parallel"] == NAMES
+    for s in STAGES:
+        assert isinstance(getattr(PipelineConfig.demo(), s.name), s.params)
+        for option, field in s.flags.items():
+            assert field in s.params.model_fields, f"{s.name}: {option} names no field {field!r}"
+
+
+def test_pipeline_runs_the_registry_in_order():
+    assert "for s in STAGES" in inspect.getsource(pipeline_module.pipeline.fn)
+
+
+def test_status_has_a_row_per_stage(tmp_path, capsys):
+    status(str(tmp_path / "empty"))
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert rows == NAMES
+
+
+def test_prefect_yaml_deploys_the_pipeline_and_every_stage():
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    found = {d["name"]: d["entrypoint"] for d in spec["deployments"]}
+    expected = {s.name: f"flows/{s.name}.py:{s.flow.fn.__name__}" for s in STAGES}
+    assert found == {"nightly": "flows/pipeline.py:pipeline", **expected}
+
+
+def test_demo_settings_only_in_the_demo_config(tmp_path):
+    from xlmflow.flows.cli import config_from
+
+    user = config_from(build_parser().parse_args(["run", "--source", "my.jsonl"]))
+    assert user.parallel is None
+    assert user.stage_params("langid").holdout is None and user.stage_params("vocab").parallel is None
+    (tmp_path / "c.toml").write_text('[[ingest.sources]]\npath = "x.jsonl"\n')
+    from_file = PipelineConfig.load(tmp_path / "c.toml")
+    assert from_file.parallel is None and from_file.stage_params("langid").holdout is None
+    demo = config_from(build_parser().parse_args(["run"]))
+    assert demo.stage_params("langid").holdout == demo.parallel == demo.stage_params("vocab").parallel
+    assert Path(demo.parallel).is_dir() and demo.ingest.sources
+    mine = config_from(build_parser().parse_args(["run", "--source", "a.txt", "--parallel", str(tmp_path)]))
+    assert mine.stage_params("langid").holdout == str(tmp_path) == mine.stage_params("vocab").parallel
