@@ -77,7 +77,8 @@ def commit(target: Location, manifest: Manifest) -> Iterator[Aside]:
             fs.rm(mpath.path)  # from here until the end the folder is not an output
         keep = {e.path for e in manifest.files}
         for existing in _files_below(target):
-            if existing not in keep and not existing.startswith(ASIDE_PREFIX) and not existing.endswith("/" + MANIFEST):
+            hidden = any(part.startswith(".") for part in existing.split("/"))  # asides, stat memos: never outputs
+            if existing not in keep and not hidden and not existing.endswith("/" + MANIFEST):
                 fs.rm(target.child(existing).path)
         for name in aside.names:
             dst = target.child(name)

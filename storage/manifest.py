@@ -112,14 +112,80 @@ def load_output(loc: Location, stage: str | None = None) -> Manifest:
 
 
 def committed(loc: Location, fingerprint: str) -> Manifest | None:
-    """The manifest when ``loc`` holds a whole, uncorrupted output with this fingerprint, else None."""
+    """The manifest when ``loc`` holds a whole, uncorrupted output with this fingerprint, else None.
+
+    The cache check of every run: on a local file system, files whose size and mtime match the
+    folder's stat memo (written after the last full check) are not hashed again, so a no-op rerun
+    does not re-read gigabytes of model weights; any change of size or mtime means a full sha256.
+    Reading an output as an input (:func:`load_output`) always hashes.
+    """
     try:
         m = read_manifest(loc)
     except ManifestError:
         return None
-    if m is None or m.fingerprint != fingerprint or problems(loc, m):
+    if m is None or m.fingerprint != fingerprint:
         return None
+    memo = _read_memo(loc)
+    if problems(loc, m, checksums=not _memo_covers(loc, m, memo)):
+        return None
+    _write_memo(loc, m, memo)
     return m
+
+
+STAT_MEMO = ".stat-memo.json"
+MEMO_MIN_AGE_NS = 2_000_000_000  # younger files may still change within the clock's granularity
+
+
+def _local(loc: Location) -> bool:
+    protos = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
+    return "file" in protos or "local" in protos
+
+
+def _stat(loc: Location, path: str) -> list[int] | None:
+    import os
+
+    try:
+        st = os.stat(loc.child(path).path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_memo(loc: Location) -> dict[str, list]:
+    if not _local(loc):
+        return {}
+    try:
+        with loc.child(STAT_MEMO).open("rb") as f:
+            return orjson.loads(f.read())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+
+
+def _memo_covers(loc: Location, m: Manifest, memo: dict[str, list]) -> bool:
+    """Every file's (size, mtime) is as when it was last hashed, and that hash is the manifest's."""
+    return bool(memo) and all(memo.get(f.path) == [*(_stat(loc, f.path) or [None, None]), f.sha256] for f in m.files)
+
+
+def _write_memo(loc: Location, m: Manifest, old: dict[str, list]) -> None:
+    import os
+    import time
+
+    if not _local(loc):
+        return
+    now, memo = time.time_ns(), {}
+    for f in m.files:
+        st = _stat(loc, f.path)
+        if st is not None and now - st[1] > MEMO_MIN_AGE_NS:
+            memo[f.path] = [*st, f.sha256]
+    if memo == old:
+        return
+    tmp = loc.child(f"{STAT_MEMO}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            out.write(orjson.dumps(memo, option=orjson.OPT_SORT_KEYS))
+        os.replace(tmp.path, loc.child(STAT_MEMO).path)
+    except OSError:  # a memo is an optimisation; a read-only run directory still works
+        pass
 
 
 def partitions(manifest: Manifest, group: str, key: str = "lang") -> dict[str, list[FileEntry]]:

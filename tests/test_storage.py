@@ -139,3 +139,25 @@ def test_code_version_covers_imported_modules(monkeypatch):
     fpmod._module_source.cache_clear()
     assert code_version("xlmflow.tasks.ingest") == before
     assert code_version("xlmflow.tasks.ingest") != code_version("xlmflow.storage")
+
+
+def test_cache_check_trusts_the_stat_memo_until_size_or_mtime_change(tmp_path, monkeypatch):
+    import os
+
+    from xlmflow.storage import manifest as manifest_module
+
+    loc = Location.of(str(tmp_path / "out"))
+    m = Manifest(stage="s", fingerprint="f", code_version="c")
+    with commit(loc, m) as aside:
+        with aside.path("big.bin").open("wb") as f:
+            f.write(b"x" * 1000)
+    old = 1_000_000_000_000_000_000
+    os.utime(loc.child("big.bin").path, ns=(old, old))  # older than the clock's granularity
+    assert committed(loc, "f") is not None and loc.child(manifest_module.STAT_MEMO).exists()
+    hashed = []
+    real = manifest_module.file_sha256
+    monkeypatch.setattr(manifest_module, "file_sha256", lambda fs, p: hashed.append(p) or real(fs, p))
+    assert committed(loc, "f") is not None and hashed == [], "an unchanged file is not hashed again"
+    with open(loc.child("big.bin").path, "r+b") as f:  # same size, new bytes, new mtime
+        f.write(b"y")
+    assert committed(loc, "f") is None and hashed, "a changed mtime means a full check, which fails"
