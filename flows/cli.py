@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", help="TOML file with one table per stage (see README); without it, the demo's settings"
         )
         sp.add_argument(
-            "--parallel", help="folder/URL of your evaluation parallel sets (held out, alignment, evaluation)"
+            "--parallel",
+            action="append",
+            metavar="PATH",
+            help="an evaluation parallel set: a folder of NAME.train/NAME.eval.parquet, or a Parquet/TSV file with "
+            "one column per language (repeatable; added to the configured sets; held out, alignment, evaluation)",
         )
         sp.add_argument("--dask", metavar="ADDRESS", help="run units on a Dask cluster (scheduler address, or 'local')")
         for stage in STAGES:
@@ -50,8 +54,7 @@ def config_from(args):
 
     user = args.config or getattr(args, "source", None)
     cfg = PipelineConfig.load(args.config) if args.config else PipelineConfig() if user else PipelineConfig.demo()
-    if args.parallel:
-        cfg.parallel = args.parallel
+    cfg.parallel = [*cfg.parallel, *(args.parallel or [])]  # --parallel adds sets to the configured ones
     for stage in STAGES:
         stage.apply_flags(args, getattr(cfg, stage.name))
     return type(cfg).model_validate(cfg.model_dump())  # re-validate what the flags set

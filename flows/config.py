@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from xlmflow import PACKAGE_ROOT
 from xlmflow.flows.registry import STAGES
+from xlmflow.tasks.parallel import Paths
 
 DEMO_CORPUS = PACKAGE_ROOT / "data" / "demo"
 DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
@@ -39,18 +40,19 @@ DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt section or option is an error, not ignored
 
-    parallel: str | None = Field(
-        None,
-        description="folder/URL of the evaluation parallel sets (NAME.train.parquet, "
-        "NAME.eval.parquet): eval segments are held out of the corpus, train ones feed alignment",
+    parallel: Paths = Field(
+        default_factory=list,
+        description="the evaluation parallel sets: folders of NAME.train.parquet / NAME.eval.parquet, or files "
+        "(Parquet/TSV, one column per language); eval segments are held out of the corpus and evaluated, "
+        "train ones feed alignment and the transfer probe",
     )
 
     def stage_params(self, name: str) -> BaseModel:
         """The section of stage ``name``, with the pipeline's parallel sets filled in where it leaves them unset."""
         params = getattr(self, name).model_copy(deep=True)
         stage = next(s for s in STAGES if s.name == name)
-        if stage.parallel_field and getattr(params, stage.parallel_field) is None:
-            setattr(params, stage.parallel_field, self.parallel)
+        if stage.parallel_field and not getattr(params, stage.parallel_field):
+            setattr(params, stage.parallel_field, list(self.parallel))
         return params
 
     @classmethod
@@ -75,7 +77,7 @@ PipelineConfig = create_model(
 )
 
 DEMO: dict[str, Any] = {
-    "parallel": str(DEMO_PARALLEL),
+    "parallel": [str(DEMO_PARALLEL)],
     "ingest": {
         "sources": [
             {"path": str(DEMO_CORPUS / "*.jsonl.zst"), "format": "jsonl", "text_field": "text", "lang_field": "lang"}

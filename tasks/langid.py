@@ -62,7 +62,7 @@ from . import dedup, langid_stats, quality
 from .decide import decide, holdout_segments
 from .dedup import DedupParams
 from .lid import load_model, model_file, model_fingerprint, predict
-from .parallel import parallel_files
+from .parallel import Paths, parallel_files
 from .quality import QualityParams
 from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step, sum_stats, unit_manifest
 
@@ -113,11 +113,10 @@ class LangidParams(BaseModel):
     mismatch: Literal["relabel", "drop"] = Field("relabel", description="claimed != detected: relabel, or drop")
     fix_zh_ja: bool = Field(True, description="a `ja` label on text without kana becomes `zh`")
     min_lang_docs: int = Field(100, ge=0, description="languages with fewer clean documents are dropped")
-    holdout: str | None = Field(
-        None,
-        description="folder of parallel sets whose NAME.eval.parquet segments are held "
-        "out: documents repeating one are rejected (eval_holdout); None = off. The pipeline's "
-        "top-level parallel setting fills it",
+    holdout: Paths = Field(
+        default_factory=list,
+        description="parallel sets (folders of NAME.eval.parquet, or files) whose eval segments are held out: "
+        "documents repeating one are rejected (eval_holdout); empty = off. The pipeline's parallel setting fills it",
     )
     quality: QualityParams = Field(default_factory=QualityParams)
     dedup: DedupParams = Field(default_factory=DedupParams)

@@ -1,52 +1,131 @@
-"""Parallel sets: folders of ``<set>.train.parquet`` and ``<set>.eval.parquet`` files.
+"""Parallel sets: aligned segments in several languages, for held-out evaluation and alignment.
 
-One column per ISO 639-1 language code (plus an ``id``), one aligned segment per row.
-``train`` parts may shape the vocabulary (translation pairs); ``eval`` parts are held
-out: the langid stage removes documents that repeat an eval segment, so evaluation on
-them stays unseen by everything trained downstream.
+A set is a Parquet or TSV file with one column per ISO 639-1 language code and one aligned
+segment per row (an ``id`` column and other non-language columns are ignored). A *folder*
+holds named sets split in two: ``NAME.train.parquet`` may shape the vocabulary (translation
+pairs) and train the transfer probe; ``NAME.eval.parquet`` is held out: the langid stage
+removes documents that repeat an eval segment, so evaluation on them stays unseen by
+everything trained downstream. A single *file* a user names is an eval set.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
+from typing import Annotated
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import scipy.sparse as sp
+from pydantic import BeforeValidator
 from tokenizers import Tokenizer
 
-from xlmflow import PACKAGE_ROOT
 from xlmflow.storage import Location, read_table
 
 from .tokens import presence
 
-DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
 SPLITS = ("train", "eval")
 PIVOT = "en"  # the language translation pairs and premiums are measured against
+FORMATS = (".parquet", ".tsv")
+ISO_639_1 = set(
+    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el "
+    "en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu "
+    "ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na "
+    "nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so "
+    "sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh "
+    "zu".split()
+)
 
 
-def parallel_files(folder: str | None, splits: tuple[str, ...] = SPLITS) -> list[tuple[str, Location]]:
-    """(split, file) for every ``<set>.<split>.parquet`` in the folder, sorted by name."""
-    if not folder:
+def _as_list(value) -> list[str]:
+    if value is None:
         return []
-    loc = Location.of(folder)
-    if not loc.is_dir():
-        raise ValueError(f"parallel {folder!r}: not a folder; give one holding <set>.train.parquet files, or None")
+    return [value] if isinstance(value, str) else list(value)
+
+
+#: a list of set folders or files; a single path (TOML ``parallel = "dir"``) is a list of one
+Paths = Annotated[list[str], BeforeValidator(_as_list)]
+
+
+def set_name(loc: Location) -> str:
+    """``debian-handbook`` for ``debian-handbook.eval.parquet``, ``mine`` for ``mine.tsv``."""
+    name = loc.name
+    for split in SPLITS:
+        name = name.removesuffix(f".{split}.parquet")
+    return name.removesuffix(".parquet").removesuffix(".tsv")
+
+
+def parallel_files(paths: str | list[str] | None, splits: tuple[str, ...] = SPLITS) -> list[tuple[str, Location]]:
+    """(split, file) for every set of ``paths``: a folder's ``NAME.<split>.parquet`` files, sorted by name;
+    a file is an eval set."""
     found = []
-    for p in sorted(loc.fs.ls(loc.path, detail=False)):
-        name = posixpath.basename(p.rstrip("/"))
-        for split in splits:
-            if name.endswith(f".{split}.parquet"):
-                found.append((split, loc.child(name)))
+    for path in _as_list(paths):
+        loc = Location.of(path)
+        if loc.is_dir():
+            for p in sorted(loc.fs.ls(loc.path, detail=False)):
+                name = posixpath.basename(p.rstrip("/"))
+                found += [(split, loc.child(name)) for split in splits if name.endswith(f".{split}.parquet")]
+        elif not loc.exists():
+            raise ValueError(f"parallel set {path!r}: no such file or folder")
+        elif "eval" in splits:
+            found.append(("eval", loc))
     return found
+
+
+def read_set(loc: Location, min_rows: int = 1) -> pl.DataFrame:
+    """A parallel set as a table of its language columns (strings) plus ``id`` when it has one.
+
+    Errors name the file and what is wrong: not Parquet or TSV, unreadable or ragged rows, a
+    2-3 letter column that is not an ISO 639-1 code, no language column, fewer than ``min_rows`` rows.
+    """
+    if not loc.exists():
+        raise ValueError(f"parallel set {loc}: no such file")
+    if not loc.name.endswith(FORMATS):
+        raise ValueError(f"parallel set {loc}: not a Parquet or TSV file (name it .parquet or .tsv)")
+    try:
+        if loc.name.endswith(".tsv"):
+            with loc.open("rb") as f:
+                df = pl.read_csv(f, separator="\t", quote_char=None, infer_schema=False)
+        else:
+            df = pl.from_arrow(read_table(loc))
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, pa.ArrowInvalid, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"parallel set {loc}: unreadable ({first}); check that every row has the same number of "
+            f"tab-separated fields as the header"
+        ) from None
+    bad = [c for c in df.columns if re.fullmatch(r"[a-z]{2,3}", c.lower()) and c.lower() not in ISO_639_1 | {"id"}]
+    if bad:
+        raise ValueError(
+            f"parallel set {loc}: column {bad[0]!r} is not an ISO 639-1 language code; name language "
+            f"columns en, fr, de, ... (other columns are ignored)"
+        )
+    langs = languages(df)
+    if not langs:
+        raise ValueError(
+            f"parallel set {loc}: no language column (columns: {', '.join(df.columns)}); name one column "
+            f"per language by its ISO 639-1 code"
+        )
+    if df.height < min_rows:
+        raise ValueError(
+            f"parallel set {loc}: {df.height} row(s); evaluation needs at least {min_rows} aligned segments"
+        )
+    keep = (["id"] if "id" in df.columns else []) + langs
+    return df.select(keep).with_columns(pl.col(langs).cast(pl.String))
+
+
+def languages(df: pl.DataFrame) -> list[str]:
+    """The language columns: ISO 639-1 codes, except ``id``, which names the segment (not Indonesian)."""
+    return [c for c in df.columns if c in ISO_639_1 and c != "id"]
 
 
 def segments(files: list[Location]) -> pl.Series:
     """Every segment of every language column of ``files``, one string each (nulls dropped)."""
     cols = []
     for f in files:
-        table = read_table(f)
-        cols += [pl.from_arrow(table.column(name)).cast(pl.String) for name in table.column_names if name != "id"]
+        df = read_set(f)
+        cols += [df[lang] for lang in languages(df)]
     return pl.concat(cols).drop_nulls().rename("segment") if cols else pl.Series("segment", [], pl.String)
 
 
@@ -60,7 +139,7 @@ class Parallel:
     def __init__(self, tok: Tokenizer, files: list[Location]):
         self.tok = tok
         # ``id`` names the segment, not Indonesian: parallel files keep their key there
-        self.tables = [pl.from_arrow(read_table(loc)).drop("id", strict=False) for loc in files]
+        self.tables = [read_set(loc).drop("id", strict=False) for loc in files]
         self._matrices: dict[tuple[int, str], sp.csr_matrix] = {}
 
     def _matrix(self, i: int, lang: str) -> sp.csr_matrix:

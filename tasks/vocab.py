@@ -47,7 +47,7 @@ from xlmflow.storage import (
     stable_uniform,
 )
 
-from .parallel import parallel_files
+from .parallel import Paths, parallel_files
 from .runtime import Input, Ref, Unit, ensure, logger
 from .specials import EOS, PAD, lang_tag
 
@@ -72,11 +72,11 @@ class VocabParams(BaseModel):
     cjk_chunk: int = Field(
         4, ge=0, description="cut Han/kana runs into pieces of at most this many characters (0 = off)"
     )
-    parallel: str | None = Field(
-        None,
-        description="folder/URL of parallel sets (NAME.train.parquet, NAME.eval.parquet; one "
-        "column per language); None = no translation pairs, no premium. The pipeline's "
-        "top-level parallel setting fills it",
+    parallel: Paths = Field(
+        default_factory=list,
+        description="parallel sets (folders of NAME.train.parquet / NAME.eval.parquet, or eval files; one column "
+        "per language): train parts teach translation pairs, eval parts measure premiums; empty = neither. "
+        "The pipeline's parallel setting fills it",
     )
     dictionary: str | None = Field(
         None, description="TSV file src<TAB>tgt of word translations to add as alignment evidence"

@@ -62,13 +62,17 @@ def test_demo_settings_only_in_the_demo_config(tmp_path):
     from xlmflow.flows.cli import config_from
 
     user = config_from(build_parser().parse_args(["run", "--source", "my.jsonl"]))
-    assert user.parallel is None
-    assert user.stage_params("langid").holdout is None and user.stage_params("vocab").parallel is None
+    assert user.parallel == []
+    assert user.stage_params("langid").holdout == [] and user.stage_params("vocab").parallel == []
     (tmp_path / "c.toml").write_text('[[ingest.sources]]\npath = "x.jsonl"\n')
     from_file = PipelineConfig.load(tmp_path / "c.toml")
-    assert from_file.parallel is None and from_file.stage_params("langid").holdout is None
+    assert from_file.parallel == [] and from_file.stage_params("langid").holdout == []
     demo = config_from(build_parser().parse_args(["run"]))
     assert demo.stage_params("langid").holdout == demo.parallel == demo.stage_params("vocab").parallel
-    assert Path(demo.parallel).is_dir() and demo.ingest.sources
+    assert len(demo.parallel) == 1 and Path(demo.parallel[0]).is_dir() and demo.ingest.sources
     mine = config_from(build_parser().parse_args(["run", "--source", "a.txt", "--parallel", str(tmp_path)]))
-    assert mine.stage_params("langid").holdout == str(tmp_path) == mine.stage_params("vocab").parallel
+    assert mine.stage_params("langid").holdout == [str(tmp_path)] == mine.stage_params("vocab").parallel
+    more = config_from(build_parser().parse_args(["run", "--parallel", "extra.tsv"]))
+    assert more.parallel == [*demo.parallel, "extra.tsv"], "--parallel adds to the demo's sets"
+    (tmp_path / "one.toml").write_text('parallel = "/sets"\n')
+    assert PipelineConfig.load(tmp_path / "one.toml").parallel == ["/sets"]
