@@ -6,9 +6,16 @@ server configured: an ephemeral API, analytics off, and a PREFECT_HOME the user
 controls (``XLMFLOW_PREFECT_HOME`` or ``PREFECT_HOME``; default ``~/.xlmflow/prefect``).
 A user who runs ``prefect server start`` and sets ``PREFECT_API_URL`` gets the UI;
 nothing here overrides a value already set.
+
+It also makes transformers' Auto classes know xlmflow's model (``xlmflow-gpt2``), so
+``AutoModelForCausalLM.from_pretrained("runs/demo/train")`` works after ``import xlmflow``.
+That needs torch, which takes seconds to import, so it happens only when transformers'
+auto-model module is first imported (at once if it already is): ``import xlmflow`` stays fast.
 """
 
+import importlib.util as _importlib_util
 import os as _os
+import sys as _sys
 from pathlib import Path as _Path
 
 __version__ = "0.1.0"
@@ -32,3 +39,36 @@ def _prefect_defaults() -> None:
 
 
 _prefect_defaults()
+
+_AUTO_MODELS = "transformers.models.auto.modeling_auto"
+
+
+def _register_models() -> None:
+    # importing the module registers its classes, at its end (also when it is what triggered this import)
+    import xlmflow.tasks.model  # noqa: F401
+
+
+class _RegisterOnImport:
+    """A meta-path finder that runs :func:`_register_models` right after transformers' auto-model module loads."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _AUTO_MODELS:
+            return None
+        _sys.meta_path.remove(self)
+        spec = _importlib_util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register_models()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _AUTO_MODELS in _sys.modules:
+    _register_models()
+elif not any(isinstance(f, _RegisterOnImport) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterOnImport())

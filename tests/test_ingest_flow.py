@@ -103,11 +103,15 @@ def _stage_bytes(run_dir, stages=("ingest",)):
     found = {}
     for stage in stages:
         root = Path(run_dir) / stage
-        found |= {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        found |= {
+            str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")  # hidden files (stat memos) are not outputs
+        }
     return found
 
 
-PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard")
+PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard", "train")
 
 
 @pytest.mark.slow
@@ -120,7 +124,11 @@ def test_killed_pipeline_resumes_to_the_same_bytes(tmp_path):
     for lang in ("en", "fr", "de"):
         shutil.copy(PACKAGE_ROOT / "data" / "demo" / f"debian-handbook-{lang}.jsonl.zst", corpus)
     config = tmp_path / "xlmflow.toml"
-    config.write_text(f'[[ingest.sources]]\npath = "{corpus}"\n[vocab]\nvocab_size = 1000\n[shard]\nshard_docs = 500\n')
+    config.write_text(
+        f'[[ingest.sources]]\npath = "{corpus}"\n[vocab]\nvocab_size = 1000\n[shard]\nshard_docs = 500\n'
+        "[train]\nmax_steps = 6\nbatch_size = 4\neval_every = 3\neval_blocks = 2\n"
+        "model = { n_layer = 1, n_head = 2, n_embd = 32, n_positions = 64 }\n"
+    )
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
     p = _cli("run", "--run-dir", clean, "--config", str(config))
     out = p.communicate(timeout=600)[0]

@@ -1,0 +1,39 @@
+"""The train flow: plan the one unit, train (or resume) it in subprocesses, publish the loss curves."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.storage import RunDir
+from xlmflow.tasks import train
+from xlmflow.tasks.runtime import Ref, run_unit
+from xlmflow.tasks.train import TrainParams
+
+
+@flow(name="train", task_runner=task_runner())
+def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
+    params = params or TrainParams()
+    unit = train.plan_task(RunDir.of(run_dir), params)
+    ref = run_unit(train.train_task, unit)
+    train.report_task(ref)
+    return ref
+
+
+STAGE = Stage(
+    name="train",
+    flow=train_flow,
+    params=TrainParams,
+    reads=("vocab", "shard"),
+    help="train the cross-lingual GPT-2 (language embeddings, aligned vocabulary) with Accelerate",
+    flags={
+        "--preset": "preset",
+        "--max-steps": "max_steps",
+        "--num-processes": "num_processes",
+        "--align": "align",
+        "--batch-size": "batch_size",
+        "--lr": "lr",
+        "--precision": "precision",
+        "--accelerate-config": "accelerate_config",
+    },
+)

@@ -1,0 +1,235 @@
+"""The train stage on real committed shards with a tiny model: commit, load, generate, resume, two processes, bf16."""
+
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from shard_fixtures import corpus, make_inputs
+
+from xlmflow.storage import Location, RunDir, load_output, write_table
+from xlmflow.tasks import train, train_loop
+from xlmflow.tasks.runtime import Unit, ensure
+from xlmflow.tasks.shard import ShardParams, commit_shards, shard_unit, stage_for
+from xlmflow.tasks.shard import plan as plan_shards
+
+SIZES = {"en": 120, "fr": 80, "zh": 40}
+TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}
+PARAMS = train.TrainParams(
+    model=TINY,
+    max_steps=12,
+    batch_size=4,
+    warmup_steps=2,
+    eval_every=6,
+    eval_blocks=2,
+    log_every=2,
+    checkpoint_every=4,
+    lr=5e-3,
+)
+
+
+def build_inputs(run_dir: str):
+    """Committed langid, vocab (tokenizer + alignment table) and shard stages."""
+    tok = make_inputs(run_dir, corpus(SIZES))
+    run = RunDir.of(run_dir)
+    vocab = run.stage("vocab")
+    n = tok.get_vocab_size()
+    anchors = np.arange(n, dtype=np.int32)
+    en, fr = tok.token_to_id("cat"), tok.token_to_id("chat")
+    if en is not None and fr is not None:
+        anchors[fr] = en
+    table = pa.table({"token_id": pa.array(np.arange(n, dtype=np.int32)), "anchor_id": pa.array(anchors)})
+
+    def build(aside):
+        with aside.path("tokenizer.json").open("wb") as f:
+            f.write(tok.to_str().encode())
+        write_table(aside.path("alignment.parquet"), table)
+        return {"languages": sorted(SIZES), "vocab_size": n}
+
+    ensure(
+        Unit(stage="vocab", name="_stage", out=vocab.uri, code_version="test-align", params={"t": tok.to_str()}), build
+    )
+    params = ShardParams(shard_docs=40, min_valid_docs=4, valid_fraction=0.05, row_group_tokens=500)
+    refs = [shard_unit(u) for u in plan_shards(run, params)]
+    commit_shards(stage_for(run, params, refs), refs)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A run directory holding the inputs only, copied for each test that trains."""
+    root = tmp_path_factory.mktemp("train-inputs") / "run"
+    tok = build_inputs(str(root))
+    return root, tok
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, tmp_path_factory):
+    """One uninterrupted training run of PARAMS."""
+    root, tok = inputs
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(root, run_dir)
+    unit = train.plan(RunDir.of(str(run_dir)), PARAMS)
+    ref = train.train_unit(unit)
+    return run_dir, unit, ref, tok
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_committed_model_loads_generates_and_reruns_as_a_no_op(trained, caplog):
+    run_dir, unit, ref, _ = trained
+    folder = Path(run_dir) / "train"
+    m = load_output(RunDir.of(str(run_dir)).stage("train"), "train")
+    names = {f.path for f in m.files}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "modeling_xlmflow.py",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "summary.json",
+    } <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))], "weights only as safetensors"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["loss_last"] < summary["loss_first"] - 0.3, summary
+    assert set(summary["valid_loss"]) == set(SIZES) and all(np.isfinite(v) for v in summary["valid_loss"].values())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in rows if "valid_loss" in r] == [6, 12]
+    ckpt = Path(unit.options["checkpoints"])
+    assert not list(ckpt.glob("step-*")) and not (ckpt / "final").exists(), "checkpoints removed once committed"
+
+    import transformers
+
+    import xlmflow  # noqa: F401  (registers the model class with the Auto classes)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "XlmGPT2LMHeadModel" and model.config.langs == sorted(SIZES)
+    out = transformers.pipeline("text-generation", model=model, tokenizer=tok)(
+        "<lang:fr> le chat", max_new_tokens=8, do_sample=False
+    )
+    new = tok(out[0]["generated_text"])["input_ids"][len(tok("<lang:fr> le chat")["input_ids"]) :]
+    assert not set(new) & set(model.config.lang_token_ids), "generation emitted a language tag"
+
+    caplog.set_level(logging.INFO, logger="xlmflow")
+    assert train.train_unit(unit) == ref
+    assert "nothing to do" in caplog.text and "training exited" not in caplog.text
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(inputs, trained, tmp_path, caplog):
+    root, _ = inputs
+    run_dir = tmp_path / "run"
+    shutil.copytree(root, run_dir)
+    unit = train.plan(RunDir.of(str(run_dir)), PARAMS)
+    assert unit.fingerprint == trained[1].fingerprint, "same inputs and parameters: same unit"
+    ckpt = Path(unit.options["checkpoints"])
+    ckpt.mkdir(parents=True)
+    (ckpt / "spec.json").write_text(json.dumps(train.spec_of(unit)))
+    proc = subprocess.Popen(
+        train.command(unit, str(ckpt / "spec.json")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt / "step-0000008").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpt / "step-0000008").exists() and not (ckpt / "final").exists(), "killed too early or too late"
+
+    caplog.set_level(logging.INFO, logger="xlmflow")
+    train.train_unit(unit)  # what a Prefect retry or a rerun calls
+    assert "resumed from checkpoint step-0000008 at step 8" in caplog.text
+    ours, theirs = Path(run_dir) / "train", Path(trained[0]) / "train"
+    assert sha(ours / "model.safetensors") == sha(theirs / "model.safetensors"), "resumed weights differ"
+    assert (ours / "metrics.jsonl").read_bytes() == (theirs / "metrics.jsonl").read_bytes()
+
+
+def test_changed_parameters_never_resume_a_stale_checkpoint(inputs):
+    root, _ = inputs
+    run = RunDir.of(str(root))
+    a, b = train.plan(run, PARAMS), train.plan(run, PARAMS.model_copy(update={"lr": 1e-3}))
+    assert a.options["checkpoints"] != b.options["checkpoints"] and a.fingerprint != b.fingerprint
+    speed_only = train.plan(run, PARAMS.model_copy(update={"log_every": 3, "checkpoint_every": 5}))
+    assert speed_only.fingerprint == a.fingerprint
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_disjoint_documents(inputs, tmp_path):
+    root, _ = inputs
+    run_dir = tmp_path / "run"
+    shutil.copytree(root, run_dir)
+    params = PARAMS.model_copy(update={"num_processes": 2, "max_steps": 6, "record_documents": True})
+    unit = train.plan(RunDir.of(str(run_dir)), params)
+    assert train.command(unit, "spec.json")[2] == "torch.distributed.run"
+    train.train_unit(unit)
+    ckpt = Path(unit.options["checkpoints"])
+    read = [json.loads((ckpt / f"documents-rank-{r}.json").read_text()) for r in (0, 1)]
+    for lang in SIZES:
+        r0, r1 = set(read[0][lang]), set(read[1][lang])
+        assert r0 and r1 and not r0 & r1, f"{lang}: ranks read the same documents"
+        assert {d % 2 for d in r0} == {0} and {d % 2 for d in r1} == {1}
+    summary = json.loads((run_dir / "train" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["tokens"] == 6 * 2 * 4 * 32
+
+    import transformers
+
+    import xlmflow  # noqa: F401
+
+    assert transformers.AutoModelForCausalLM.from_pretrained(run_dir / "train").config.n_layer == 1
+
+
+def test_bf16_autocast_runs_on_cpu(inputs, tmp_path):
+    """The GPU path's precision, exercised on the CPU: bf16 autocast, fp32 weights saved."""
+    root, _ = inputs
+    run_dir = tmp_path / "run"
+    shutil.copytree(root, run_dir)
+    params = PARAMS.model_copy(update={"precision": "bf16", "max_steps": 3, "align": "tie"})
+    unit = train.plan(RunDir.of(str(run_dir)), params)
+    train.train_unit(unit)
+    summary = json.loads((run_dir / "train" / "summary.json").read_text())
+    assert np.isfinite(summary["loss_last"])
+    config = json.loads((run_dir / "train" / "config.json").read_text())
+    assert config["dtype"] == "float32" and len(config["anchor_ids"]) == config["vocab_size"]
+
+
+def test_launch_commands(inputs, tmp_path):
+    root, _ = inputs
+    run = RunDir.of(str(root))
+    one = train.plan(run, PARAMS)
+    assert train.command(one, "s.json")[1:] == ["-m", "xlmflow.tasks.train_loop", "s.json"]
+    cfg = tmp_path / "accelerate.yaml"
+    cfg.write_text("compute_environment: LOCAL_MACHINE\nnum_machines: 2\n")
+    multi = train.plan(run, PARAMS.model_copy(update={"num_processes": 4, "accelerate_config": str(cfg)}))
+    cmd = train.command(multi, "s.json")
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and ["--config_file", str(cfg)] == cmd[3:5]
+    assert "--num_processes=4" in cmd
+    with pytest.raises(ValueError, match="one process"):
+        train.command(train.plan(run, PARAMS.model_copy(update={"num_processes": 2, "launcher": "python"})), "s")
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [train_loop.lr_factor(s, 10, 110, "cosine", 0.1) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[110] == pytest.approx(0.1)
+    assert train_loop.lr_factor(60, 10, 110, "linear", 0.0) == pytest.approx(0.5)
+
+
+def test_training_needs_committed_shards(tmp_path):
+    from xlmflow.storage import ManifestError
+
+    with pytest.raises(ManifestError, match="run the shard stage first"):
+        train.plan(RunDir.of(str(tmp_path / "empty")), PARAMS)
+    assert Location.of(str(tmp_path)).exists()
