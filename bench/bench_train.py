@@ -12,7 +12,7 @@ start-up to subtract), alternate ``--repeat`` times (best of each kept), and are
 optimiser step 1 to the end of step N (ours from the ``XLMFLOW-PROGRESS`` rows' ``elapsed_s``, Trainer from
 ``on_step_end``), so model build, data verification and the first step's warm-up are out on both sides. Both run
 N + 1 steps; the extra step takes our final evaluation and model save, outside the window. Trainer uses
-``optim="adamw_torch"``, the same ``torch.optim.AdamW`` (not fused) as ours on CPU.
+``optim="adamw_torch_fused"`` (its default in transformers 5), the same fused ``torch.optim.AdamW`` as ours.
 
     python bench/bench_train.py --run-dir RUN [--steps N] [--repeat R] [--quick] [--preset P] [--batch-size B]
 """
@@ -87,7 +87,7 @@ def trainer(spec: dict, dataset, tokenizer, work: str) -> tuple[int, float]:
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": t["min_lr_ratio"]},
         warmup_steps=t["warmup_steps"],
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         weight_decay=t["weight_decay"],
         adam_beta1=t["beta1"],
         adam_beta2=t["beta2"],
