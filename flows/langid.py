@@ -73,7 +73,7 @@ STAGE = Stage(
     reads=("ingest",),
     help="fastText language ID, per-language thresholds, quality filters, exact and MinHash dedup",
     flags={
-        "--model": "model_path",
+        "--lid-model": "model_path",
         "--threshold": "threshold",
         "--mismatch": "mismatch",
         "--min-lang-docs": "min_lang_docs",

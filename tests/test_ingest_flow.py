@@ -111,7 +111,7 @@ def _stage_bytes(run_dir, stages=("ingest",)):
     return found
 
 
-PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard", "train")
+PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard", "train", "evaluate")
 
 
 @pytest.mark.slow

@@ -1,0 +1,49 @@
+"""The evaluate flow: one unit per model (bits per byte, generation) and per model and parallel set
+(retrieval, transfer probe, translation, contamination), then the report."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.storage import RunDir
+from xlmflow.tasks import evaluate
+from xlmflow.tasks.evaluate import EvalParams
+from xlmflow.tasks.runtime import Ref, run_unit, submit_units
+
+
+@flow(name="evaluate", task_runner=task_runner())
+def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
+    params = params or EvalParams()
+    run = RunDir.of(run_dir)
+    lm_units, set_units = evaluate.plan_task(run, params)
+    refs = [f.result() for f in submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)]
+    return run_unit(evaluate.commit_task, evaluate.stage_for(run, params, refs), refs)
+
+
+def _flags(g) -> None:
+    g.add_argument(
+        "--model",
+        action="append",
+        dest="eval_models",
+        metavar="PATH",
+        help="a model folder or run directory to evaluate (repeatable: side by side; default: this run's)",
+    )
+
+
+def _apply(args, params: EvalParams) -> None:
+    if getattr(args, "eval_models", None):
+        params.models = list(args.eval_models)
+
+
+STAGE = Stage(
+    name="evaluate",
+    flow=evaluate_flow,
+    params=EvalParams,
+    reads=("vocab", "shard", "train"),
+    help="bits per byte, cross-lingual retrieval, transfer probe, generation, chrF++/BLEU, contamination",
+    flags={"--max-docs": "max_docs", "--max-segments": "max_segments"},
+    extra_flags=_flags,
+    apply_extra=_apply,
+    parallel_field="parallel",
+)

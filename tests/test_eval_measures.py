@@ -1,0 +1,268 @@
+"""Tests for tasks/eval_measures.py (tiny tokenizer and model, CPU only, no network).
+
+Expected values are computed by hand (plain forward passes, Python sets, explicit sums) wherever possible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xlmflow.tasks import eval_measures as E
+from xlmflow.tasks import model as M
+
+TAGS = ["<lang:en>", "<lang:fr>"]
+SENTENCES = [
+    "the cat sat on a mat and the dog ran far away from home",
+    "le chat est sur le tapis et le chien court loin de la maison",
+] * 4
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        show_progress=False,
+        special_tokens=["<|endoftext|>", "<pad>", *TAGS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(SENTENCES, trainer=trainer)
+    return raw
+
+
+def make_model(tok, n_positions: int = 16, seed: int = 0) -> M.XlmGPT2LMHeadModel:
+    torch.manual_seed(seed)
+    eos, pad = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<pad>")
+    cfg = M.XlmGPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        lang_token_ids=[tok.token_to_id(t) for t in TAGS],
+        langs=["en", "fr"],
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    return M.XlmGPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return make_model(tok)
+
+
+def doc(tok, *parts: str) -> np.ndarray:
+    """``<lang:en> text <|endoftext|>``; a part that is a tag is inserted as the tag token."""
+    ids = [tok.token_to_id("<lang:en>")]
+    for p in parts:
+        ids += [tok.token_to_id(p)] if p in TAGS else tok.encode(p, add_special_tokens=False).ids
+    return np.array(ids + [tok.token_to_id("<|endoftext|>")])
+
+
+@torch.no_grad()
+def window_nll(model, ids: np.ndarray, tags: set[int]) -> tuple[float, int]:
+    """NLL (nats) of one window by a plain forward pass, tag targets skipped."""
+    x = torch.as_tensor(ids)[None]
+    logp = torch.log_softmax(model(x, lang_ids=torch.ones_like(x)).logits[0, :-1], -1)
+    keep = [i for i in range(1, len(ids)) if int(ids[i]) not in tags]
+    return -float(sum(logp[i - 1, int(ids[i])] for i in keep)), len(keep)
+
+
+def test_bits_per_byte_short_and_windowed(tok, model):
+    tags = set(model.config.lang_token_ids)
+    short = doc(tok, "the cat")
+    assert len(short) <= 16
+    nll, n = window_nll(model, short, tags)
+    got = E.bits_per_byte(model, tok, [short], lang_id=1)
+    assert got["targets"] == n == len(short) - 1
+    assert got["bytes"] == len(b"the cat")
+    assert got["bits_per_byte"] == pytest.approx(nll / (math.log(2) * 7), rel=1e-5)
+    assert got["token_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+    text = "the cat sat on a mat and the dog ran far away from home"
+    long = doc(tok, text, "<lang:fr>", "le chat est sur le tapis et le chien")
+    assert len(long) > 32  # three windows at least
+    by_hand, targets = 0.0, 0
+    for k in range(math.ceil((len(long) - 1) / 15)):  # window k covers ids[15k : 15k + 16]
+        w_nll, w_n = window_nll(model, long[15 * k : 15 * k + 16], tags)
+        by_hand, targets = by_hand + w_nll, targets + w_n
+    both = E.bits_per_byte(model, tok, [short, long], lang_id=1, batch_size=3)  # padded batches
+    assert targets == len(long) - 1 - 1  # one tag after position 0
+    assert both["targets"] == n + targets
+    assert both["nll_nats"] == pytest.approx(nll + by_hand, rel=1e-5)
+    n_bytes = 7 + len((text + "le chat est sur le tapis et le chien").encode())
+    assert both["bytes"] == n_bytes and both["docs"] == 2
+    assert both["bits_per_byte"] == pytest.approx((nll + by_hand) / (math.log(2) * n_bytes), rel=1e-5)
+
+
+def test_embed(tok, model):
+    texts = ["the cat sat", "", "le chien court loin de la maison et le chat est sur le tapis " * 3]
+    tag = tok.token_to_id("<lang:en>")
+    got = E.embed(model, tok, texts, tag, 1, batch_size=2)
+    assert got.shape == (3, 3, 32) and got.dtype == np.float32
+    norms = np.linalg.norm(got, axis=-1)
+    assert np.allclose(norms[:, [0, 2]], 1, atol=1e-5) and np.all(norms[:, 1] == 0)
+    alone = E.embed(model, tok, texts[:1], tag, 1)
+    assert np.allclose(alone[:, 0], got[:, 0], atol=1e-5)  # padding next to a longer text changes nothing
+    # layer 0 by hand: token + position + language embeddings, averaged over the text tokens (not the tag)
+    ids = torch.tensor([tag, *tok.encode(texts[0], add_special_tokens=False).ids])
+    with torch.no_grad():
+        h = model.transformer.wte.weight[ids] + model.transformer.wpe.weight[: len(ids)]
+        h = (h + model.lang_embeddings.weight[1])[1:].mean(0)
+    assert np.allclose(got[0, 0], (h / h.norm()).numpy(), atol=1e-5)
+    cut = tok.encode(texts[2], add_special_tokens=False).ids[:15]  # cut to the context
+    assert np.allclose(got[:, 2], E.embed(model, tok, [tok.decode(cut)], tag, 1)[:, 0], atol=1e-5)
+
+
+def test_retrieval_accuracy():
+    a = np.eye(4, dtype=np.float32)[None].repeat(2, 0)
+    b = a.copy()
+    b[1] = b[1][[1, 0, 2, 3]]  # layer 1: two segments swapped
+    assert np.allclose(E.retrieval_accuracy(a, b), [[1, 1], [0.5, 0.5]])
+    c = np.eye(3, dtype=np.float32)[None]
+    tied = c[:, [0, 0, 2]]  # b0 == b1: a0 ties between them and takes b0; a1 ties everywhere and takes b0
+    assert np.allclose(E.retrieval_accuracy(c, tied), [[2 / 3, 2 / 3]])
+    rng = np.random.default_rng(0)  # noisy pairs: both directions by a plain loop
+    a = rng.normal(size=(2, 6, 4))
+    b = a + rng.normal(scale=1.5, size=a.shape)
+    a, b = a / np.linalg.norm(a, axis=-1, keepdims=True), b / np.linalg.norm(b, axis=-1, keepdims=True)
+    loop = [
+        [np.mean([np.argmax([x @ y for y in q[l]]) == i for i, x in enumerate(p[l])]) for p, q in ((a, b), (b, a))]
+        for l in range(2)
+    ]
+    assert not np.allclose(np.array(loop)[:, 0], np.array(loop)[:, 1])  # the directions differ here
+    assert np.allclose(E.retrieval_accuracy(a, b), loop)
+
+
+def test_probe_accuracy():
+    rng = np.random.default_rng(0)
+    y = ["pos"] * 120 + ["neg"] * 80
+    centre = np.where(np.array(y)[:, None] == "pos", 2.0, -2.0) * np.r_[1, 1, np.zeros(6)]
+    x = centre + rng.normal(size=(200, 8))
+    yt = ["pos"] * 30 + ["neg"] * 70
+    xt = np.where(np.array(yt)[:, None] == "pos", 2.0, -2.0) * np.r_[1, 1, np.zeros(6)] + rng.normal(size=(100, 8))
+    tests = {"fr": (xt + 0.3, yt), "xx": (xt, ["new"] * 50 + yt[50:]), "none": (xt[:0], [])}
+    got = E.probe_accuracy(x, y, tests)
+    assert got["classes"] == 2 and got["train_accuracy"] > 0.95
+    assert got["accuracy"]["fr"] > 0.9
+    assert got["majority_baseline"] == {"fr": 0.3, "xx": 0.0, "none": 0.0}  # "pos" is the train majority
+    assert 0.4 < got["accuracy"]["xx"] <= 0.5  # the unseen half is wrong whatever is predicted
+
+
+def test_generate(tok, model):
+    eos, pad = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<pad>")
+    prompts = [doc(tok, "the cat")[:-1].tolist(), doc(tok, "le chien court")[:-1].tolist()]
+    greedy = E.generate(model, tok, prompts, 6, sample=False)
+    assert greedy == E.generate(model, tok, prompts, 6, sample=False)
+    for p, g in zip(prompts, greedy, strict=True):
+        out = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad)
+        assert g == tok.decode(out[0, len(p) :].tolist(), skip_special_tokens=True)
+    sampled = E.generate(model, tok, prompts, 6, sample=True, seed=3)
+    assert sampled == E.generate(model, tok, prompts, 6, sample=True, seed=3)
+    assert not any("<lang:" in t for t in greedy + sampled)
+
+
+def test_language_rate():
+    from xlmflow.tasks import lid
+
+    lid_model = lid.load_model(lid.model_file(None))
+    en = ["The weather is lovely today and we are going to the park.", "I would like a cup of coffee, please."]
+    fr = ["Il fait très beau aujourd'hui et nous allons au parc.", "Je voudrais une tasse de café, s'il vous plaît."]
+    assert E.language_rate(lid_model, en, "en") == 1.0
+    assert E.language_rate(lid_model, fr, "en") == 0.0
+    assert E.language_rate(lid_model, fr, "fr") == 1.0
+    assert E.language_rate(lid_model, [*en, "I 2"], "en") == pytest.approx(2 / 3)  # < 3 letters: a miss
+    assert E.language_rate(lid_model, [], "en") == 0.0
+
+
+def test_translate(tok):
+    model = make_model(tok, n_positions=64)
+    en, fr, eos = tok.token_to_id("<lang:en>"), tok.token_to_id("<lang:fr>"), tok.token_to_id("<|endoftext|>")
+    (word,) = tok.encode(" the", add_special_tokens=False).ids  # one token, decoded with its space
+    prompts, calls = [], []
+
+    def steer(module, args, kwargs, output):
+        """After the target tag emit `` the``, then EOS: the greedy answer is known."""
+        ids = kwargs["input_ids"]
+        calls.append(ids.shape[1])
+        if ids.shape[1] > 1:
+            prompts.append(ids[0].tolist())
+        logits = torch.zeros_like(output.logits[:, -1])
+        logits[:, word if ids[0, -1] == fr else eos] = 100.0
+        output.logits[:, -1] = logits
+        return output
+
+    def enc(t):
+        return tok.encode(t, add_special_tokens=False).ids
+
+    model.generation_config.eos_token_id = None  # only translate's own eos_token_id can stop it
+    handle = model.register_forward_hook(steer, with_kwargs=True)
+    try:
+        hyps, fmt = E.translate(model, tok, [("the cat", "le chat")], ["the dog", "a mat"], "en", "fr", 8)
+    finally:
+        handle.remove()
+    assert hyps == ["the"] * 2
+    assert calls == [len(prompts[0]), 1, len(prompts[1]), 1]  # the word, then EOS ends each generation
+    assert prompts[0] == [en, *enc("the cat"), eos, fr, *enc("le chat"), eos, en, *enc("the dog"), eos, fr]
+    assert "<lang:en>" in fmt and "<lang:fr>" in fmt and "x1" in fmt
+
+    small = make_model(tok)  # 16 positions: the shots no longer fit and are dropped
+    hyps, fmt = E.translate(
+        small, tok, [("the cat sat on a mat", "le chat est sur le tapis")] * 3, ["the dog"], "en", "fr"
+    )
+    assert len(hyps) == 1 and "<|endoftext|>" not in hyps[0] and "x0" in fmt
+
+
+def test_chrf_bleu():
+    refs = ["the cat sat on the mat today", "a dog ran far away from home"]
+    same = E.chrf_bleu(refs, refs, "en")
+    assert same["chrf"] == pytest.approx(100) and same["bleu"] == pytest.approx(100) and same["segments"] == 2
+    assert E.chrf_bleu(["xyz qqq", "kkk"], refs, "en")["chrf"] < 5
+    hyp, ref = ["我喜欢我的猫和狗"], ["我喜欢我的猫和鱼"]
+    assert E.chrf_bleu(hyp, ref, "en")["bleu"] == 0  # 13a: one unspaced "word", which differs
+    assert E.chrf_bleu(hyp, ref, "zh")["bleu"] > 30  # zh tokenizer: characters of Han text
+    assert E.chrf_bleu(hyp, ref, "ja")["bleu"] > 30  # char tokenizer (no MeCab)
+
+
+def ngrams(docs, n=13) -> set[tuple]:
+    return {tuple(d[i : i + n]) for d in docs for i in range(len(d) - n + 1)}
+
+
+def test_ngram_index():
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.integers(0, 5000, size=k) for k in (30, 20, 12))
+    indexed = [a, b, c, a]  # a twice: dedup; c is shorter than n
+    flat, starts = np.concatenate(indexed), np.cumsum([0, 30, 20, 12])
+    whole = E.NgramIndex(13)
+    whole.add(flat, starts)
+    chunked = E.NgramIndex(13)
+    chunked.add(np.concatenate([a, b]), np.array([0, 30]))  # same stream, cut at a document boundary
+    chunked.add(np.concatenate([c, a]), np.array([0, 12]))
+    assert whole.size == chunked.size == len(ngrams(indexed)) == 18 + 8
+
+    filler = np.arange(10_000, 10_020)
+    queries = [
+        np.concatenate([filler[:5], a[5:18], filler[5:]]),  # shares a 13-gram with a
+        np.concatenate([a[-6:], b[:7]]),  # spans the a|b boundary of the stream
+        a[5:18][::-1],  # the same tokens in another order
+        a[:12],  # shorter than n
+        c,  # indexed but shorter than n
+        b,
+        filler,
+        np.array([], dtype=np.int64),
+    ]
+    expected = [bool(ngrams([q]) & ngrams(indexed)) for q in queries]
+    assert expected == [True, False, False, False, False, True, False, False]
+    assert whole.hits(queries).tolist() == expected
+    assert chunked.hits(queries).tolist() == expected
+    assert E.NgramIndex(13).hits(queries).tolist() == [False] * len(queries)  # empty index
