@@ -47,7 +47,7 @@ class Stage:
         given = vars(args)
         for option, name in self.flags.items():
             value = given.get(_dest(option))
-            if value is not None and value is not False:
+            if value is not None:  # bool fields: --x / --no-x, None when not given
                 setattr(params, name, value)
         if self.apply_extra:
             self.apply_extra(args, params)

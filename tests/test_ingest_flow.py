@@ -64,7 +64,8 @@ def test_rerun_is_cached_one_changed_file_reruns_alone_deleted_output_rebuilt(pr
 
 
 def _mtimes(run_dir):
-    return {str(p): p.stat().st_mtime_ns for p in (Path(run_dir) / "ingest").rglob("*") if p.is_file()}
+    files = (Path(run_dir) / "ingest").rglob("*")
+    return {str(p): p.stat().st_mtime_ns for p in files if p.is_file() and not p.name.startswith(".")}  # outputs only
 
 
 def test_removed_input_file_removes_its_unit(prefect_api, run_dir, corpus):

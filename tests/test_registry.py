@@ -76,3 +76,30 @@ def test_demo_settings_only_in_the_demo_config(tmp_path):
     assert more.parallel == [*demo.parallel, "extra.tsv"], "--parallel adds to the demo's sets"
     (tmp_path / "one.toml").write_text('parallel = "/sets"\n')
     assert PipelineConfig.load(tmp_path / "one.toml").parallel == ["/sets"]
+
+
+def test_field_flags_take_type_choices_and_booleans_from_the_params_model():
+    import argparse
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    from xlmflow.flows.stage import Stage
+
+    class Toy(BaseModel):
+        size: int = Field(3, description="how many")
+        mode: Literal["a", "b"] = "a"
+        fast: bool = True
+
+    stage = Stage(
+        name="toy", flow=None, params=Toy, help="", flags={"--size": "size", "--mode": "mode", "--fast": "fast"}
+    )
+    parser = argparse.ArgumentParser()
+    stage.add_flags(parser.add_argument_group("toy options"))
+    params = Toy()
+    stage.apply_flags(parser.parse_args(["--size", "7", "--mode", "b", "--no-fast"]), params)
+    assert (params.size, params.mode, params.fast) == (7, "b", False)
+    untouched = Toy()
+    stage.apply_flags(parser.parse_args([]), untouched)
+    assert untouched == Toy()
+    assert "how many (default 3)" in parser.format_help()
