@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from shard_fixtures import train_tokenizer
 
 from xlmflow.tasks import eval_measures as E
 from xlmflow.tasks import model as M
@@ -23,18 +24,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        show_progress=False,
-        special_tokens=["<|endoftext|>", "<pad>", *TAGS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(SENTENCES, trainer=trainer)
+    raw, _ = train_tokenizer({"en": SENTENCES[::2], "fr": SENTENCES[1::2]}, vocab_size=300)
     return raw
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from shard_fixtures import train_tokenizer
 
 from xlmflow.tasks import model as M
 
@@ -21,19 +22,9 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    raw, _ = train_tokenizer({"en": SENTENCES[::2], "fr": SENTENCES[1::2]}, vocab_size=300)
     from transformers import PreTrainedTokenizerFast
 
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        show_progress=False,
-        special_tokens=["<|endoftext|>", "<pad>", *TAGS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(SENTENCES, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<pad>")
 
 
