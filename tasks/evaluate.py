@@ -38,7 +38,7 @@ from xlmflow.storage import shards as shard_store
 from . import eval_measures as measures
 from . import eval_report, lid
 from .parallel import PIVOT, Paths, languages, parallel_files, read_set, set_name
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step
+from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 from .specials import TOKENIZER_FILE, lang_tag
 
 STAGE = "evaluate"
@@ -460,10 +460,8 @@ def commit_evaluation(unit: Unit, refs: list[Ref]) -> Ref:
 
 
 # ---------------------------------------------------------------- Prefect tasks
-from prefect import task  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
 
-plan_task = task(name="evaluate-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+plan_task = plain_step("evaluate-plan")(plan)
 lm_task = step(name="evaluate-lm")(lm_unit)
 set_task = step(name="evaluate-set")(set_unit)
 commit_task = step(name="evaluate-commit")(commit_evaluation)

@@ -22,15 +22,13 @@ from typing import Iterator, Literal
 import polars as pl
 import pyarrow as pa
 from fsspec.core import url_to_fs
-from prefect import task
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256
 
 from . import readers
 from .readers import Batch, InputError
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step
+from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 
 STAGE = "ingest"
 Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]
@@ -321,7 +319,7 @@ def to_documents(batch: Batch, rel: str, key: str, default_lang: str | None) -> 
 
 
 # ---------------------------------------------------------------- Prefect tasks
-plan_task = task(name="ingest-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+plan_task = plain_step("ingest-plan")(plan)
 ingest_file = step(name="ingest-file")(ingest_unit)
 commit_task = step(name="ingest-commit")(commit_stage)
 

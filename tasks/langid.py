@@ -37,8 +37,6 @@ import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
-from prefect import task
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import (
@@ -64,7 +62,19 @@ from .dedup import DedupParams
 from .lid import load_model, model_file, model_fingerprint, predict
 from .parallel import Paths, parallel_files
 from .quality import QualityParams
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step, sum_stats, unit_manifest
+from .runtime import (
+    Input,
+    Ref,
+    Unit,
+    commit_stage,
+    ensure,
+    logger,
+    plain_step,
+    stage_unit,
+    step,
+    sum_stats,
+    unit_manifest,
+)
 
 STAGE = "langid"
 
@@ -477,10 +487,9 @@ def commit_langid(unit: Unit, refs: list[Ref]) -> Ref:
 
 
 # ---------------------------------------------------------------- Prefect tasks
-_retry = dict(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-plan_task = task(name="langid-plan", **_retry)(plan)
-plan_dedup_task = task(name="langid-plan-dedup", **_retry)(plan_dedup)
-plan_clean_task = task(name="langid-plan-clean", **_retry)(plan_clean)
+plan_task = plain_step("langid-plan")(plan)
+plan_dedup_task = plain_step("langid-plan-dedup")(plan_dedup)
+plan_clean_task = plain_step("langid-plan-clean")(plan_clean)
 score_part = step(name="langid-score")(score_unit)
 signals_part = step(name="langid-signals")(signals_unit)
 filter_part = step(name="langid-filter")(filter_unit)

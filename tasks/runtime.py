@@ -27,7 +27,18 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 
-from xlmflow.storage import MANIFEST, Aside, Location, Manifest, commit, committed, hash_json, read_manifest, relative
+from xlmflow.storage import (
+    MANIFEST,
+    Aside,
+    Location,
+    Manifest,
+    ManifestError,
+    commit,
+    committed,
+    hash_json,
+    read_manifest,
+    relative,
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +186,29 @@ def run_unit(step_task, unit: Unit, *args):
     return submit_units(step_task, [unit], *[[a] for a in args])[0].result()
 
 
+#: failures that another attempt cannot mend: bad input or configuration, a missing upstream stage
+PERMANENT = (ValueError, TypeError, KeyError, ManifestError, FileNotFoundError, PermissionError)
+
+
+def transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry I/O errors and failed training processes (which resume),
+    not permanent errors (:data:`PERMANENT`), which fail at once with their message."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the failure itself could not be read back: give it another attempt
+        return True
+    return not isinstance(exc, PERMANENT)
+
+
+#: names of the unit tasks: a run of one is named ``<task name>-<unit name>``
+UNIT_TASKS: set[str] = set()
+
+
 def step(name: str | None = None, retries: int = 2, **kwargs):
-    """``@task`` with xlmflow's conventions: output-aware cache, retries with backoff."""
+    """``@task`` for units, with xlmflow's conventions: output-aware cache, retries of transient errors with
+    backoff, and a run name saying what it works on (``langid-score-<unit>``)."""
+    if name:
+        UNIT_TASKS.add(name)
     return task(
         name=name,
         cache_policy=OutputCache(),
@@ -184,7 +216,20 @@ def step(name: str | None = None, retries: int = 2, **kwargs):
         retries=retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=2),
         retry_jitter_factor=0.5,
+        retry_condition_fn=transient,
+        task_run_name=f"{name}-{{unit.name}}" if name else None,
         **kwargs,
+    )
+
+
+def plain_step(name: str, retries: int = 2):
+    """``@task`` for planning and reporting: not cached (cheap, and must see the current inputs), transient
+    errors retried."""
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_condition_fn=transient,
     )
 
 

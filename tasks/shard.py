@@ -33,8 +33,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import task
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
@@ -54,7 +52,7 @@ from xlmflow.storage import (
 from xlmflow.storage.fingerprint import HASH_BITS
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
 
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, stage_unit, step, unit_manifest
+from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step, unit_manifest
 from .specials import EOS, TOKENIZER_FILE, lang_tag
 
 UINT16_VOCAB = 1 << 16
@@ -475,6 +473,6 @@ def _json(obj: Any) -> bytes:
 
 
 # ---------------------------------------------------------------- Prefect tasks
-plan_task = task(name="shard-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+plan_task = plain_step("shard-plan")(plan)
 shard_task = step(name="shard-file")(shard_unit)
 commit_task = step(name="shard-commit")(commit_shards)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
 
 from . import train_loop
-from .runtime import Input, Ref, Unit, ensure, logger, step
+from .runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from .specials import TOKENIZER_FILE
 
 STAGE = "train"
@@ -317,9 +317,7 @@ def publish_curves(ref: Ref) -> None:
 
 
 # ---------------------------------------------------------------- Prefect tasks
-from prefect import task  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
 
-plan_task = task(name="train-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+plan_task = plain_step("train-plan")(plan)
 train_task = step(name="train-model", retries=2)(train_unit)
-report_task = task(name="train-report")(publish_curves)
+report_task = plain_step("train-report")(publish_curves)

@@ -48,7 +48,7 @@ from xlmflow.storage import (
 )
 
 from .parallel import Paths, parallel_files
-from .runtime import Input, Ref, Unit, ensure, logger
+from .runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from .specials import EOS, PAD, lang_tag
 
 STAGE = "vocab"
@@ -309,10 +309,6 @@ def read_report(ref: Ref) -> dict:
 
 
 # ---------------------------------------------------------------- Prefect tasks
-from prefect import task  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-from .runtime import step  # noqa: E402
 
 
 def publish_report(ref: Ref) -> None:
@@ -326,8 +322,6 @@ def publish_report(ref: Ref) -> None:
     )
 
 
-plan_task = task(name="vocab-plan", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(plan)
+plan_task = plain_step("vocab-plan")(plan)
 vocab_task = step(name="vocab-build")(build_vocab)
-report_task = task(name="vocab-report", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))(
-    publish_report
-)
+report_task = plain_step("vocab-report")(publish_report)

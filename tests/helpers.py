@@ -22,8 +22,18 @@ def task_states(flow_state, timeout: float = 30) -> Counter:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             if all(r.state is not None and r.state.is_final() for r in runs) or time.time() > deadline:
-                return Counter((r.name.rsplit("-", 1)[0], r.state.name if r.state else "Pending") for r in runs)
+                return Counter((task_name(r.name), r.state.name if r.state else "Pending") for r in runs)
             time.sleep(0.2)
+
+
+def task_name(run_name: str) -> str:
+    """The task of a task run: unit runs are ``<task>-<unit name>``, others ``<task>-<3 hex digits>``."""
+    from xlmflow.tasks.runtime import UNIT_TASKS
+
+    for name in sorted(UNIT_TASKS, key=len, reverse=True):
+        if run_name.startswith(name + "-"):
+            return name
+    return run_name.rsplit("-", 1)[0]
 
 
 def write_langid_stage(run_dir: str, docs_by_lang: dict[str, list[str]]):

@@ -174,3 +174,33 @@ def test_units_on_a_dask_cluster_give_the_same_bytes(tmp_path, corpus):
         out = p.communicate(timeout=300)[0]
         assert p.returncode == 0, out
     assert _stage_bytes(dask) == _stage_bytes(threads)
+
+
+def test_permanent_errors_fail_at_once_transient_ones_are_retried():
+    from prefect.states import Failed
+
+    from xlmflow.storage import ManifestError
+    from xlmflow.tasks.readers import InputError
+    from xlmflow.tasks.runtime import transient
+    from xlmflow.tasks.train import TrainingFailed
+
+    for permanent in (InputError("bad record"), ManifestError("run the shard stage first"), ValueError("bad config")):
+        assert not transient(None, None, Failed(data=permanent))
+    for passing in (ConnectionError("reset by peer"), TimeoutError(), TrainingFailed("exit 137; resumes")):
+        assert transient(None, None, Failed(data=passing))
+
+
+def test_empty_source_list_fails_at_once_with_a_clear_message(prefect_api, run_dir):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    state = ingest_flow(run_dir=run_dir, params=IngestParams(sources=[]), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="no sources configured"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [(r.name.rsplit("-", 1)[0], r.run_count) for r in runs] == [("ingest-plan", 1)], "not retried"
+    assert not (Path(run_dir) / "ingest" / "_manifest.json").exists(), "no empty stage committed"

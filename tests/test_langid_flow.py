@@ -54,3 +54,7 @@ def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):
     with get_client(sync_client=True) as client:
         tables = [a for a in client.read_artifacts() if a.key == "langid-stats"]
     assert tables and any("en" in str(a.data) and "clean" in str(a.data) for a in tables)
+    with get_client(sync_client=True) as client:
+        names = {r.name for r in client.read_task_runs()}
+    units = sorted(p.name for p in Path(run_dir, "langid", "scores").iterdir() if not p.name.startswith("."))
+    assert {f"langid-score-{u}" for u in units} <= names, "task runs are named after their unit"
