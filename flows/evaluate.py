@@ -7,7 +7,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import evaluate
+from xlmflow.tasks import artifacts, evaluate
 from xlmflow.tasks.evaluate import EvalParams
 from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
@@ -18,7 +18,9 @@ def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
     run = RunDir.of(run_dir)
     lm_units, set_units = evaluate.plan_task(run, params)
     refs = [f.result() for f in submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)]
-    return run_unit(evaluate.commit_task, evaluate.stage_for(run, params, refs), refs)
+    ref = run_unit(evaluate.commit_task, evaluate.stage_for(run, params, refs), refs)
+    artifacts.publish_task("evaluate", run_dir, artifacts.evaluate_report)
+    return ref
 
 
 def _flags(g) -> None:
@@ -38,6 +40,7 @@ def _apply(args, params: EvalParams) -> None:
 
 STAGE = Stage(
     name="evaluate",
+    report=artifacts.evaluate_report,
     flow=evaluate_flow,
     params=EvalParams,
     reads=("vocab", "shard", "train"),

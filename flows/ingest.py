@@ -6,7 +6,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import ingest
+from xlmflow.tasks import artifacts, ingest
 from xlmflow.tasks.ingest import IngestParams, Source
 from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
@@ -16,7 +16,9 @@ def ingest_flow(run_dir: str, params: IngestParams) -> Ref:
     run = RunDir.of(run_dir)
     units = ingest.plan_task(run, params)
     refs = [f.result() for f in submit_units(ingest.ingest_file, units)]
-    return run_unit(ingest.commit_task, ingest.stage_for(run, params, refs), refs)
+    ref = run_unit(ingest.commit_task, ingest.stage_for(run, params, refs), refs)
+    artifacts.publish_task("ingest", run_dir, artifacts.ingest_report)
+    return ref
 
 
 def _source_flags(g) -> None:
@@ -52,6 +54,7 @@ def _apply_sources(args, params: IngestParams) -> None:
 
 STAGE = Stage(
     name="ingest",
+    report=artifacts.ingest_report,
     flow=ingest_flow,
     params=IngestParams,
     help="read text/JSONL/Parquet/datasets into normalised Parquet documents",

@@ -12,7 +12,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import langid
+from xlmflow.tasks import artifacts, langid
 from xlmflow.tasks.langid import LangidParams
 from xlmflow.tasks.runtime import Ref, logger, run_unit, submit_units
 
@@ -37,6 +37,7 @@ def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
         + clean_refs
     )
     ref = run_unit(langid.commit_task, langid.stage_for(run, params, refs), refs)
+    artifacts.publish_task("langid", run_dir, artifacts.langid_report)
     logger().info("langid: %d ingest units scored and filtered, %d languages clean", len(score_units), len(clean_refs))
     return ref
 
@@ -68,6 +69,7 @@ def _pairs(items: list[str]) -> dict[str, float]:
 
 STAGE = Stage(
     name="langid",
+    report=artifacts.langid_report,
     flow=langid_flow,
     params=LangidParams,
     reads=("ingest",),

@@ -13,6 +13,7 @@ from prefect import flow
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.registry import STAGES
 from xlmflow.flows.stage import task_runner
+from xlmflow.tasks import artifacts
 from xlmflow.tasks.runtime import Ref
 
 
@@ -22,7 +23,9 @@ def pipeline(run_dir: str, config: PipelineConfig | None = None, dask: str | Non
 
     ``dask`` (scheduler address or ``local``) runs their units on Dask."""
     config = config or PipelineConfig.demo()
-    return {s.name: on(s.flow, dask)(run_dir, config.stage_params(s.name)) for s in STAGES}
+    refs = {s.name: on(s.flow, dask)(run_dir, config.stage_params(s.name)) for s in STAGES}
+    artifacts.summary_task(run_dir, [(s.name, s.report) for s in STAGES if s.report])
+    return refs
 
 
 def on(fl, dask: str | None):

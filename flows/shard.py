@@ -10,7 +10,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import shard
+from xlmflow.tasks import artifacts, shard
 from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.shard import ShardParams
 
@@ -21,11 +21,14 @@ def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
     run = RunDir.of(run_dir)
     units = shard.plan_task(run, params)
     refs = [f.result() for f in submit_units(shard.shard_task, units)]
-    return run_unit(shard.commit_task, shard.stage_for(run, params, refs), refs)
+    ref = run_unit(shard.commit_task, shard.stage_for(run, params, refs), refs)
+    artifacts.publish_task("shard", run_dir, artifacts.shard_report)
+    return ref
 
 
 STAGE = Stage(
     name="shard",
+    report=artifacts.shard_report,
     flow=shard_flow,
     params=ShardParams,
     reads=("langid", "vocab"),

@@ -35,6 +35,7 @@ class Stage:
     extra_flags: Callable[[argparse._ArgumentGroup], None] | None = None  # options that are not one field each
     apply_extra: Callable[[argparse.Namespace, BaseModel], None] | None = None
     parallel_field: str | None = None  # the params field the pipeline's evaluation sets fill when unset
+    report: Callable | None = None  # RunDir -> artifacts.Report: what the stage shows in the Prefect UI
 
     def add_flags(self, group: argparse._ArgumentGroup) -> None:
         for option, name in self.flags.items():

@@ -6,7 +6,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import train
+from xlmflow.tasks import artifacts, train
 from xlmflow.tasks.runtime import Ref, run_unit
 from xlmflow.tasks.train import TrainParams
 
@@ -16,12 +16,13 @@ def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
     params = params or TrainParams()
     unit = train.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(train.train_task, unit)
-    train.report_task(ref)
+    artifacts.publish_task("train", run_dir, artifacts.train_report)
     return ref
 
 
 STAGE = Stage(
     name="train",
+    report=artifacts.train_report,
     flow=train_flow,
     params=TrainParams,
     reads=("vocab", "shard"),

@@ -6,7 +6,7 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import vocab
+from xlmflow.tasks import artifacts, vocab
 from xlmflow.tasks.runtime import Ref, run_unit
 
 
@@ -15,12 +15,13 @@ def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
     params = params or vocab.VocabParams()
     unit = vocab.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(vocab.vocab_task, unit)
-    vocab.report_task(ref)
+    artifacts.publish_task("vocab", run_dir, artifacts.vocab_report)
     return ref
 
 
 STAGE = Stage(
     name="vocab",
+    report=artifacts.vocab_report,
     flow=vocab_flow,
     params=vocab.VocabParams,
     reads=("langid",),

@@ -12,7 +12,7 @@ import io
 import json
 from typing import Any
 
-from xlmflow.storage import Aside, Location
+from xlmflow.storage import Aside
 
 
 def merge(parts: list[dict], vocab_report: dict) -> dict[str, Any]:
@@ -268,31 +268,3 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
 def _clip(text: str, n: int = 80) -> str:
     text = " ".join(str(text).split()).replace("`", "'")
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def publish(ref) -> None:
-    """The report as a Prefect markdown artifact and BPB per language as a table (outside a run: nothing)."""
-    try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-        from prefect.context import FlowRunContext, TaskRunContext
-
-        if TaskRunContext.get() is None and FlowRunContext.get() is None:
-            return
-        loc = Location(ref.uri)
-        with loc.child("report.md").open("rb") as f:
-            create_markdown_artifact(key="evaluate-report", markdown=f.read().decode(), description="evaluation report")
-        with loc.child("metrics.json").open("rb") as f:
-            metrics = json.loads(f.read())
-        rows = [
-            {
-                "language": lang,
-                "bits_per_byte": round(v, 4),
-                "generation_in_language": metrics["generation_language_rate"].get(lang),
-            }
-            for lang, v in sorted(metrics["bits_per_byte"].items())
-        ]
-        create_table_artifact(rows, key="evaluate-bits-per-byte", description="bits per byte per language")
-    except Exception as e:  # an artifact is a convenience; never fail the stage for it
-        from .runtime import logger
-
-        logger().warning("evaluate: no artifact (%s)", e)

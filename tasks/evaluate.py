@@ -454,9 +454,7 @@ def commit_evaluation(unit: Unit, refs: list[Ref]) -> Ref:
         eval_report.write(aside, metrics, train_rows)
         return {"models": sorted(metrics["models"]), "languages": len(metrics["bits_per_byte"])}
 
-    ref = commit_stage(unit, refs, build)
-    eval_report.publish(ref)
-    return ref
+    return commit_stage(unit, refs, build)
 
 
 # ---------------------------------------------------------------- Prefect tasks

@@ -243,10 +243,12 @@ def markdown(report: dict) -> str:
     ]
     for lang, s in report["languages"].items():
         mix = report.get("sampling", {}).get(lang, {})
+        whole = "n/a (unspaced script)" if s.get("whole_word_share") is None else s["whole_word_share"]
+        premium = "pivot" if lang == PIVOT else "n/a (no parallel segments)"
         lines.append(
             f"| {lang} | {mix.get('sampled_chars', '')} | {mix.get('q', '')} | {s.get('fertility')} | "
-            f"{s.get('chars_per_token')} | {s.get('whole_word_share')} | {s.get('token_premium', '')} | "
-            f"{s.get('byte_premium', '')} |"
+            f"{s.get('chars_per_token')} | {whole} | {s.get('token_premium', premium)} | "
+            f"{s.get('byte_premium', premium)} |"
         )
     a = report["alignment"]
     lines += [

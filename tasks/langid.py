@@ -473,7 +473,7 @@ def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
 
 
 def commit_langid(unit: Unit, refs: list[Ref]) -> Ref:
-    """Commit the stage (stats.json with it) and publish the counts as a Prefect table artifact."""
+    """Commit the stage with stats.json (counts per language and reason, per claimed/detected pair)."""
 
     def build(aside: Aside) -> dict:
         summary = langid_stats.summarise(sum_stats([unit_manifest(r).stats for r in refs]))
@@ -481,9 +481,7 @@ def commit_langid(unit: Unit, refs: list[Ref]) -> Ref:
             f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         return {"languages": summary["languages"], "documents": summary["documents"]["clean"]}
 
-    ref = commit_stage(unit, refs, build=build)
-    langid_stats.publish(ref)
-    return ref
+    return commit_stage(unit, refs, build=build)
 
 
 # ---------------------------------------------------------------- Prefect tasks

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import polars as pl
-
-from xlmflow.storage import Location
-
-from .runtime import Ref, logger
 
 
 def count(stats: dict, df: pl.DataFrame) -> None:
@@ -50,23 +45,3 @@ def summarise(stats: dict[str, Any]) -> dict[str, Any]:
         "mismatch": stats.get("mismatch", {}),
         "per_language": per_lang,
     }
-
-
-def publish(ref: Ref) -> None:
-    """A table artifact of clean and rejected counts per language; skipped outside a Prefect run."""
-    try:
-        from prefect.artifacts import create_table_artifact
-        from prefect.context import FlowRunContext, TaskRunContext
-
-        if TaskRunContext.get() is None and FlowRunContext.get() is None:
-            return
-        with Location(ref.uri).child("stats.json").open("rb") as f:
-            summary = orjson.loads(f.read())
-        reasons = sorted(summary["rejected"])
-        rows = [
-            {"lang": lang, "clean": v["clean"], **{r: v["rejected"].get(r, 0) for r in reasons}}
-            for lang, v in summary["per_language"].items()
-        ]
-        create_table_artifact(rows, key="langid-stats", description=f"langid: {summary['documents']}")
-    except Exception as e:  # an artifact is a convenience; never fail the stage for it
-        logger().warning("langid: no stats artifact (%s)", e)

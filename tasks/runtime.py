@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from prefect import task
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from xlmflow.storage import (
@@ -230,6 +230,7 @@ def plain_step(name: str, retries: int = 2):
         retries=retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=2),
         retry_condition_fn=transient,
+        cache_policy=NO_CACHE,
     )
 
 

@@ -296,28 +296,7 @@ def read_summary(ref: Ref) -> dict[str, Any]:
         return json.loads(f.read())
 
 
-def publish_curves(ref: Ref) -> None:
-    """Loss curves and the final validation loss per language as a Prefect markdown artifact."""
-    from prefect.artifacts import create_markdown_artifact
-
-    with Location(ref.uri).child(train_loop.METRICS).open("rb") as f:
-        rows = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
-    s = read_summary(ref)
-    losses = [r for r in rows if "loss" in r]
-    steps = ", ".join(str(r["step"]) for r in losses)
-    values = ", ".join(f"{r['loss']:.3f}" for r in losses)
-    valid = "\n".join(f"| {lang} | {v:.3f} |" for lang, v in sorted(s["valid_loss"].items()))
-    md = (
-        f"# Training\n\n{s['steps']} steps, {s['tokens']:,} tokens, {s['parameters']:,} parameters; "
-        f"train loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}\n\n"
-        f'```mermaid\nxychart-beta\n  title "train loss"\n  x-axis [{steps}]\n  line [{values}]\n```\n\n'
-        f"| language | valid loss |\n|---|---|\n{valid}\n"
-    )
-    create_markdown_artifact(key="train-report", markdown=md, description=f"train {ref.fingerprint[:12]}")
-
-
 # ---------------------------------------------------------------- Prefect tasks
 
 plan_task = plain_step("train-plan")(plan)
 train_task = step(name="train-model", retries=2)(train_unit)
-report_task = plain_step("train-report")(publish_curves)

@@ -311,17 +311,5 @@ def read_report(ref: Ref) -> dict:
 # ---------------------------------------------------------------- Prefect tasks
 
 
-def publish_report(ref: Ref) -> None:
-    """The committed report as a Prefect markdown artifact (key ``vocab-report``)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from . import fairness
-
-    create_markdown_artifact(
-        key="vocab-report", markdown=fairness.markdown(read_report(ref)), description=f"vocab {ref.fingerprint[:12]}"
-    )
-
-
 plan_task = plain_step("vocab-plan")(plan)
 vocab_task = step(name="vocab-build")(build_vocab)
-report_task = plain_step("vocab-report")(publish_report)

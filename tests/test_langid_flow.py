@@ -51,9 +51,15 @@ def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):
     )
     from prefect import get_client
 
+    from xlmflow.tasks.artifacts import key_for
+
+    key = key_for("langid", RunDir.of(run_dir).root.uri)
     with get_client(sync_client=True) as client:
-        tables = [a for a in client.read_artifacts() if a.key == "langid-stats"]
-    assert tables and any("en" in str(a.data) and "clean" in str(a.data) for a in tables)
+        mine = [a for a in client.read_artifacts() if a.key == key]
+    # published on both runs (the second reran the filter, not the model), with the kept languages first
+    assert len(mine) == 2 and all("xychart-beta" in a.data and "| language | clean |" in a.data for a in mine)
+    latest = max(mine, key=lambda a: a.created).data
+    assert "lid_low_confidence" in latest and "Claimed vs detected" in latest
     with get_client(sync_client=True) as client:
         names = {r.name for r in client.read_task_runs()}
     units = sorted(p.name for p in Path(run_dir, "langid", "scores").iterdir() if not p.name.startswith("."))

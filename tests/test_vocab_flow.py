@@ -17,6 +17,11 @@ def test_flow_builds_caches_and_publishes_report(prefect_api, run_dir, parallel)
     assert m.stats["languages"] == LANGS
     second = task_states(vocab_flow(run_dir=run_dir, params=params(parallel), return_state=True))
     assert second[("vocab-build", "Cached")] == 1
+    from xlmflow.tasks.artifacts import key_for
+
+    key = key_for("vocab", RunDir.of(run_dir).root.uri)
+    assert key.startswith("vocab-run-") and key == key.lower()
     with get_client(sync_client=True) as client:
-        art = client.read_latest_artifacts() if hasattr(client, "read_latest_artifacts") else client.read_artifacts()
-    assert any(a.key == "vocab-report" and "cross-language pairs" in (a.data or "") for a in art)
+        mine = [a for a in client.read_artifacts() if a.key == key]
+    # the cached rerun publishes the same content again, under a key of this run directory only
+    assert len(mine) == 2 and mine[0].data == mine[1].data and "cross-language pairs" in mine[0].data
