@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import xlmflow  # noqa: F401  (sets Prefect's offline defaults before Prefect is imported)
@@ -10,6 +11,7 @@ import xlmflow  # noqa: F401  (sets Prefect's offline defaults before Prefect is
 COMMANDS = {
     "run": "run every stage in order on the configured corpus (the bundled demo by default)",
     "status": "show what each stage of a run directory has committed",
+    "serve": "serve the pipeline (nightly) and every stage as Prefect deployments from this process, no work pool",
 }
 
 
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as Prefect flows of cached, retryable tasks. Flags override the --config file.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands = {"run": COMMANDS["run"], **{s.name: s.help for s in STAGES}, "status": COMMANDS["status"]}
+    commands = {"run": COMMANDS["run"], **{s.name: s.help for s in STAGES}, **COMMANDS}
     for name, text in commands.items():
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument(
@@ -41,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
             "one column per language (repeatable; added to the configured sets; held out, alignment, evaluation)",
         )
         sp.add_argument("--dask", metavar="ADDRESS", help="run units on a Dask cluster (scheduler address, or 'local')")
+        if name == "serve":
+            sp.add_argument("--cron", default="0 2 * * *", help="the pipeline deployment's schedule (default nightly)")
+            sp.add_argument("--no-schedule", action="store_true", help="serve the pipeline unscheduled")
         for stage in STAGES:
-            if name in (stage.name, "run"):
+            if name in (stage.name, "run", "serve"):
                 stage.add_flags(sp.add_argument_group(f"{stage.name} options"))
     return p
 
@@ -76,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = config_from(args)
+        if args.command == "serve":
+            from xlmflow.flows.serve import serve
+
+            if not os.environ.get("PREFECT_API_URL"):
+                print(
+                    "xlmflow serve: PREFECT_API_URL is not set, so runs are reachable only from this process; "
+                    "start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+                    file=sys.stderr,
+                )
+            serve(args.run_dir, None if args.no_schedule else args.cron, cfg)
+            return 0
         if args.command == "run":
             pipeline(run_dir=args.run_dir, config=cfg, dask=args.dask)
         else:

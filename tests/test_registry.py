@@ -25,7 +25,7 @@ def test_names_are_unique_and_one_name_per_stage():
 def test_cli_has_a_command_and_an_option_group_per_stage():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert list(sub.choices) == ["run", *NAMES, "status"]
+    assert list(sub.choices) == ["run", *NAMES, "status", "serve"]
     run_groups = [g.title for g in sub.choices["run"]._action_groups]
     for s in STAGES:
         assert f"{s.name} options" in run_groups

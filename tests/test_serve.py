@@ -1,0 +1,61 @@
+"""`xlmflow serve`: deployments served from one process; the nightly one scheduled with a concurrency limit of 1;
+a triggered stage deployment runs to Completed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from xlmflow.flows.registry import STAGES
+
+
+@pytest.mark.slow
+def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("Hello world\nGood morning\n", encoding="utf-8")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    run_dir = str(tmp_path / "run")
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlmflow.flows.cli",
+        "serve",
+        "--run-dir",
+        run_dir,
+        "--source",
+        str(corpus),
+        "--format",
+        "text",
+        "--cron",
+        "30 3 * * *",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        wanted = {"nightly", *(s.name for s in STAGES)}
+        deadline, made = time.time() + 120, {}
+        while time.time() < deadline and set(made) != wanted:
+            with get_client(sync_client=True) as client:
+                made = {d.name: d for d in client.read_deployments()}
+            made = {k: v for k, v in made.items() if k in wanted}
+            time.sleep(0.5)
+        assert set(made) == wanted, f"served: {sorted(made)}"
+        nightly = made["nightly"]
+        assert [s.schedule.cron for s in nightly.schedules] == ["30 3 * * *"]
+        assert nightly.concurrency_limit == 1 or nightly.global_concurrency_limit.limit == 1
+        assert nightly.parameters["run_dir"] == run_dir
+        assert made["ingest"].parameters["params"]["sources"][0]["path"] == str(corpus)
+        flow_run = run_deployment("ingest/ingest", timeout=120)
+        assert flow_run.state.is_completed(), flow_run.state
+        assert (tmp_path / "run" / "ingest" / "_manifest.json").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
