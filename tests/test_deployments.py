@@ -39,3 +39,6 @@ def test_prefect_deploy_creates_scheduled_deployments(prefect_api):
         crons = [s.schedule.cron for s in made[d["name"]].schedules]
         assert crons == [s["cron"] for s in d.get("schedules", [])]
         assert made[d["name"]].parameters["run_dir"] == d["parameters"]["run_dir"]
+    nightly = made["nightly"]
+    limit = nightly.concurrency_limit or getattr(nightly.global_concurrency_limit, "limit", None)
+    assert limit == 1, "the nightly pipeline runs one at a time"
