@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from xlmflow import PACKAGE_ROOT
+from xlmflow.flows.demo import DEMO
 from xlmflow.flows.registry import STAGES
 from xlmflow.tasks.parallel import Paths
-
-DEMO_CORPUS = PACKAGE_ROOT / "data" / "demo"
-DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
 
 
 class _Config(BaseModel):
@@ -75,12 +71,3 @@ PipelineConfig = create_model(
     __doc__="Every stage's parameters, one section per stage of the registry.",
     **{s.name: (s.params, Field(default_factory=s.params, description=s.help)) for s in STAGES},
 )
-
-DEMO: dict[str, Any] = {
-    "parallel": [str(DEMO_PARALLEL)],
-    "ingest": {
-        "sources": [
-            {"path": str(DEMO_CORPUS / "*.jsonl.zst"), "format": "jsonl", "text_field": "text", "lang_field": "lang"}
-        ]
-    },
-}

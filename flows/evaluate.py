@@ -14,7 +14,7 @@ from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 @flow(name="evaluate", task_runner=task_runner())
 def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
-    params = params or EvalParams()
+    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     lm_units, set_units = evaluate.plan_task(run, params)
     refs = [f.result() for f in submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)]

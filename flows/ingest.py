@@ -12,7 +12,8 @@ from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 
 @flow(name="ingest", task_runner=task_runner())
-def ingest_flow(run_dir: str, params: IngestParams) -> Ref:
+def ingest_flow(run_dir: str, params: IngestParams | None = None) -> Ref:
+    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     units = ingest.plan_task(run, params)
     refs = [f.result() for f in submit_units(ingest.ingest_file, units)]

@@ -19,7 +19,7 @@ from xlmflow.tasks.runtime import Ref, logger, run_unit, submit_units
 
 @flow(name="langid", task_runner=task_runner())
 def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
-    params = params or LangidParams()
+    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     score_units, signal_units, filter_units = langid.plan_task(run, params)
     score_futures = submit_units(langid.score_part, score_units)

@@ -17,7 +17,7 @@ from xlmflow.tasks.shard import ShardParams
 
 @flow(name="shard", task_runner=task_runner())
 def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
-    params = params or ShardParams()
+    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     units = shard.plan_task(run, params)
     refs = [f.result() for f in submit_units(shard.shard_task, units)]

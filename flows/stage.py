@@ -18,6 +18,8 @@ from typing import Any, Callable
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from xlmflow.flows.demo import DEMO
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -36,6 +38,14 @@ class Stage:
     apply_extra: Callable[[argparse.Namespace, BaseModel], None] | None = None
     parallel_field: str | None = None  # the params field the pipeline's evaluation sets fill when unset
     report: Callable | None = None  # RunDir -> artifacts.Report: what the stage shows in the Prefect UI
+
+    def demo(self) -> BaseModel:
+        """The demo's section of this stage. A stage flow called without parameters (a deployment run as it
+        is, a Python caller) runs it, as ``xlmflow <stage>`` with no --config or --source does."""
+        params = self.params.model_validate(DEMO.get(self.name, {}))
+        if self.parallel_field:
+            setattr(params, self.parallel_field, list(DEMO["parallel"]))
+        return params
 
     def add_flags(self, group: argparse._ArgumentGroup) -> None:
         for option, name in self.flags.items():

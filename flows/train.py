@@ -13,7 +13,7 @@ from xlmflow.tasks.train import TrainParams
 
 @flow(name="train", task_runner=task_runner())
 def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
-    params = params or TrainParams()
+    params = params or STAGE.demo()
     unit = train.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(train.train_task, unit)
     artifacts.publish_task("train", run_dir, artifacts.train_report)

@@ -12,7 +12,7 @@ from xlmflow.tasks.runtime import Ref, run_unit
 
 @flow(name="vocab", task_runner=task_runner())
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
-    params = params or vocab.VocabParams()
+    params = params or STAGE.demo()
     unit = vocab.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(vocab.vocab_task, unit)
     artifacts.publish_task("vocab", run_dir, artifacts.vocab_report)

@@ -79,7 +79,7 @@ class VocabParams(BaseModel):
         "The pipeline's parallel setting fills it",
     )
     dictionary: str | None = Field(
-        None, description="TSV file src<TAB>tgt of word translations to add as alignment evidence"
+        None, description="TSV file of word translations (source, a tab, target per line) to add as alignment evidence"
     )
     align_min_df: int = Field(3, ge=1, description="a translation pair needs both tokens in this many train segments")
     align_min_dice: float = Field(0.3, ge=0, le=1, description="minimum Dice coefficient of a translation pair")

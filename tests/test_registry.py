@@ -103,3 +103,9 @@ def test_field_flags_take_type_choices_and_booleans_from_the_params_model():
     stage.apply_flags(parser.parse_args([]), untouched)
     assert untouched == Toy()
     assert "how many (default 3)" in parser.format_help()
+
+
+def test_a_stage_flow_without_parameters_runs_the_demo_section():
+    demo = PipelineConfig.demo()
+    for s in STAGES:
+        assert s.demo() == demo.stage_params(s.name), s.name
