@@ -68,3 +68,16 @@ def make_inputs(run_dir: str, docs: dict[str, list[str]], vocab_size: int = 400,
     tok, langs = train_tokenizer(docs, vocab_size, tag_langs)
     write_vocab_stage(run_dir, tok, langs)
     return tok
+
+
+TAGS = ["<lang:en>", "<lang:fr>"]
+SENTENCES = [
+    "the cat sat on a mat and the dog ran far away from home",
+    "le chat est sur le tapis et le chien court loin de la maison",
+] * 4
+
+
+def tiny_tokenizer():
+    """A 300-id byte-level BPE with the specials and en/fr tags, for model-level tests."""
+    raw, _ = train_tokenizer({"en": SENTENCES[::2], "fr": SENTENCES[1::2]}, vocab_size=300)
+    return raw

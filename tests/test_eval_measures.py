@@ -10,22 +10,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from shard_fixtures import train_tokenizer
+from shard_fixtures import TAGS, tiny_tokenizer
 
 from xlmflow.tasks import eval_measures as E
 from xlmflow.tasks import model as M
 
-TAGS = ["<lang:en>", "<lang:fr>"]
-SENTENCES = [
-    "the cat sat on a mat and the dog ran far away from home",
-    "le chat est sur le tapis et le chien court loin de la maison",
-] * 4
-
 
 @pytest.fixture(scope="module")
 def tok():
-    raw, _ = train_tokenizer({"en": SENTENCES[::2], "fr": SENTENCES[1::2]}, vocab_size=300)
-    return raw
+    return tiny_tokenizer()
 
 
 def make_model(tok, n_positions: int = 16, seed: int = 0) -> M.XlmGPT2LMHeadModel:

@@ -9,20 +9,14 @@ import sys
 
 import pytest
 import torch
-from shard_fixtures import train_tokenizer
+from shard_fixtures import TAGS, tiny_tokenizer
 
 from xlmflow.tasks import model as M
-
-TAGS = ["<lang:en>", "<lang:fr>"]
-SENTENCES = [
-    "the cat sat on a mat and the dog ran far away from home",
-    "le chat est sur le tapis et le chien court loin de la maison",
-] * 4
 
 
 @pytest.fixture(scope="module")
 def tok():
-    raw, _ = train_tokenizer({"en": SENTENCES[::2], "fr": SENTENCES[1::2]}, vocab_size=300)
+    raw = tiny_tokenizer()
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<pad>")
