@@ -25,7 +25,7 @@ import re
 import threading
 from functools import lru_cache
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -35,11 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, read_manifest, tree_sha256
 from xlmflow.storage import shards as shard_store
 
-from . import eval_measures as measures
 from . import eval_report, lid
 from .parallel import PIVOT, Paths, languages, parallel_files, read_set, set_name
 from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 from .specials import TOKENIZER_FILE, lang_tag
+
+if TYPE_CHECKING:  # the measures import torch: each unit body imports them, so the CLI starts without torch
+    from . import eval_measures as measures
 
 STAGE = "evaluate"
 METRICS = "metrics.json"
@@ -203,6 +205,8 @@ def valid_docs(shard_uri: str, lang: str, limit: int) -> list[np.ndarray]:
 
 def lm_unit(unit: Unit) -> Ref:
     """Bits per byte and generation for every language of one model."""
+    from . import eval_measures as measures
+
     ((label, model_in),) = unit.each("model")
     p, batch = unit.params, unit.options["batch_size"]
 
@@ -264,6 +268,8 @@ def detected(lid_model, texts: list[str | None], lang: str) -> np.ndarray:
 
 def set_unit(unit: Unit) -> Ref:
     """Retrieval, transfer probe, translation and contamination of one model on one parallel set."""
+    from . import eval_measures as measures
+
     ((label, model_in),) = unit.each("model")
     p, batch, name = unit.params, unit.options["batch_size"], unit.params["set"]
     eval_loc = Location(unit.inputs["set"]["eval"].uri)
@@ -302,6 +308,8 @@ def set_unit(unit: Unit) -> Ref:
 
 
 def _retrieval(texts: dict, ok: dict, emb: dict) -> dict:
+    from . import eval_measures as measures
+
     langs, pairs, dropped, chance, per_layer = list(texts), {}, {}, {}, []
     for a, b in combinations(langs, 2):
         ta, tb = texts[a], texts[b]
@@ -335,6 +343,8 @@ def _retrieval(texts: dict, ok: dict, emb: dict) -> dict:
 
 
 def _probe(model, tok, unit, df, texts, emb, layer, tags, index, ok) -> dict:
+    from . import eval_measures as measures
+
     p = unit.params
     train = read_set(Location(unit.inputs["set"]["train"].uri))
     if PIVOT not in train.columns or "id" not in train.columns:
@@ -363,6 +373,8 @@ def spread(df: pl.DataFrame, n: int) -> pl.DataFrame:
 
 
 def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
+    from . import eval_measures as measures
+
     p = unit.params
     shots_from = read_set(Location(unit.inputs["set"]["train"].uri)) if "train" in unit.inputs["set"] else df
     chrf, bleu, examples, fmt = {}, {}, {}, None
@@ -398,6 +410,8 @@ def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
 @lru_cache(maxsize=2)
 def train_ngrams(shard_uri: str, fingerprint: str, n: int) -> measures.NgramIndex:
     """Every n-gram of the train shards (within documents), once per process and shard stage."""
+    from . import eval_measures as measures
+
     index = measures.NgramIndex(n)
     for s in shard_store.list_shards(shard_uri, "train"):
         shard_store.verify(s)

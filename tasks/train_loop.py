@@ -27,16 +27,17 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from xlmflow.storage import Location, read_table
 
-from .model import XlmGPT2Config, XlmGPT2LMHeadModel, save_with_code
 from .specials import EOS, PAD, TOKENIZER_FILE, lang_tag
 from .train_data import IGNORE, BlockLoader, BlockSpec, valid_blocks
+
+if TYPE_CHECKING:  # torch and the model are imported where used: the CLI imports this module for its constants
+    import torch
 
 PROGRESS = "XLMFLOW-PROGRESS "
 METRICS = "metrics.jsonl"
@@ -58,9 +59,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def build_model(spec: dict) -> XlmGPT2LMHeadModel:
+def build_model(spec: dict):
     """The model of the spec: GPT-2 sized by the preset/overrides, language tags, alignment mode."""
     from tokenizers import Tokenizer
+
+    from .model import XlmGPT2Config, XlmGPT2LMHeadModel
 
     with Location(spec["vocab"]).child(TOKENIZER_FILE).open("rb") as f:
         tok = Tokenizer.from_str(f.read().decode("utf-8"))
@@ -91,6 +94,8 @@ def build_model(spec: dict) -> XlmGPT2LMHeadModel:
 
 def token_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of next-token losses, number of targets) of a batch; tags and padding are not targets."""
+    import torch.nn.functional as F
+
     logits = model(input_ids=batch["input_ids"], lang_ids=batch["lang_ids"]).logits
     # shift the labels, not the logits: slicing [B, T, V] logits would copy them
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
@@ -99,8 +104,11 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int
 
 
 def run(spec: dict) -> dict:
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from .model import save_with_code
 
     t = spec["train"]
     gpu = torch.cuda.is_available()
