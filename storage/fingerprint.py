@@ -186,8 +186,14 @@ def _is_package(name: str) -> bool:
     return bool(spec and spec.submodule_search_locations)
 
 
+@lru_cache(maxsize=None)
 def _find_spec(name: str):
+    """The module's spec, without importing anything but its parent packages: ``from .model import X``
+    also yields ``model.X``, and looking that up would import ``model`` (and torch) just to say no."""
+    parent = name.rpartition(".")[0]
+    if parent and not _is_package(parent):
+        return None  # a name inside a module, not a module
     try:
         return importlib.util.find_spec(name)
-    except (ImportError, ValueError):  # `from module import function` names no module
+    except (ImportError, ValueError):
         return None

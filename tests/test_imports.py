@@ -48,3 +48,18 @@ def test_the_graph_sees_imports():
     assert "xlmflow.tasks.tokens" in edges["xlmflow.tasks.alignment"]
     assert "xlmflow.tasks.parallel" in edges["xlmflow.tasks.fairness"]
     assert len(modules()) > 20
+
+
+def test_the_cli_and_code_versions_do_not_import_torch():
+    """torch takes seconds to import: planning, cache checks and `xlmflow status` must not pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xlmflow.flows.cli, xlmflow.flows.registry\n"
+        "from xlmflow.storage import code_version\n"
+        "[code_version(f'xlmflow.tasks.{m}') for m in ('train', 'evaluate', 'langid', 'vocab')]\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
