@@ -114,6 +114,7 @@ def stable_uniform(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray
     return stable_hashes(strings, seed).astype(np.float64) / float(1 << HASH_BITS)
 
 
+@lru_cache(maxsize=None)  # sources are read once per process too: a process sees one version of its code
 def code_version(*modules: str) -> str:
     """sha256 over the source of ``modules``, every xlmflow module they import (transitively),
     and the versions of the libraries whose behaviour shapes output bytes."""
@@ -164,6 +165,7 @@ def _module_source(name: str) -> str | None:
     return Path(spec.origin).read_text(encoding="utf-8")
 
 
+@lru_cache(maxsize=None)
 def _our_imports(name: str, src: str) -> list[str]:
     package = name if _is_package(name) else name.rpartition(".")[0]
     found = []

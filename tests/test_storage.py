@@ -133,10 +133,12 @@ def test_code_version_covers_imported_modules(monkeypatch):
         return src + "\n# edited\n" if name == "xlmflow.storage.commit" else src
 
     fpmod._module_source.cache_clear()
+    fpmod.code_version.cache_clear()  # a process reads its code once; this test edits it in between
     monkeypatch.setattr(fpmod, "_module_source", edited)
     assert code_version("xlmflow.tasks.ingest") != before
     monkeypatch.undo()
     fpmod._module_source.cache_clear()
+    fpmod.code_version.cache_clear()
     assert code_version("xlmflow.tasks.ingest") == before
     assert code_version("xlmflow.tasks.ingest") != code_version("xlmflow.storage")
 
