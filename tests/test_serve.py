@@ -22,6 +22,9 @@ def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
     corpus.write_text("Hello world\nGood morning\n", encoding="utf-8")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     run_dir = str(tmp_path / "run")
+    with get_client(sync_client=True) as client:  # the prefect.yaml route (another test) uses the same names
+        for d in client.read_deployments():
+            client.delete_deployment(d.id)
     cmd = [
         sys.executable,
         "-m",
@@ -42,12 +45,14 @@ def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
     try:
         wanted = {"nightly", *(s.name for s in STAGES)}
         deadline, made = time.time() + 120, {}
-        while time.time() < deadline and set(made) != wanted:
+        # deployments of the same names may exist from another test (prefect.yaml): wait for this run_dir's
+        while time.time() < deadline and (
+            set(made) != wanted or any(d.parameters.get("run_dir") != run_dir for d in made.values())
+        ):
             with get_client(sync_client=True) as client:
-                made = {d.name: d for d in client.read_deployments()}
-            made = {k: v for k, v in made.items() if k in wanted}
+                made = {d.name: d for d in client.read_deployments() if d.name in wanted}
             time.sleep(0.5)
-        assert set(made) == wanted, f"served: {sorted(made)}"
+        assert set(made) == wanted and all(d.parameters["run_dir"] == run_dir for d in made.values()), sorted(made)
         nightly = made["nightly"]
         assert [s.schedule.cron for s in nightly.schedules] == ["30 3 * * *"]
         assert nightly.concurrency_limit == 1 or nightly.global_concurrency_limit.limit == 1
