@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
             "one column per language (repeatable; added to the configured sets; held out, alignment, evaluation)",
         )
         sp.add_argument("--dask", metavar="ADDRESS", help="run units on a Dask cluster (scheduler address, or 'local')")
+        if name == "run":
+            sp.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and the ones after it")
+            sp.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+            sp.add_argument(
+                "--force",
+                action="append",
+                metavar="STAGE",
+                help="rebuild this stage although its output is current (repeatable)",
+            )
         if name == "serve":
             sp.add_argument("--cron", default="0 2 * * *", help="the pipeline deployment's schedule (default nightly)")
             sp.add_argument("--no-schedule", action="store_true", help="serve the pipeline unscheduled")
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return status(args.run_dir)
     from pydantic import ValidationError
 
-    from xlmflow.flows.pipeline import on, pipeline
+    from xlmflow.flows.pipeline import on, pipeline, selected
     from xlmflow.flows.registry import BY_NAME
     from xlmflow.storage import ManifestError
     from xlmflow.tasks.readers import InputError
@@ -93,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.run_dir, None if args.no_schedule else args.cron, cfg)
             return 0
         if args.command == "run":
-            pipeline(run_dir=args.run_dir, config=cfg, dask=args.dask)
+            pipeline(
+                run_dir=args.run_dir,
+                config=cfg,
+                dask=args.dask,
+                stages=selected(args.only, args.start),
+                force=selected(args.force, None) or [],
+            )
         else:
             on(BY_NAME[args.command].flow, args.dask)(run_dir=args.run_dir, params=cfg.stage_params(args.command))
     except (InputError, ManifestError, ValidationError, ValueError, FileNotFoundError, ImportError) as e:

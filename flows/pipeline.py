@@ -14,18 +14,41 @@ from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.registry import STAGES
 from xlmflow.flows.stage import task_runner
 from xlmflow.tasks import artifacts
-from xlmflow.tasks.runtime import Ref
+from xlmflow.tasks.runtime import Ref, invalidate_task
 
 
 @flow(name="pipeline", task_runner=task_runner())
-def pipeline(run_dir: str, config: PipelineConfig | None = None, dask: str | None = None) -> dict[str, Ref]:
-    """Every stage in order (the demo when no config is given).
+def pipeline(
+    run_dir: str,
+    config: PipelineConfig | None = None,
+    dask: str | None = None,
+    stages: list[str] | None = None,
+    force: list[str] | None = None,
+) -> dict[str, Ref]:
+    """Every stage in order (the demo when no config is given), or only ``stages``.
 
-    ``dask`` (scheduler address or ``local``) runs their units on Dask."""
+    ``force``: stages rebuilt although their outputs are committed and current. ``dask`` (scheduler
+    address or ``local``) runs the units on Dask."""
     config = config or PipelineConfig.demo()
-    refs = {s.name: on(s.flow, dask)(run_dir, config.stage_params(s.name)) for s in STAGES}
-    artifacts.summary_task(run_dir, [(s.name, s.report) for s in STAGES if s.report])
+    chosen = [s for s in STAGES if stages is None or s.name in stages]
+    refs = {}
+    for s in chosen:
+        if s.name in (force or []):
+            invalidate_task(run_dir, s.name)
+        refs[s.name] = on(s.flow, dask)(run_dir, config.stage_params(s.name))
+    artifacts.summary_task(run_dir, [(s.name, s.report) for s in STAGES if s.report and s.name in refs])
     return refs
+
+
+def selected(only: list[str] | None, start: str | None) -> list[str] | None:
+    """The stages ``--only`` names, or ``--from`` one on, in pipeline order; None = all."""
+    names = [s.name for s in STAGES]
+    for name in [*(only or []), *([start] if start else [])]:
+        if name not in names:
+            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(names)}")
+    if only:
+        return [n for n in names if n in only]
+    return names[names.index(start) :] if start else None
 
 
 def on(fl, dask: str | None):

@@ -188,6 +188,16 @@ def _write_memo(loc: Location, m: Manifest, old: dict[str, list]) -> None:
         pass
 
 
+def invalidate(loc: Location) -> int:
+    """Remove every manifest below ``loc`` (the stage's and its units'), so everything there is rebuilt: what
+    ``xlmflow run --force STAGE`` does. The files stay until the rebuild replaces them; without a manifest
+    they are not an output. Returns how many manifests were removed."""
+    found = [p for p in loc.fs.find(loc.path) if p.rsplit("/", 1)[-1] == MANIFEST] if loc.exists() else []
+    for p in sorted(found, key=len):  # the stage's first: from then on nothing below looks whole
+        loc.fs.rm(p)
+    return len(found)
+
+
 def partitions(manifest: Manifest, group: str, key: str = "lang") -> dict[str, list[FileEntry]]:
     """Files of a stage under ``<group>/<key>=<value>/``, by value: e.g. clean documents per language."""
     found: dict[str, list[FileEntry]] = {}

@@ -293,3 +293,15 @@ def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 total[k] = total.get(k, 0) + v
     return dict(sorted(total.items()))
+
+
+def invalidate_stage(run_dir: str, stage: str) -> int:
+    """Make a stage's committed outputs not outputs any more, so the next run rebuilds them (``--force``)."""
+    from xlmflow.storage import RunDir, invalidate
+
+    n = invalidate(RunDir.of(run_dir).stage(stage))
+    logger().info("%s: forced: %d manifests removed, every unit is rebuilt", stage, n)
+    return n
+
+
+invalidate_task = plain_step("invalidate")(invalidate_stage)

@@ -204,3 +204,27 @@ def test_empty_source_list_fails_at_once_with_a_clear_message(prefect_api, run_d
         )
     assert [(r.name.rsplit("-", 1)[0], r.run_count) for r in runs] == [("ingest-plan", 1)], "not retried"
     assert not (Path(run_dir) / "ingest" / "_manifest.json").exists(), "no empty stage committed"
+
+
+def test_only_from_and_force_choose_and_rebuild_stages(prefect_api, run_dir, corpus):
+    from xlmflow.flows.cli import build_parser, config_from
+    from xlmflow.flows.pipeline import pipeline, selected
+    from xlmflow.flows.registry import STAGES
+
+    names = [s.name for s in STAGES]
+    assert selected(None, "vocab") == names[names.index("vocab") :]
+    assert selected(["shard", "ingest"], None) == ["ingest", "shard"] and selected(None, None) is None
+    with pytest.raises(ValueError, match="unknown stage 'shards'"):
+        selected(["shards"], None)
+    cfg = config_from(build_parser().parse_args(["run", "--source", str(corpus), "--format", "text"]))
+    pipeline(run_dir, cfg, stages=["ingest"])
+    assert (Path(run_dir) / "ingest" / "_manifest.json").exists() and not (Path(run_dir) / "langid").exists()
+    built = _mtimes(run_dir)
+    time.sleep(0.01)
+    pipeline(run_dir, cfg, stages=["ingest"])
+    assert _mtimes(run_dir) == built, "a rerun rebuilds nothing"
+    forced = task_states(pipeline(run_dir, cfg, stages=["ingest"], force=["ingest"], return_state=True))
+    assert forced[("invalidate", "Completed")] == 1
+    after = _mtimes(run_dir)
+    assert set(after) == set(built) and all(after[p] != built[p] for p in built), "--force rebuilds every file"
+    assert load_output(RunDir.of(run_dir).stage("ingest")).stats["documents"] == 6
