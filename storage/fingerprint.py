@@ -24,6 +24,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .layout import is_local
+
 CHUNK = 4 << 20
 HASH_BITS = 63  # stable_hashes fit a signed int64 and JSON without loss
 OUR_PACKAGES = ("xlmflow",)
@@ -47,8 +49,7 @@ def sha256_stream(f) -> tuple[str, int]:
 def file_sha256(fs, path: str) -> tuple[str, int]:
     """(sha256, bytes) of a file. Local files are memoised per process by (path, size, mtime),
     so the several checks of one run (cache key, submit, commit) read each output once."""
-    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protos or "local" in protos:
+    if is_local(fs):
         st = os.stat(path)
         # only files older than the clock's granularity can be memoised safely: a rewrite of
         # such a file gets a new mtime, so (size, mtime) cannot match a stale entry

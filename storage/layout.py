@@ -62,7 +62,7 @@ class Location:
     @classmethod
     def of(cls, uri_or_path: str) -> "Location":
         fs, path = url_to_fs(str(uri_or_path))
-        if _is_local(fs):
+        if is_local(fs):
             return cls(fs._strip_protocol(path) if path.startswith("/") else _abspath(path))
         return cls(_unstrip(fs, path))
 
@@ -88,6 +88,10 @@ class Location:
             if not n or n.startswith("/") or ".." in n.split("/"):
                 raise ValueError(f"not a relative child name: {n!r}")
         return Location(posixpath.join(self.uri, *names))
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
 
     def exists(self) -> bool:
         return self.fs.exists(self.path)
@@ -116,7 +120,8 @@ class Location:
         return self.uri
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
+    """Whether ``fs`` is the local file system (where os.stat, mtimes and renames apply)."""
     protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protos or "local" in protos
 

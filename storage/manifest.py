@@ -136,11 +136,6 @@ STAT_MEMO = ".stat-memo.json"
 MEMO_MIN_AGE_NS = 2_000_000_000  # younger files may still change within the clock's granularity
 
 
-def _local(loc: Location) -> bool:
-    protos = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
-    return "file" in protos or "local" in protos
-
-
 def _stat(loc: Location, path: str) -> list[int] | None:
     import os
 
@@ -152,7 +147,7 @@ def _stat(loc: Location, path: str) -> list[int] | None:
 
 
 def _read_memo(loc: Location) -> dict[str, list]:
-    if not _local(loc):
+    if not loc.is_local:
         return {}
     try:
         with loc.child(STAT_MEMO).open("rb") as f:
@@ -170,7 +165,7 @@ def _write_memo(loc: Location, m: Manifest, old: dict[str, list]) -> None:
     import os
     import time
 
-    if not _local(loc):
+    if not loc.is_local:
         return
     now, memo = time.time_ns(), {}
     for f in m.files:

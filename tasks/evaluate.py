@@ -29,10 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, read_manifest, tree_sha256
+from xlmflow.storage import (
+    Aside,
+    Location,
+    RunDir,
+    code_version,
+    file_sha256,
+    load_output,
+    read_batches,
+    read_manifest,
+    tree_sha256,
+)
 from xlmflow.storage import shards as shard_store
 
 from . import eval_report, lid
@@ -195,11 +204,10 @@ def valid_docs(shard_uri: str, lang: str, limit: int) -> list[np.ndarray]:
     docs: list[np.ndarray] = []
     for s in shard_store.list_shards(shard_uri, "valid", [lang]):
         shard_store.verify(s)
-        with Location(s.uri).open("rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(columns=["input_ids"], batch_size=1024):
-                docs += [np.asarray(x, dtype=np.int64) for x in batch.column(0).to_numpy(zero_copy_only=False)]
-                if len(docs) >= limit:
-                    return docs[:limit]
+        for batch in read_batches(Location(s.uri), ["input_ids"], 1024):
+            docs += [np.asarray(x, dtype=np.int64) for x in batch.column(0).to_numpy(zero_copy_only=False)]
+            if len(docs) >= limit:
+                return docs[:limit]
     return docs
 
 
@@ -415,11 +423,10 @@ def train_ngrams(shard_uri: str, fingerprint: str, n: int) -> measures.NgramInde
     index = measures.NgramIndex(n)
     for s in shard_store.list_shards(shard_uri, "train"):
         shard_store.verify(s)
-        with Location(s.uri).open("rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(columns=["input_ids"], batch_size=4096):
-                col = batch.column(0)
-                flat = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
-                index.add(flat, col.offsets.to_numpy()[:-1].astype(np.int64) - col.offsets[0].as_py())
+        for batch in read_batches(Location(s.uri), ["input_ids"], 4096):
+            col = batch.column(0)
+            flat = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
+            index.add(flat, col.offsets.to_numpy()[:-1].astype(np.int64) - col.offsets[0].as_py())
     index.freeze()
     return index
 

@@ -133,7 +133,7 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
         options=params.model_dump(include=set(OPTIONS)),
     )
     ckpt = run.checkpoints(STAGE, unit.fingerprint)
-    if not _is_local(ckpt):
+    if not ckpt.is_local:
         raise ValueError(f"{run.root}: training needs the run directory on a local or mounted (shared) file system")
     return replace(unit, options=unit.options | {"checkpoints": ckpt.path})
 
@@ -284,16 +284,6 @@ class Progress:
 def _copy(src: Location, dst: Location) -> None:
     with src.open("rb") as f, dst.open("wb") as g:
         shutil.copyfileobj(f, g, 4 << 20)
-
-
-def _is_local(loc: Location) -> bool:
-    protos = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
-    return "file" in protos or "local" in protos
-
-
-def read_summary(ref: Ref) -> dict[str, Any]:
-    with Location(ref.uri).child(train_loop.SUMMARY).open("rb") as f:
-        return json.loads(f.read())
 
 
 # ---------------------------------------------------------------- Prefect tasks

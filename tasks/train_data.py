@@ -26,9 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from xlmflow.storage.layout import Location
+from xlmflow.storage import Location, read_batches, read_table
 from xlmflow.storage.shards import Shard, list_shards, verify
 
 IGNORE = -100  # label ignored by the loss (torch cross_entropy's ignore_index)
@@ -56,15 +55,11 @@ def mixture(tokens_per_lang: dict[str, int], alpha: float) -> dict[str, float]:
 
 
 def _batches(shard: Shard, column: str, start_row: int, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(first row, record batch) of one column, from the row group that holds ``start_row`` on."""
-    with Location(shard.uri).open("rb") as f:
-        pf = pq.ParquetFile(f)
-        ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-        first = int(np.searchsorted(ends, start_row, side="right"))
-        row, groups = (int(ends[first - 1]) if first else 0), list(range(first, len(ends)))  # [] reads nothing
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=[column]):
-            yield row, batch
-            row += batch.num_rows
+    """(first row, record batch) of one column from ``start_row`` on (storage skips the row groups before it)."""
+    row = start_row
+    for batch in read_batches(Location(shard.uri), [column], batch_rows, start=start_row):
+        yield row, batch
+        row += batch.num_rows
 
 
 class _Stream:
@@ -88,8 +83,7 @@ class _Stream:
 
     def _owned(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Token counts of shard ``i``'s documents and the rows this rank owns; reads the ``n_tokens`` column only."""
-        with Location(self.shards[i].uri).open("rb") as f:
-            lengths = pq.read_table(f, columns=["n_tokens"]).column(0).to_numpy().astype(np.int64)
+        lengths = read_table(Location(self.shards[i].uri), ["n_tokens"]).column(0).to_numpy().astype(np.int64)
         return lengths, np.flatnonzero(self._mine(i, np.arange(len(lengths))))
 
     def _mine(self, i: int, rows: np.ndarray) -> np.ndarray:
