@@ -30,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--run-dir", default="runs/demo", help="run directory (local path or fsspec URL; default runs/demo)"
         )
-        if name == "status":
-            continue
+        sp.add_argument("--debug", action="store_true", help="show Prefect's logs, and the traceback of an error")
         sp.add_argument(
             "--config", help="TOML file with one table per stage (see README); without it, the demo's settings"
         )
+        if name == "status":
+            continue
+        sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
+        sp.add_argument("--verbose", action="store_true", help="Prefect's logs instead of the progress display")
         sp.add_argument(
             "--parallel",
             action="append",
@@ -68,39 +71,66 @@ def config_from(args):
 
     user = args.config or getattr(args, "source", None)
     cfg = PipelineConfig.load(args.config) if args.config else PipelineConfig() if user else PipelineConfig.demo()
-    cfg.parallel = [*cfg.parallel, *(args.parallel or [])]  # --parallel adds sets to the configured ones
+    cfg.parallel = [*cfg.parallel, *(getattr(args, "parallel", None) or [])]  # added to the configured sets
     for stage in STAGES:
         stage.apply_flags(args, getattr(cfg, stage.name))
     return type(cfg).model_validate(cfg.model_dump())  # re-validate what the flags set
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a failure is one line on stderr (``--debug``: the traceback) and exit status 1."""
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `xlmflow status | head` ends quietly
+    raw = sys.argv[1:] if argv is None else argv
+    chatty = {"--verbose", "--debug", "serve"} & set(raw)
+    if not chatty:  # before Prefect configures its logging: the terminal shows progress, the UI keeps every log
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     args = build_parser().parse_args(argv)
-    if args.command == "status":
-        return status(args.run_dir)
-    from pydantic import ValidationError
+    try:
+        return _command(args)
+    except KeyboardInterrupt:
+        print(f"xlmflow {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"xlmflow {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 1
 
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: its type when the message does not say it, the first line of the message."""
+    text = str(e).strip() or type(e).__name__
+    first, *more = text.splitlines()
+    name = type(e).__name__
+    prefix = "" if name in ("InputError", "ManifestError", "RuntimeError", "ValueError") else f"{name}: "
+    return prefix + first + (" (more with --debug)" if more else "")
+
+
+def _command(args) -> int:
+    from contextlib import nullcontext
+
+    if args.command == "status":
+        return status(args.run_dir, config_from(args))
+    cfg = config_from(args)
+    if args.command == "serve":
+        from xlmflow.flows.serve import serve
+
+        if not os.environ.get("PREFECT_API_URL"):
+            print(
+                "xlmflow serve: PREFECT_API_URL is not set, so runs are reachable only from this process; "
+                "start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+                file=sys.stderr,
+            )
+        serve(args.run_dir, None if args.no_schedule else args.cron, cfg)
+        return 0
     from xlmflow.flows.pipeline import on, pipeline, selected
     from xlmflow.flows.registry import BY_NAME
-    from xlmflow.storage import ManifestError
-    from xlmflow.tasks.readers import InputError
+    from xlmflow.tasks.progress import TerminalProgress
 
-    try:
-        cfg = config_from(args)
-        if args.command == "serve":
-            from xlmflow.flows.serve import serve
-
-            if not os.environ.get("PREFECT_API_URL"):
-                print(
-                    "xlmflow serve: PREFECT_API_URL is not set, so runs are reachable only from this process; "
-                    "start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
-                    file=sys.stderr,
-                )
-            serve(args.run_dir, None if args.no_schedule else args.cron, cfg)
-            return 0
+    shown = TerminalProgress() if not (args.quiet or args.verbose or args.debug) else nullcontext()
+    with shown, _no_heartbeats_without_a_server():
         if args.command == "run":
             pipeline(
                 run_dir=args.run_dir,
@@ -111,27 +141,53 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             on(BY_NAME[args.command].flow, args.dask)(run_dir=args.run_dir, params=cfg.stage_params(args.command))
-    except (InputError, ManifestError, ValidationError, ValueError, FileNotFoundError, ImportError) as e:
-        print(f"xlmflow {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return status(args.run_dir)
+    return 0 if args.quiet else status(args.run_dir, cfg)
 
 
-def status(run_dir: str) -> int:
+def _no_heartbeats_without_a_server():
+    """Flow-run heartbeats tell a Prefect server that a run whose process died has crashed. The temporary
+    server of a run without ``PREFECT_API_URL`` dies with the process, so they tell no one there, yet each
+    (sub)flow run waits up to a second for its heartbeat thread on exit (7 flow runs per pipeline run)."""
+    from contextlib import nullcontext
+
+    if os.environ.get("PREFECT_API_URL"):
+        return nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def status(run_dir: str, config=None) -> int:
+    """What each stage has committed, and whether the next run would rebuild it and why (code, parameters
+    of ``config`` (the demo's by default), or an upstream stage changed)."""
+    from xlmflow.flows.config import PipelineConfig
     from xlmflow.flows.registry import STAGES
-    from xlmflow.storage import RunDir, read_manifest
+    from xlmflow.storage import RunDir, code_version, read_manifest
+    from xlmflow.tasks.runtime import stale_reasons
 
+    config = config or PipelineConfig.demo()
     run = RunDir.of(run_dir)
-    for stage in (s.name for s in STAGES):
-        m = read_manifest(run.stage(stage))
+    manifests = {s.name: read_manifest(run.stage(s.name)) for s in STAGES}
+    current = {name: m.fingerprint if m else None for name, m in manifests.items()}
+    stale: set[str] = set()
+    for s in STAGES:
+        m = manifests[s.name]
         if m is None:
-            print(f"{stage:8s} -")
+            print(f"{s.name:8s} -        not built")
+            stale.add(s.name)
             continue
+        settings = config.stage_params(s.name).model_dump(mode="json")
+        reasons = stale_reasons(m, code_version(f"xlmflow.tasks.{s.name}"), settings, current)
+        reasons += [f"upstream {r} is stale" for r in s.reads if r in stale and not any(r in x for x in reasons)]
+        stale |= {s.name} if reasons else set()
         size = sum(f.bytes for f in m.files)
+        counts = ", ".join(f"{k}={v}" for k, v in m.stats.items() if isinstance(v, int))
         print(
-            f"{stage:8s} {m.fingerprint[:12]}  {len(m.files)} files, {m.rows} rows, {size / 1e6:.1f} MB  "
-            f"{', '.join(f'{k}={v}' for k, v in m.stats.items() if isinstance(v, int))}"
+            f"{s.name:8s} {'stale  ' if reasons else 'current'}  {m.fingerprint[:12]}  {len(m.files)} files, "
+            f"{m.rows} rows, {size / 1e6:.1f} MB  {counts}"
         )
+        if reasons:
+            print(f"{'':8s} why: {'; '.join(reasons)}")
     return 0
 
 

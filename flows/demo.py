@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from xlmflow import PACKAGE_ROOT
-
-DEMO_CORPUS = PACKAGE_ROOT / "data" / "demo"
-DEMO_PARALLEL = PACKAGE_ROOT / "data" / "parallel"
+# ``package:`` paths resolve inside the installed package (storage.resolve): a deployment's run form shows
+# these, not the absolute paths of the machine that deployed it
+DEMO_CORPUS = "package:data/demo"
+DEMO_PARALLEL = "package:data/parallel"
 
 DEMO: dict[str, Any] = {
-    "parallel": [str(DEMO_PARALLEL)],
+    "parallel": [DEMO_PARALLEL],
     "ingest": {
         "sources": [
-            {"path": str(DEMO_CORPUS / "*.jsonl.zst"), "format": "jsonl", "text_field": "text", "lang_field": "lang"}
+            {"path": f"{DEMO_CORPUS}/*.jsonl.zst", "format": "jsonl", "text_field": "text", "lang_field": "lang"}
         ]
     },
 }

@@ -12,27 +12,36 @@ from xlmflow.flows.registry import STAGES
 NIGHTLY = "0 2 * * *"
 
 
+def parameters(run_dir: str, config: PipelineConfig | None = None) -> dict[str, dict]:
+    """Each deployment's default parameters by name (``nightly`` and one per stage): the run directory and the
+    configuration (the demo's when none is given) written out in full, so a run form shows real values (a
+    ``package:`` path for the bundled corpus, never this machine's absolute paths). ``deployments/prefect.yaml``
+    holds the same (a test compares them)."""
+    config = config or PipelineConfig.demo()
+    found = {"nightly": {"run_dir": run_dir, "config": config.model_dump(mode="json")}}
+    for s in STAGES:
+        found[s.name] = {"run_dir": run_dir, "params": config.stage_params(s.name).model_dump(mode="json")}
+    return found
+
+
 def deployments(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None) -> list:
     """One deployment for the pipeline (scheduled by ``cron``, concurrency limit 1) and one per stage (by hand).
 
     Stage deployments default to ``config``'s section for the stage (the demo's when no config is given),
     so a run triggered from the UI with no changes does what ``xlmflow <stage>`` would.
     """
-    config = config or PipelineConfig.demo()
+    params = parameters(run_dir, config)
     found = [
         pipeline.to_deployment(
             name="nightly",
             cron=cron,
-            parameters={"run_dir": run_dir, "config": config.model_dump(mode="json")},
+            parameters=params["nightly"],
             concurrency_limit=1,
             description="Every stage in order, on the configured corpus.",
         )
     ]
     for s in STAGES:
-        params = config.stage_params(s.name).model_dump(mode="json")
-        found.append(
-            s.flow.to_deployment(name=s.name, parameters={"run_dir": run_dir, "params": params}, description=s.help)
-        )
+        found.append(s.flow.to_deployment(name=s.name, parameters=params[s.name], description=s.help))
     return found
 
 

@@ -17,8 +17,24 @@ from functools import cached_property
 import fsspec
 from fsspec.core import url_to_fs
 
+PACKAGE = "package:"  # a path inside the installed xlmflow package: ``package:data/demo``
 PARTS = "parts"
 CHECKPOINTS = ".checkpoints"  # hidden: outside every stage folder, so no commit ever removes it
+
+
+def resolve(path: str) -> str:
+    """A user's path as a file system takes it: ``package:data/demo`` names a folder of the installed package
+    (the bundled demo), wherever it is installed, so configs and deployment forms never hold one machine's
+    absolute paths; any other path or URL is returned as it is."""
+    path = str(path)
+    if not path.startswith(PACKAGE):
+        return path
+    from xlmflow import PACKAGE_ROOT
+
+    rel = path[len(PACKAGE) :].lstrip("/")
+    if ".." in rel.split("/"):
+        raise ValueError(f"{path!r}: a package path cannot leave the package")
+    return str(PACKAGE_ROOT / rel)
 
 
 def partition(key: str, value: str, *rest: str) -> str:
@@ -61,7 +77,7 @@ class Location:
 
     @classmethod
     def of(cls, uri_or_path: str) -> "Location":
-        fs, path = url_to_fs(str(uri_or_path))
+        fs, path = url_to_fs(resolve(uri_or_path))
         if is_local(fs):
             return cls(fs._strip_protocol(path) if path.startswith("/") else _abspath(path))
         return cls(_unstrip(fs, path))

@@ -454,7 +454,8 @@ def stage_for(run: RunDir, params: EvalParams, refs: list[Ref]) -> Unit:
     train = read_manifest(run.stage("train"))
     if train is not None:
         inputs["train"] = {"stage": Input(run.stage("train").uri, train.fingerprint)}
-    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), {}, inputs=inputs)
+    settings = params.model_dump(mode="json", exclude={"models", "parallel", "batch_size"})  # what `status` compares
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), settings, inputs=inputs)
 
 
 def commit_evaluation(unit: Unit, refs: list[Ref]) -> Ref:

@@ -24,7 +24,17 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 from pydantic import BaseModel, ConfigDict, Field
 
-from xlmflow.storage import Aside, Location, PartWriter, RunDir, code_version, file_sha256, hash_json, tree_sha256
+from xlmflow.storage import (
+    Aside,
+    Location,
+    PartWriter,
+    RunDir,
+    code_version,
+    file_sha256,
+    hash_json,
+    resolve,
+    tree_sha256,
+)
 
 from . import readers
 from .readers import Batch, InputError
@@ -127,7 +137,7 @@ def expand(source: Source) -> list[tuple[str, str, str]]:
     if source.format == "hf" or source.path.startswith("hf:"):
         name = source.path.removeprefix("hf:")
         return [(name, f"hf-{name}-{source.config or ''}-{source.split or 'all'}", "hf")]
-    fs, path = url_to_fs(source.path)
+    fs, path = url_to_fs(resolve(source.path))
     if fs.isdir(path) and source.format in ("auto", "hf-disk") and _is_saved_dataset(fs, path):
         return [(_uri(fs, path), posixpath.basename(path.rstrip("/")), "hf-disk")]
     if any(ch in path for ch in "*?["):
@@ -147,7 +157,7 @@ def expand(source: Source) -> list[tuple[str, str, str]]:
             continue
         fmt = source.format if source.format != "auto" else _format_of(p)
         if fmt is None:
-            if source.format == "auto" and not fs.isdir(source.path) and "*" not in source.path:
+            if source.format == "auto" and not fs.isdir(path) and "*" not in path:
                 raise InputError(f"{p}: unknown format; name one with format (text, jsonl, parquet, hf-disk, hf)")
             continue  # folders and globs skip files they cannot read (README, licences)
         rel = p[len(base) :].lstrip("/") if base and p.startswith(base) else posixpath.basename(p)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
 
-from . import train_loop
+from . import progress, train_loop
 from .runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from .specials import TOKENIZER_FILE
 
@@ -222,12 +222,12 @@ def launch(cmd: list[str], ckpt: Location) -> None:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
     tail: deque[str] = deque(maxlen=20)
-    progress = Progress()
+    shown = Progress()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             if line.startswith(train_loop.PROGRESS):
-                progress.update(json.loads(line[len(train_loop.PROGRESS) :]))
+                shown.update(json.loads(line[len(train_loop.PROGRESS) :]))
             elif line:
                 tail.append(line)
                 log.info("train: %s", line)
@@ -250,6 +250,7 @@ class Progress:
 
     def update(self, row: dict[str, Any]) -> None:
         log = logger()
+        progress.training(row["step"], row["max_steps"], row.get("loss"))
         if "loss" in row:
             log.info(
                 "train: step %d/%d loss %.4f lr %.2e grad-norm %.2f %.0f tokens/s",

@@ -26,6 +26,11 @@ def task_states(flow_state, timeout: float = 30) -> Counter:
             time.sleep(0.2)
 
 
+def runs_of(states: Counter, task: str) -> int:
+    """How many runs of ``task`` (in any state) a :func:`task_states` counter holds."""
+    return sum(n for (name, _), n in states.items() if name == task)
+
+
 def task_name(run_name: str) -> str:
     """The task of a task run: unit runs are ``<task>-<unit name>``, others ``<task>-<3 hex digits>``."""
     from xlmflow.tasks.runtime import UNIT_TASKS

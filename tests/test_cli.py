@@ -70,3 +70,29 @@ def test_readme_toml_example_is_a_valid_config(tmp_path):
     (tmp_path / "readme.toml").write_text(block)
     cfg = PipelineConfig.load(tmp_path / "readme.toml")
     assert cfg.ingest.sources[0].text_field == "content" and cfg.vocab.vocab_size == 32000
+
+
+def test_status_says_why_a_stage_is_stale():
+    from xlmflow.storage import Manifest
+    from xlmflow.tasks.runtime import stale_reasons
+
+    m = Manifest(
+        stage="vocab",
+        fingerprint="f",
+        code_version="c1",
+        params={"vocab_size": 1000, "alpha": 0.3, "model": {"n_layer": 2, "vocab_size": 1000}, "src": [{"fmt": "a"}]},
+        upstream={"langid/stage": "L1", "units/x": "u"},
+    )
+    now = {"vocab_size": 1000, "alpha": 0.3, "model": {"n_layer": 2}, "src": [{"fmt": "a", "path": "/x"}]}
+    assert stale_reasons(m, "c1", now, {"langid": "L1"}) == []  # unrecorded keys (path) are not compared
+    assert stale_reasons(m, "c1", now | {"block_size": None, "alpha": None}, {"langid": "L1"}) == []
+    assert stale_reasons(m, "c2", now | {"alpha": 0.5}, {"langid": "L2"}) == [
+        "code changed",
+        "params changed (alpha)",
+        "upstream langid changed",
+    ]
+    assert stale_reasons(m, "c1", now | {"model": {"n_layer": 3}}, {"langid": None}) == [
+        "params changed (model)",
+        "upstream langid missing",
+    ]
+    assert stale_reasons(m, "c1", now | {"src": []}, {"langid": "L1"}) == ["params changed (src)"]

@@ -9,6 +9,7 @@ from xlmflow.flows import pipeline as pipeline_module
 from xlmflow.flows.cli import build_parser, status
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.registry import STAGES
+from xlmflow.storage import Location
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [s.name for s in STAGES]
@@ -56,6 +57,13 @@ def test_prefect_yaml_deploys_the_pipeline_and_every_stage():
     found = {d["name"]: d["entrypoint"] for d in spec["deployments"]}
     expected = {s.name: f"flows/{s.name}.py:{s.flow.fn.__name__}" for s in STAGES}
     assert found == {"nightly": "flows/pipeline.py:pipeline", **expected}
+    # every form default is the demo's real value, with package paths, never one machine's absolute paths
+    from xlmflow.flows.serve import parameters
+
+    assert {d["name"]: d["parameters"] for d in spec["deployments"]} == parameters("runs/scheduled")
+    assert str(ROOT) not in (ROOT / "deployments" / "prefect.yaml").read_text()
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    assert nightly["concurrency_limit"] == 1 and nightly["schedules"][0]["cron"]
 
 
 def test_demo_settings_only_in_the_demo_config(tmp_path):
@@ -69,7 +77,8 @@ def test_demo_settings_only_in_the_demo_config(tmp_path):
     assert from_file.parallel == [] and from_file.stage_params("langid").holdout == []
     demo = config_from(build_parser().parse_args(["run"]))
     assert demo.stage_params("langid").holdout == demo.parallel == demo.stage_params("vocab").parallel
-    assert len(demo.parallel) == 1 and Path(demo.parallel[0]).is_dir() and demo.ingest.sources
+    assert len(demo.parallel) == 1 and Location.of(demo.parallel[0]).is_dir() and demo.ingest.sources
+    assert demo.parallel[0].startswith("package:") and Location.of(demo.parallel[0]).path.startswith(str(ROOT))
     mine = config_from(build_parser().parse_args(["run", "--source", "a.txt", "--parallel", str(tmp_path)]))
     assert mine.stage_params("langid").holdout == [str(tmp_path)] == mine.stage_params("vocab").parallel
     more = config_from(build_parser().parse_args(["run", "--parallel", "extra.tsv"]))
