@@ -85,29 +85,54 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def stable_hashes(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     """A stable 63-bit hash (int64) per string (a null hashes as ""), vectorised over Arrow buffers.
 
-    Defined here, not by a library, so it never changes with a library version or
-    process (unlike Python's or polars' ``hash``): the UTF-8 bytes are zero-padded to
-    8-byte words and folded through splitmix64 together with their length and the seed.
-    Used wherever a document id must pick something reproducibly (a split, a sample).
+    Defined here, not by a library, so it never changes with a library version or process (unlike
+    Python's or polars' ``hash``). The UTF-8 bytes are cut into zero-padded 8-byte words; word ``j`` is
+    keyed by its position (``mix(word ^ mix(seed + j))``), the keyed words of a string are summed, and the
+    sum is mixed with the length and seed. No step depends on the previous word, so a batch costs time
+    in proportion to its bytes, whatever its longest string (a fold word by word costs batch size x
+    longest string). Used wherever a document id must pick something reproducibly (a split, a sample).
     """
+    return (stable_hashes64(strings, seed) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def stable_hashes64(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """The full 64-bit (uint64) form of :func:`stable_hashes`; two seeds give a 128-bit key."""
     arr = pc.fill_null(strings, "")
     arr = (pa.concat_arrays(arr.chunks) if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_binary())
     n = len(arr)
+    out = np.zeros(n, np.uint64)
     if n == 0:
-        return np.zeros(0, np.int64)
+        return out
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    seed64 = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    # strings in groups of ~HASH_GROUP_BYTES, so the scratch arrays (8 bytes per byte) stay small
+    bounds = np.searchsorted(offsets, offsets[0] + np.arange(0, offsets[-1] - offsets[0], HASH_GROUP_BYTES), "right")
+    cuts = np.unique(np.concatenate([[0], np.clip(bounds - 1, 0, n), [n]]))
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        out[a:b] = _hash_group(data, offsets[a : b + 1], seed64)
+    return out
+
+
+HASH_GROUP_BYTES = 4 << 20
+
+
+def _hash_group(data: np.ndarray, offsets: np.ndarray, seed: np.uint64) -> np.ndarray:
     lengths = np.diff(offsets)
     n_words = (lengths + 7) // 8
-    last = max(len(data) - 1, 0)
-    byte = np.arange(8)
-    h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ lengths.astype(np.uint64))
-    for j in range(int(n_words.max())):  # word j of every id at once; memory is 8 bytes per id, not per byte
-        pos = offsets[:-1, None] + (8 * j) + byte
-        chunk = np.where(pos < offsets[1:, None], data[np.minimum(pos, last)], 0).astype(np.uint8)
-        word = np.ascontiguousarray(chunk).view("<u8").ravel()
-        h = np.where(n_words > j, _mix(h ^ word), h)  # an id folds only its own words, whatever its batch-mates
-    return (h >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+    word_start = np.concatenate([[0], np.cumsum(n_words)])
+    padded = np.zeros(int(word_start[-1]) * 8, np.uint8)
+    # byte i of string k goes to 8 * word_start[k] + (i - offsets[k])
+    shift = np.repeat(8 * word_start[:-1] - (offsets[:-1] - offsets[0]), lengths)
+    padded[np.arange(len(shift)) + shift] = data[offsets[0] : offsets[-1]]
+    words = padded.view("<u8")
+    position = (np.arange(len(words)) - np.repeat(word_start[:-1], n_words)).astype(np.uint64)
+    keyed = _mix(words ^ _mix(seed + position))
+    sums = np.zeros(len(lengths), np.uint64)
+    has = n_words > 0
+    if has.any():
+        sums[has] = np.add.reduceat(keyed, word_start[:-1][has])  # wrapping uint64 sums
+    return _mix(_mix(seed ^ lengths.astype(np.uint64)) ^ sums)
 
 
 def stable_uniform(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
@@ -149,7 +174,12 @@ LIBRARIES = (
 
 @lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
-    found = {}
+    """Versions of :data:`LIBRARIES`, and of Python and its Unicode tables: ``str.isalpha``, ``unicodedata``
+    and regex classes shape quality signals and the alignment table, and change with the Python release."""
+    import platform
+    import unicodedata
+
+    found = {"python": platform.python_version(), "unicode": unicodedata.unidata_version}
     for name in LIBRARIES:
         try:
             found[name] = importlib.metadata.version(name)

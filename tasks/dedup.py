@@ -23,6 +23,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from xlmflow.storage.fingerprint import stable_hashes64
+
 
 class DedupParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
@@ -40,12 +42,24 @@ def normalise(text: pl.Expr) -> pl.Expr:
     return text.str.to_lowercase().str.replace_all(r"[\p{P}\p{S}]", " ").str.replace_all(r"\s+", " ").str.strip_chars()
 
 
-def exact_duplicates(doc_id: pl.Series, norm: pl.Series) -> pl.DataFrame:
-    """(doc_id, dup_of) of every document whose normalised text an earlier doc_id already has."""
-    df = pl.DataFrame({"doc_id": doc_id, "norm": norm})
-    first = df.group_by("norm").agg(pl.col("doc_id").min().alias("dup_of"))
-    return (
-        df.join(first, on="norm").filter(pl.col("doc_id") != pl.col("dup_of")).select("doc_id", "dup_of").sort("doc_id")
+def exact_duplicates(doc_id: pl.Series, key: pl.Series | pl.DataFrame) -> pl.DataFrame:
+    """(doc_id, dup_of) of every document whose key (normalised text, or its hash in one or more columns)
+    an earlier doc_id already has."""
+    df = (key.to_frame() if isinstance(key, pl.Series) else key).with_columns(doc_id.alias("doc_id"))
+    cols = [c for c in df.columns if c != "doc_id"]
+    first = df.group_by(cols).agg(pl.col("doc_id").min().alias("dup_of"))
+    dups = df.join(first, on=cols).filter(pl.col("doc_id") != pl.col("dup_of"))
+    return dups.select("doc_id", "dup_of").sort("doc_id")
+
+
+def text_keys(norm: pl.Series) -> pl.DataFrame:
+    """A 128-bit key per normalised text (two independent 64-bit stable hashes): at 10^10 documents the
+    chance that two different texts share one is ~10^-19, so exact dedup never drops a document for a
+    collision (a 63-bit key would collide about once in 10^9 documents)."""
+    arrow = norm.to_arrow()
+    return pl.DataFrame(
+        {"k0": stable_hashes64(arrow, 0), "k1": stable_hashes64(arrow, 0x5851F42D4C957F2D)},
+        schema={"k0": pl.UInt64, "k1": pl.UInt64},
     )
 
 
@@ -88,17 +102,84 @@ def hash_text(t: str) -> int:
     return int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
 
 
-def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
-    """Cluster label per document (the smallest member index) from LSH candidates checked on Jaccard."""
-    n = sig.shape[0]
+class Signatures:
+    """Signatures as :func:`near_duplicates` reads them: one LSH band at a time, and the rows of candidate
+    pairs. ``InMemory`` wraps an array; :class:`Spilled` keeps a language's signatures in local scratch
+    files, so memory holds one band (4 bytes x rows per band per document) rather than every signature."""
+
+    n: int
+
+    def band(self, b: int, rows: int) -> np.ndarray:  # (n, rows) uint32
+        raise NotImplementedError
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:  # (len(idx), num_perm) uint32
+        raise NotImplementedError
+
+
+class InMemory(Signatures):
+    def __init__(self, sig: np.ndarray):
+        self.sig, self.n = sig, sig.shape[0]
+
+    def band(self, b: int, rows: int) -> np.ndarray:
+        return self.sig[:, b * rows : (b + 1) * rows]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.sig[idx]
+
+
+class Spilled(Signatures):
+    """Signatures appended batch by batch to one file per band in ``folder`` (local scratch), read back in
+    ``order`` (a permutation or subset of the rows in the order they were appended)."""
+
+    def __init__(self, folder: str, p: DedupParams):
+        self.folder, self.bands, self.rows_per_band, self.appended = folder, p.bands, p.num_perm // p.bands, 0
+        self.files = [open(self._path(b), "wb") for b in range(p.bands)]
+        self.order: np.ndarray | None = None
+
+    def _path(self, b: int) -> str:
+        return f"{self.folder}/band-{b:03d}.u32"
+
+    def append(self, sig: np.ndarray) -> None:
+        r = self.rows_per_band
+        for b, f in enumerate(self.files):
+            f.write(np.ascontiguousarray(sig[:, b * r : (b + 1) * r]).tobytes())
+        self.appended += sig.shape[0]
+
+    def in_order(self, order: np.ndarray) -> "Spilled":
+        for f in self.files:
+            f.close()
+        self.order, self.n = np.asarray(order), len(order)
+        return self
+
+    def band(self, b: int, rows: int) -> np.ndarray:
+        data = np.fromfile(self._path(b), dtype=np.uint32).reshape(self.appended, self.rows_per_band)
+        return data[self.order]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        at = self.order[idx]
+        parts = []
+        for b in range(self.bands):
+            data = np.memmap(self._path(b), dtype=np.uint32, mode="r", shape=(self.appended, self.rows_per_band))
+            parts.append(np.asarray(data[at]))
+            del data
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(idx), 0), np.uint32)
+
+
+def near_duplicates(sig: np.ndarray | Signatures, p: DedupParams) -> np.ndarray:
+    """Cluster label per document (the smallest member index) from LSH candidates checked on Jaccard.
+
+    Reads one band at a time and, for the check, only the candidates' signatures (see :class:`Spilled`)."""
+    sig = InMemory(sig) if isinstance(sig, np.ndarray) else sig
+    n = sig.n
     label = np.arange(n)
     if n < 2:
         return label
     rows = p.num_perm // p.bands
     src, dst = [], []
     for band in range(p.bands):
-        block = np.ascontiguousarray(sig[:, band * rows : (band + 1) * rows])
+        block = np.ascontiguousarray(sig.band(band, rows))
         keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
+        del block
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         rep = first[inverse.ravel()]  # np.unique's first index is the smallest member of each bucket
         pair = rep != np.arange(n)
@@ -106,7 +187,11 @@ def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
         dst.append(rep[pair])
     i, j = np.concatenate(src), np.concatenate(dst)
     if len(i):
-        agree = (sig[i] == sig[j]).mean(axis=1) >= p.jaccard
+        i, j = np.unique(np.stack([i, j], axis=1), axis=0).T  # a pair found by several bands is checked once
+        agree = np.zeros(len(i), bool)
+        for k in range(0, len(i), 65536):  # candidates' signatures in slices: memory stays bounded
+            a, b = sig.rows(i[k : k + 65536]), sig.rows(j[k : k + 65536])
+            agree[k : k + 65536] = (a == b).mean(axis=1) >= p.jaccard
         i, j = i[agree], j[agree]
     while len(i):  # connected components: propagate the smallest label until nothing changes
         m = np.minimum(label[i], label[j])

@@ -31,6 +31,7 @@ in :mod:`.quality`, dedup in :mod:`.dedup`, the counts and artifact in :mod:`.la
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any, Iterator, Literal
 
 import numpy as np
@@ -53,7 +54,6 @@ from xlmflow.storage import (
     read_batches,
     read_table,
     split_path,
-    stable_hashes,
 )
 
 from . import dedup, langid_stats, quality
@@ -378,66 +378,71 @@ def dedup_unit(unit: Unit) -> Ref:
     files = [Location(i.uri) for _, i in unit.each("kept")]
 
     def build(aside: Aside) -> dict:
-        # streamed: per document only its id, a 63-bit hash of its normalised text and its MinHash
-        # signature stay in memory, never the language's texts
-        ids, keys, sigs = [], [], []
-        for f in files:
-            for b in read_batches(f, ["doc_id", "text"]):
-                norm = (
-                    pl.from_arrow(b.column(1)).rename("text").to_frame().select(dedup.normalise(pl.col("text")))["text"]
-                )
-                ids.append(pl.from_arrow(b.column(0)).rename("doc_id"))
-                keys.append(stable_hashes(norm.to_arrow(), 0))
-                if p.near:
-                    sigs.append(dedup.minhash(norm, p))
-        if not ids:
-            return {"dedup_kept": {lang: 0}, "rejected": {}}
-        doc_id = pl.concat(ids)
-        order = doc_id.arg_sort().to_numpy()
-        doc_id, key = doc_id.gather(order), pl.Series("norm", np.concatenate(keys)[order])
-        sig = np.concatenate(sigs)[order] if p.near else None
-        if doc_id.is_duplicated().any():
-            raise RuntimeError(
-                f"langid/dedup/{unit.name}: doc_id {doc_id.filter(doc_id.is_duplicated())[0]!r} "
-                f"appears twice; ingest every input under a distinct name"
-            )
-        docs = doc_id.to_frame()
-        drops = [pl.DataFrame(schema={"doc_id": pl.String, "dup_of": pl.String, "reason": pl.String})]
-        alive = pl.Series([True] * docs.height)
-        if p.exact:
-            ex = dedup.exact_duplicates(doc_id, key).with_columns(pl.lit("duplicate").alias("reason"))
-            drops.append(ex)
-            alive = ~doc_id.is_in(ex["doc_id"].implode())
-        if p.near and alive.sum() > 1:
-            ids = doc_id.filter(alive)
-            label = dedup.near_duplicates(sig[alive.to_numpy()], p)
-            near = np.flatnonzero(label != np.arange(len(label)))
-            drops.append(
-                pl.DataFrame(
-                    {
-                        "doc_id": ids.gather(near),
-                        "dup_of": ids.gather(label[near]),
-                        "reason": pl.Series(["near_duplicate"] * len(near), dtype=pl.String),
-                    }
-                )
-            )
-        dropped = pl.concat(drops).sort("doc_id")
-        left = docs.height - dropped.height
-        if 0 < left < unit.params["min_lang_docs"]:
-            rest = docs.filter(~pl.col("doc_id").is_in(dropped["doc_id"].implode())).select(
-                "doc_id", pl.lit(None, pl.String).alias("dup_of"), pl.lit("rare_language").alias("reason")
-            )
-            dropped, left = pl.concat([dropped, rest]).sort("doc_id"), 0
-        writer = PartWriter(lambda n: aside.path("rejected.parquet"), REJECTED_SCHEMA)
-        for f in files:
-            for b in read_batches(f):
-                hit = pl.from_arrow(b).join(dropped, on="doc_id", how="inner", maintain_order="left")
-                writer.write(hit.select(REJECTED_SCHEMA.names).to_arrow())
-        writer.close()
-        counts = dict(dropped.group_by("reason").len().rows())
-        return {"dedup_kept": {lang: left}, "rejected": {r: {lang: n} for r, n in sorted(counts.items())}}
+        with tempfile.TemporaryDirectory(prefix="xlmflow-dedup-") as scratch:
+            return dedup_language(files, p, lang, unit, aside, dedup.Spilled(scratch, p))
 
     return ensure(unit, build)
+
+
+def dedup_language(
+    files: list[Location], p: DedupParams, lang: str, unit: Unit, aside: Aside, spill: dedup.Spilled
+) -> dict:
+    """Streamed: per document only its id and a 128-bit hash of its normalised text stay in memory, never
+    the language's texts; MinHash signatures go to local scratch files and come back one band at a time."""
+    ids, keys = [], []
+    for f in files:
+        for b in read_batches(f, ["doc_id", "text"]):
+            norm = pl.from_arrow(b.column(1)).rename("text").to_frame().select(dedup.normalise(pl.col("text")))["text"]
+            ids.append(pl.from_arrow(b.column(0)).rename("doc_id"))
+            keys.append(dedup.text_keys(norm))
+            if p.near:
+                spill.append(dedup.minhash(norm, p))
+    if not ids:
+        return {"dedup_kept": {lang: 0}, "rejected": {}}
+    doc_id = pl.concat(ids)
+    order = doc_id.arg_sort().to_numpy()
+    doc_id, key = doc_id.gather(order), pl.concat(keys)[order]
+    del ids, keys
+    if doc_id.is_duplicated().any():
+        raise RuntimeError(
+            f"langid/dedup/{unit.name}: doc_id {doc_id.filter(doc_id.is_duplicated())[0]!r} "
+            f"appears twice; ingest every input under a distinct name"
+        )
+    docs = doc_id.to_frame()
+    drops = [pl.DataFrame(schema={"doc_id": pl.String, "dup_of": pl.String, "reason": pl.String})]
+    alive = pl.Series([True] * docs.height)
+    if p.exact:
+        ex = dedup.exact_duplicates(doc_id, key).with_columns(pl.lit("duplicate").alias("reason"))
+        drops.append(ex)
+        alive = ~doc_id.is_in(ex["doc_id"].implode())
+    if p.near and alive.sum() > 1:
+        ids = doc_id.filter(alive)
+        label = dedup.near_duplicates(spill.in_order(order[alive.to_numpy()]), p)
+        near = np.flatnonzero(label != np.arange(len(label)))
+        drops.append(
+            pl.DataFrame(
+                {
+                    "doc_id": ids.gather(near),
+                    "dup_of": ids.gather(label[near]),
+                    "reason": pl.Series(["near_duplicate"] * len(near), dtype=pl.String),
+                }
+            )
+        )
+    dropped = pl.concat(drops).sort("doc_id")
+    left = docs.height - dropped.height
+    if 0 < left < unit.params["min_lang_docs"]:
+        rest = docs.filter(~pl.col("doc_id").is_in(dropped["doc_id"].implode())).select(
+            "doc_id", pl.lit(None, pl.String).alias("dup_of"), pl.lit("rare_language").alias("reason")
+        )
+        dropped, left = pl.concat([dropped, rest]).sort("doc_id"), 0
+    writer = PartWriter(lambda n: aside.path("rejected.parquet"), REJECTED_SCHEMA)
+    for f in files:
+        for b in read_batches(f):
+            hit = pl.from_arrow(b).join(dropped, on="doc_id", how="inner", maintain_order="left")
+            writer.write(hit.select(REJECTED_SCHEMA.names).to_arrow())
+    writer.close()
+    counts = dict(dropped.group_by("reason").len().rows())
+    return {"dedup_kept": {lang: left}, "rejected": {r: {lang: n} for r, n in sorted(counts.items())}}
 
 
 def clean_unit(unit: Unit) -> Ref:

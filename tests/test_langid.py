@@ -145,6 +145,28 @@ def test_minhash_finds_near_duplicates_and_keeps_smallest_id():
     norm = pl.select(dedup.normalise(pl.lit(pl.Series(["Hello, World!", "hello   world", "other"])))).to_series()
     ex = dedup.exact_duplicates(pl.Series(["b", "a", "c"]), norm)
     assert ex.rows() == [("b", "a")]
+    keys = dedup.text_keys(norm)  # the 128-bit keys the stage groups by find the same pair
+    assert keys.dtypes == [pl.UInt64, pl.UInt64] and dedup.exact_duplicates(
+        pl.Series(["b", "a", "c"]), keys
+    ).rows() == [("b", "a")]
+
+
+def test_spilled_signatures_give_the_in_memory_clusters(tmp_path):
+    """Signatures written to scratch files batch by batch and read back one band at a time, in the stage's
+    order (sorted by doc id, exact duplicates left out), cluster exactly as the whole matrix in memory."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, 40)) for _ in range(400)]
+    texts += [t + " extra" for t in texts[:120]]  # near duplicates
+    p = DedupParams()
+    sig = dedup.minhash(texts, p)
+    spill = dedup.Spilled(str(tmp_path), p)
+    for k in range(0, len(texts), 97):  # batches of the stage
+        spill.append(sig[k : k + 97])
+    order = rng.permutation(len(texts))[:450]
+    got = dedup.near_duplicates(spill.in_order(order), p)
+    assert np.array_equal(got, dedup.near_duplicates(sig[order], p))
+    assert (got != np.arange(len(got))).sum() > 50  # it found the near duplicates
 
 
 # ---------------------------------------------------------------- the stage

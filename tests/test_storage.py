@@ -143,6 +143,21 @@ def test_code_version_covers_imported_modules(monkeypatch):
     assert code_version("xlmflow.tasks.ingest") != code_version("xlmflow.storage")
 
 
+def test_code_version_covers_the_python_release(monkeypatch):
+    """A new Python can change str.isalpha / unicodedata, which shape quality signals and alignment bytes."""
+    import platform
+
+    before = code_version("xlmflow.tasks.vocab")
+    monkeypatch.setattr(platform, "python_version", lambda: "3.99.0")
+    fpmod.library_versions.cache_clear()
+    fpmod.code_version.cache_clear()
+    assert fpmod.library_versions()["python"] == "3.99.0" and code_version("xlmflow.tasks.vocab") != before
+    monkeypatch.undo()
+    fpmod.library_versions.cache_clear()
+    fpmod.code_version.cache_clear()
+    assert code_version("xlmflow.tasks.vocab") == before
+
+
 def test_cache_check_trusts_the_stat_memo_until_size_or_mtime_change(tmp_path, monkeypatch):
     import os
 
