@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             continue
         sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
+        sp.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
         sp.add_argument("--verbose", action="store_true", help="Prefect's logs instead of the progress display")
         sp.add_argument(
             "--parallel",
@@ -103,8 +104,8 @@ def one_line(e: BaseException) -> str:
     """The error as one line: its type when the message does not say it, the first line of the message."""
     text = str(e).strip() or type(e).__name__
     first, *more = text.splitlines()
-    name = type(e).__name__
-    prefix = "" if name in ("InputError", "ManifestError", "RuntimeError", "ValueError") else f"{name}: "
+    ours = type(e).__module__.startswith("xlmflow") or type(e) in (RuntimeError, ValueError)
+    prefix = "" if ours else f"{type(e).__name__}: "
     return prefix + first + (" (more with --debug)" if more else "")
 
 
@@ -127,10 +128,14 @@ def _command(args) -> int:
         return 0
     from xlmflow.flows.pipeline import on, pipeline, selected
     from xlmflow.flows.registry import BY_NAME
+    from xlmflow.storage import RunDir
+    from xlmflow.storage.lock import run_lock
     from xlmflow.tasks.progress import TerminalProgress
 
-    shown = TerminalProgress() if not (args.quiet or args.verbose or args.debug) else nullcontext()
-    with shown, _no_heartbeats_without_a_server():
+    bars = sys.stderr.isatty() and not (args.quiet or args.verbose or args.debug)
+    shown = TerminalProgress() if bars else nullcontext()
+    waited = run_lock(RunDir.of(args.run_dir).root, wait=True) if args.wait else nullcontext()
+    with waited, shown, _no_heartbeats_without_a_server():
         if args.command == "run":
             pipeline(
                 run_dir=args.run_dir,

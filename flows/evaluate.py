@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, evaluate
 from xlmflow.tasks.evaluate import EvalParams
@@ -13,6 +13,7 @@ from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 
 @flow(name="evaluate", task_runner=task_runner())
+@holds_run_lock
 def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
     params = params or STAGE.demo()
     run = RunDir.of(run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, ingest
 from xlmflow.tasks.ingest import IngestParams, Source
@@ -12,6 +12,7 @@ from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 
 @flow(name="ingest", task_runner=task_runner())
+@holds_run_lock
 def ingest_flow(run_dir: str, params: IngestParams | None = None) -> Ref:
     params = params or STAGE.demo()
     run = RunDir.of(run_dir)

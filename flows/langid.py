@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, langid
 from xlmflow.tasks.langid import LangidParams
@@ -18,6 +18,7 @@ from xlmflow.tasks.runtime import Ref, logger, run_unit, submit_units
 
 
 @flow(name="langid", task_runner=task_runner())
+@holds_run_lock
 def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
     params = params or STAGE.demo()
     run = RunDir.of(run_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, shard
 from xlmflow.tasks.runtime import Ref, run_unit, submit_units
@@ -16,6 +16,7 @@ from xlmflow.tasks.shard import ShardParams
 
 
 @flow(name="shard", task_runner=task_runner())
+@holds_run_lock
 def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
     params = params or STAGE.demo()
     run = RunDir.of(run_dir)

@@ -9,6 +9,8 @@ and one line in :data:`.registry.STAGES`.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import os
 import types
 import typing
@@ -19,6 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from xlmflow.flows.demo import DEMO
+from xlmflow.storage import RunDir
+from xlmflow.storage.lock import run_lock
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,23 @@ def _plain(annotation):
 
 def _dest(option: str) -> str:
     return option.lstrip("-").replace("-", "_")
+
+
+def holds_run_lock(fn):
+    """A flow body that holds its run directory's lock (:mod:`xlmflow.storage.lock`): one run at a time per
+    run directory, whoever starts it (CLI, deployment, Python). Re-entrant, so the pipeline and the stage
+    flows it runs share one lock; a second run fails at once naming the holder (``--wait``: the CLI waits)."""
+
+    @functools.wraps(fn)
+    def body(run_dir: str, *args, **kwargs):
+        with run_lock(RunDir.of(run_dir).root):
+            return fn(run_dir, *args, **kwargs)
+
+    # Prefect validates parameters from the signature, resolving string annotations in the wrapper's module:
+    # hand it the resolved ones
+    body.__signature__ = inspect.signature(fn, eval_str=True)
+    body.__annotations__ = typing.get_type_hints(fn)
+    return body
 
 
 def task_runner(dask: str | None = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, train
 from xlmflow.tasks.runtime import Ref, run_unit
@@ -12,6 +12,7 @@ from xlmflow.tasks.train import TrainParams
 
 
 @flow(name="train", task_runner=task_runner())
+@holds_run_lock
 def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
     params = params or STAGE.demo()
     unit = train.plan_task(RunDir.of(run_dir), params)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, task_runner
+from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import artifacts, vocab
 from xlmflow.tasks.runtime import Ref, run_unit
 
 
 @flow(name="vocab", task_runner=task_runner())
+@holds_run_lock
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
     params = params or STAGE.demo()
     unit = vocab.plan_task(RunDir.of(run_dir), params)

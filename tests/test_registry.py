@@ -20,7 +20,7 @@ def test_names_are_unique_and_one_name_per_stage():
     for s in STAGES:
         assert s.flow.name == s.name, f"flow {s.flow.name!r} of stage {s.name!r}"
         assert set(s.reads) <= set(NAMES[: NAMES.index(s.name)]), f"{s.name} reads a stage that runs after it"
-        assert inspect.getsourcefile(s.flow.fn) == str(ROOT / "flows" / f"{s.name}.py")
+        assert inspect.getsourcefile(inspect.unwrap(s.flow.fn)) == str(ROOT / "flows" / f"{s.name}.py")
 
 
 def test_cli_has_a_command_and_an_option_group_per_stage():
