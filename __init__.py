@@ -30,6 +30,8 @@ def _prefect_defaults() -> None:
     _os.makedirs(_os.path.expanduser(_os.environ["PREFECT_HOME"]), exist_ok=True)  # Prefect makes only the last level
     if not _os.environ.get("PREFECT_API_URL"):
         _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_ENABLED", "true")
+        # a first run creates the database (migrations): on a busy small machine that takes more than 20 s
+        _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         # the temporary server's shutdown races its event recorder and prints tracebacks
         _os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -54,7 +54,7 @@ def commit(target: Location, manifest: Manifest) -> Iterator[Aside]:
     of unit folders inside it (a stage lists its units' files, not their manifests).
     """
     target.makedirs()
-    _remove_stale_asides(target)
+    remove_asides(target)
     aside = Aside(target)
     fs = target.fs
     try:
@@ -98,8 +98,9 @@ def _files_below(loc: Location) -> list[str]:
     return [p[len(base) :] for p in loc.fs.find(loc.path) if p.startswith(base)]
 
 
-def _remove_stale_asides(target: Location) -> None:
-    """Leftovers of a killed writer: never part of an output, safe to delete."""
+def remove_asides(target: Location) -> None:
+    """Leftovers of a killed writer: never part of an output, safe to delete (the run-directory lock
+    means no other run is writing)."""
     for p in target.fs.ls(target.path, detail=False):
         if p.rstrip("/").rsplit("/", 1)[-1].startswith(ASIDE_PREFIX):
             target.fs.rm(p, recursive=True)

@@ -63,9 +63,24 @@ def text_keys(norm: pl.Series) -> pl.DataFrame:
     )
 
 
+MINHASH_CHARS = 1 << 20  # characters hashed at once: ~70 bytes of scratch per character
+
+
 def minhash(norm: list[str] | pl.Series, p: DedupParams) -> np.ndarray:
-    """(documents, num_perm) uint32 signatures; documents shorter than a shingle hash whole."""
+    """(documents, num_perm) uint32 signatures; documents shorter than a shingle hash whole.
+
+    Documents are hashed in groups of about :data:`MINHASH_CHARS` characters, so scratch memory is bounded
+    by that, not by the batch's size in bytes."""
     texts = list(norm)
+    ends = np.cumsum([len(t) for t in texts])
+    cuts = np.unique(np.searchsorted(ends, np.arange(MINHASH_CHARS, ends[-1] if len(ends) else 0, MINHASH_CHARS)))
+    if len(cuts) == 0:
+        return _minhash(texts, p)
+    bounds = [0, *[int(c) + 1 for c in cuts if c + 1 < len(texts)], len(texts)]
+    return np.concatenate([_minhash(texts[a:b], p) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+
+
+def _minhash(texts: list[str], p: DedupParams) -> np.ndarray:
     k = p.shingle_chars
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)

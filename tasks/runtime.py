@@ -40,6 +40,7 @@ from xlmflow.storage import (
     read_manifest,
     relative,
 )
+from xlmflow.storage.commit import remove_asides
 from xlmflow.tasks import progress
 
 
@@ -299,8 +300,10 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
     stage_loc = Location(unit.out)
     keep = {r.uri for r in refs}
     for group in stage_loc.subfolders():  # every group, also one that no unit uses any more
+        remove_asides(stage_loc.child(group))
         for name in stage_loc.child(group).subfolders():
             loc = stage_loc.child(group, name)
+            remove_asides(loc)  # a killed commit's leftovers in a unit that is current (so never committed again)
             if loc.uri not in keep and loc.child(MANIFEST).exists():
                 logger().info("%s: removing %s/%s (its input is gone)", unit.stage, group, name)
                 loc.fs.rm(loc.path, recursive=True)

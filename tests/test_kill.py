@@ -1,0 +1,160 @@
+"""Crashes: SIGKILL the whole pipeline at 20 random moments, crash between a stage's units and its manifest,
+crash while a checkpoint is written, a full disk. Each time the next run finishes with the bytes of a run
+never interrupted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from xlmflow import PACKAGE_ROOT
+
+sys.path.insert(0, str(PACKAGE_ROOT / "bench"))
+from kill_pipeline import files_of, kill_and_compare  # noqa: E402
+
+CONFIG = """
+[[ingest.sources]]
+path = "{corpus}"
+[vocab]
+vocab_size = 1000
+[shard]
+shard_docs = 500
+[train]
+max_steps = 8
+batch_size = 4
+eval_every = 4
+eval_blocks = 2
+checkpoint_every = 2
+model = {{ n_layer = 1, n_head = 2, n_embd = 32, n_positions = 64 }}
+"""
+
+
+def small_config(tmp_path: Path) -> str:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("en", "fr", "de"):
+        shutil.copy(PACKAGE_ROOT / "data" / "demo" / f"debian-handbook-{lang}.jsonl.zst", corpus)
+    config = tmp_path / "xlmflow.toml"
+    config.write_text(CONFIG.format(corpus=corpus))
+    return str(config)
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_resume_to_the_same_bytes(tmp_path):
+    result = kill_and_compare(str(tmp_path / "work"), small_config(tmp_path), kills=20, seed=1)
+    assert result["kills"] >= 20 and result["identical"], result
+    assert result["files_compared"] > 50
+    assert len(result["kills_per_stage"]) >= 3, f"kills spread over stages: {result['kills_per_stage']}"
+    # the demo's documents, but a user's configuration: the demo's eval sets are not held out
+    stats = json.loads((tmp_path / "work" / "clean" / "langid" / "stats.json").read_text())
+    assert stats["documents"]["clean"] > 1000 and "eval_holdout" not in stats["rejected_by_reason"]
+
+
+# ---------------------------------------------------------------- crashes at chosen points
+def _corpus(tmp_path: Path) -> Path:
+    d = tmp_path / "corpus"
+    d.mkdir(exist_ok=True)
+    for lang in ("en", "fr"):
+        shutil.copy(PACKAGE_ROOT / "data" / "demo" / f"debian-handbook-{lang}.jsonl.zst", d)
+    return d
+
+
+def _ingest_all(run_dir: str, corpus: Path, commit: bool = True) -> None:
+    from xlmflow.storage import RunDir
+    from xlmflow.tasks import ingest
+
+    run = RunDir.of(run_dir)
+    params = ingest.IngestParams(sources=[ingest.Source(path=str(corpus))])
+    refs = [ingest.ingest_unit(u) for u in ingest.plan(run, params)]
+    if commit:
+        ingest.commit_stage(ingest.stage_for(run, params, refs), refs)
+
+
+def _committed_files(run_dir: str, stage: str) -> list:
+    from xlmflow.storage import RunDir, load_output
+
+    return [(f.path, f.sha256, f.rows) for f in load_output(RunDir.of(run_dir).stage(stage), stage).files]
+
+
+def test_crash_between_units_and_stage_manifest_and_inside_a_commit(tmp_path):
+    corpus = _corpus(tmp_path)
+    clean, crashed = str(tmp_path / "clean"), str(tmp_path / "crashed")
+    _ingest_all(clean, corpus)
+    _ingest_all(crashed, corpus, commit=False)  # every unit committed, then the process died
+    stage = Path(crashed, "ingest")
+    assert not (stage / "_manifest.json").exists()
+    # and a commit killed half-way: an aside folder with a partial file, no manifest
+    unit = next(p for p in (stage / "parts").iterdir())
+    junk = unit / ".aside-deadbeef0000"
+    junk.mkdir()
+    (junk / "part-00000.parquet").write_bytes(b"PAR1 half a file")
+    _ingest_all(crashed, corpus)
+    assert _committed_files(crashed, "ingest") == _committed_files(clean, "ingest")
+    assert files_of(crashed) == files_of(clean) and not junk.exists()
+
+
+class FullDisk:
+    """An fsspec memory file system that fails writes with ENOSPC once ``budget`` bytes are written."""
+
+    budget = 0
+    written = 0
+
+
+def _full_fs():
+    import errno
+
+    from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+
+    class FullFS(MemoryFileSystem):
+        protocol = "fullfs"
+        store: dict = {}
+        pseudo_dirs = [""]
+
+        def _open(self, path, mode="rb", **kwargs):
+            f = super()._open(path, mode, **kwargs)
+            if "w" in mode or "a" in mode or "x" in mode:
+                write = f.write
+
+                def limited(data, write=write):
+                    FullDisk.written += len(data)
+                    if FullDisk.written > FullDisk.budget:
+                        raise OSError(errno.ENOSPC, "No space left on device (simulated)", path)
+                    return write(data)
+
+                f.write = limited
+            return f
+
+    assert issubclass(FullFS, MemoryFileSystem) and MemoryFile
+    return FullFS
+
+
+def test_disk_full_fails_clearly_and_the_next_run_completes(tmp_path):
+    import fsspec
+
+    fsspec.register_implementation("fullfs", _full_fs(), clobber=True)
+    corpus = _corpus(tmp_path)
+    clean = str(tmp_path / "clean")
+    _ingest_all(clean, corpus)
+    total = sum(f[2] is not None for f in _committed_files(clean, "ingest"))
+    assert total
+    FullDisk.budget, FullDisk.written = 200_000, 0  # less than the stage writes
+    with pytest.raises(OSError, match="No space left"):
+        _ingest_all("fullfs://run", corpus)
+    fs = fsspec.filesystem("fullfs")
+    manifests = [p for p in fs.find("/run") if p.endswith("_manifest.json")]
+    for m in manifests:  # whatever was committed before the disk filled is whole
+        folder = m.rsplit("/", 1)[0]
+        from xlmflow.storage import Location, committed, read_manifest
+
+        assert committed(
+            Location(f"fullfs://{folder.lstrip('/')}"),
+            read_manifest(Location(f"fullfs://{folder.lstrip('/')}")).fingerprint,
+        )
+    assert not fs.exists("/run/ingest/_manifest.json")
+    FullDisk.budget = 1 << 40  # space freed: the next run completes with the bytes of a clean run
+    _ingest_all("fullfs://run", corpus)
+    assert _committed_files("fullfs://run", "ingest") == _committed_files(clean, "ingest")
