@@ -1,5 +1,6 @@
 """Peak memory of langid's dedup unit for one language: the demo's English (1x) vs 16x as many documents,
-with signatures spilled to scratch (the stage) side by side with all signatures in memory (the stage before).
+in hash buckets on scratch, one at a time (the stage) side by side with the whole language in memory (the
+definition, and the stage before).
 
 Both corpora are made alike, of real text that dedup does not collapse: every document is a seeded
 recombination of four sentences drawn from different English documents of the demo (1x: as many documents
@@ -30,7 +31,7 @@ from xlmflow.tasks.runtime import Input, Unit
 path, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 p = DedupParams()
 t = time.time()
-if mode == "spilled":  # the stage's own unit
+if mode == "buckets":  # the stage's own unit
     unit = Unit(stage="langid", name="dedup-en", out=out, code_version="bench",
                 params={"dedup": p.model_dump(), "lang": "en", "min_lang_docs": 1},
                 inputs={"kept": {"part": Input(path, "bench")}})
@@ -98,17 +99,17 @@ def main() -> None:
         for scale in (small, big):
             path = str(Path(tmp) / f"en-{scale}.parquet")
             docs = int(run(MAKE, str(scale), path))
-            for mode in ("spilled", "in-memory"):
+            for mode in ("buckets", "in-memory"):
                 r = json.loads(run(CHILD, path, str(Path(tmp) / f"out-{scale}-{mode}"), mode))
                 rows.append({"scale": scale, "mode": mode, "documents": docs} | r)
                 print(json.dumps(rows[-1]), flush=True)
     peak = {(r["scale"], r["mode"]): r["peak_mib"] for r in rows}
-    for mode in ("spilled", "in-memory"):
+    for mode in ("buckets", "in-memory"):
         print(
             f"{mode:9s}: {big:g}x / {small:g}x peak RSS = {peak[big, mode] / peak[small, mode]:.2f}x "
             f"({peak[small, mode]:.0f} -> {peak[big, mode]:.0f} MiB)"
         )
-    print(f"at {big:g}x: spilled / in-memory peak RSS = {peak[big, 'spilled'] / peak[big, 'in-memory']:.2f}x")
+    print(f"at {big:g}x: buckets / in-memory peak RSS = {peak[big, 'buckets'] / peak[big, 'in-memory']:.2f}x")
 
 
 if __name__ == "__main__":

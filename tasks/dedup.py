@@ -117,82 +117,40 @@ def hash_text(t: str) -> int:
     return int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
 
 
-class Signatures:
-    """Signatures as :func:`near_duplicates` reads them: one LSH band at a time, and the rows of candidate
-    pairs. ``InMemory`` wraps an array; :class:`Spilled` keeps a language's signatures in local scratch
-    files, so memory holds one band (4 bytes x rows per band per document) rather than every signature."""
-
-    n: int
-
-    def band(self, b: int, rows: int) -> np.ndarray:  # (n, rows) uint32
-        raise NotImplementedError
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:  # (len(idx), num_perm) uint32
-        raise NotImplementedError
-
-
-class InMemory(Signatures):
-    def __init__(self, sig: np.ndarray):
-        self.sig, self.n = sig, sig.shape[0]
-
-    def band(self, b: int, rows: int) -> np.ndarray:
-        return self.sig[:, b * rows : (b + 1) * rows]
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        return self.sig[idx]
+def band_keys(sig: np.ndarray, p: DedupParams) -> np.ndarray:
+    """(documents, bands) uint64: one hash per LSH band of each signature. Documents share a band's key
+    when they share the band's rows (or, rarely, by a 64-bit collision, which the Jaccard check removes)."""
+    rows = p.num_perm // p.bands
+    keys = np.empty((sig.shape[0], p.bands), np.uint64)
+    for band in range(p.bands):
+        h = np.full(sig.shape[0], band, np.uint64)
+        for col in sig[:, band * rows : (band + 1) * rows].T:
+            h = _mix(h ^ col.astype(np.uint64))
+        keys[:, band] = h
+    return keys
 
 
-class Spilled(Signatures):
-    """Signatures appended batch by batch to one file per band in ``folder`` (local scratch), read back in
-    ``order`` (a permutation or subset of the rows in the order they were appended)."""
-
-    def __init__(self, folder: str, p: DedupParams):
-        self.folder, self.bands, self.rows_per_band, self.appended = folder, p.bands, p.num_perm // p.bands, 0
-        self.files = [open(self._path(b), "wb") for b in range(p.bands)]
-        self.order: np.ndarray | None = None
-
-    def _path(self, b: int) -> str:
-        return f"{self.folder}/band-{b:03d}.u32"
-
-    def append(self, sig: np.ndarray) -> None:
-        r = self.rows_per_band
-        for b, f in enumerate(self.files):
-            f.write(np.ascontiguousarray(sig[:, b * r : (b + 1) * r]).tobytes())
-        self.appended += sig.shape[0]
-
-    def in_order(self, order: np.ndarray) -> "Spilled":
-        for f in self.files:
-            f.close()
-        self.order, self.n = np.asarray(order), len(order)
-        return self
-
-    def band(self, b: int, rows: int) -> np.ndarray:
-        data = np.fromfile(self._path(b), dtype=np.uint32).reshape(self.appended, self.rows_per_band)
-        return data[self.order]
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        at = self.order[idx]
-        parts = []
-        for b in range(self.bands):
-            data = np.memmap(self._path(b), dtype=np.uint32, mode="r", shape=(self.appended, self.rows_per_band))
-            parts.append(np.asarray(data[at]))
-            del data
-        return np.concatenate(parts, axis=1) if parts else np.zeros((len(idx), 0), np.uint32)
+def _mix(h: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = h + np.uint64(0x9E3779B97F4A7C15)
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
 
 
-def near_duplicates(sig: np.ndarray | Signatures, p: DedupParams) -> np.ndarray:
+def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
     """Cluster label per document (the smallest member index) from LSH candidates checked on Jaccard.
 
-    Reads one band at a time and, for the check, only the candidates' signatures (see :class:`Spilled`)."""
-    sig = InMemory(sig) if isinstance(sig, np.ndarray) else sig
-    n = sig.n
+    The definition, on signatures in memory and in doc_id order; the stage computes the same clusters
+    from hash buckets on disk (:mod:`.dedup_buckets`), a bucket at a time."""
+    n = sig.shape[0]
     label = np.arange(n)
     if n < 2:
         return label
     rows = p.num_perm // p.bands
     src, dst = [], []
     for band in range(p.bands):
-        block = np.ascontiguousarray(sig.band(band, rows))
+        block = np.ascontiguousarray(sig[:, band * rows : (band + 1) * rows])
         keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
         del block
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
@@ -205,8 +163,7 @@ def near_duplicates(sig: np.ndarray | Signatures, p: DedupParams) -> np.ndarray:
         i, j = np.unique(np.stack([i, j], axis=1), axis=0).T  # a pair found by several bands is checked once
         agree = np.zeros(len(i), bool)
         for k in range(0, len(i), 65536):  # candidates' signatures in slices: memory stays bounded
-            a, b = sig.rows(i[k : k + 65536]), sig.rows(j[k : k + 65536])
-            agree[k : k + 65536] = (a == b).mean(axis=1) >= p.jaccard
+            agree[k : k + 65536] = (sig[i[k : k + 65536]] == sig[j[k : k + 65536]]).mean(axis=1) >= p.jaccard
         i, j = i[agree], j[agree]
     while len(i):  # connected components: propagate the smallest label until nothing changes
         m = np.minimum(label[i], label[j])

@@ -34,7 +34,6 @@ from __future__ import annotations
 import tempfile
 from typing import Any, Iterator, Literal
 
-import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -56,7 +55,7 @@ from xlmflow.storage import (
     split_path,
 )
 
-from . import dedup, langid_stats, quality
+from . import dedup, dedup_buckets, langid_stats, quality
 from .decide import decide, holdout_segments
 from .dedup import DedupParams
 from .lid import load_model, model_file, model_fingerprint, predict
@@ -224,6 +223,7 @@ def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], lis
 def plan_dedup(run: RunDir, params: LangidParams, filter_refs: list[Ref]) -> list[Unit]:
     """One unit per language the filter kept, depending on the content of those files."""
     by_lang: dict[str, dict[str, Input]] = {}
+    rows: dict[str, int] = {}
     for ref in sorted(filter_refs, key=lambda r: r.uri):
         m = unit_manifest(ref)
         for f in m.files:
@@ -232,6 +232,7 @@ def plan_dedup(run: RunDir, params: LangidParams, filter_refs: list[Ref]) -> lis
                 by_lang.setdefault(lang, {})[f"{m.unit}/{f.path}"] = Input(
                     Location(ref.uri).child(f.path).uri, f.sha256
                 )
+                rows[lang] = rows.get(lang, 0) + (f.rows or 0)
     code = code_version(__name__)
     unit_params = {"dedup": params.dedup.model_dump(), "min_lang_docs": params.min_lang_docs}
     return [
@@ -242,6 +243,7 @@ def plan_dedup(run: RunDir, params: LangidParams, filter_refs: list[Ref]) -> lis
             code_version=code,
             params={**unit_params, "lang": lang},
             inputs={"kept": files},
+            options={"expected_docs": rows[lang]},  # sizes the hash buckets; not in the key
         )
         for lang, files in sorted(by_lang.items())
     ]
@@ -379,70 +381,38 @@ def dedup_unit(unit: Unit) -> Ref:
 
     def build(aside: Aside) -> dict:
         with tempfile.TemporaryDirectory(prefix="xlmflow-dedup-") as scratch:
-            return dedup_language(files, p, lang, unit, aside, dedup.Spilled(scratch, p))
+            n, dropped = dedup_buckets.find_duplicates(
+                _normalised(files), p, scratch, unit.options.get("expected_docs", 0)
+            )
+        if n == 0:
+            return {"dedup_kept": {lang: 0}, "rejected": {}}
+        left = n - dropped.height
+        if 0 < left < unit.params["min_lang_docs"]:  # the few documents left: all rejected as rare
+            drop = dropped["doc_id"].implode()
+            rest = pl.concat(
+                pl.from_arrow(b).filter(~pl.col("doc_id").is_in(drop))
+                for f in files
+                for b in read_batches(f, ["doc_id"])
+            ).select("doc_id", pl.lit(None, pl.String).alias("dup_of"), pl.lit("rare_language").alias("reason"))
+            dropped, left = pl.concat([dropped, rest]).sort("doc_id"), 0
+        writer = PartWriter(lambda n: aside.path("rejected.parquet"), REJECTED_SCHEMA)
+        for f in files:
+            for b in read_batches(f):
+                hit = pl.from_arrow(b).join(dropped, on="doc_id", how="inner", maintain_order="left")
+                writer.write(hit.select(REJECTED_SCHEMA.names).to_arrow())
+        writer.close()
+        counts = dict(dropped.group_by("reason").len().rows())
+        return {"dedup_kept": {lang: left}, "rejected": {r: {lang: n} for r, n in sorted(counts.items())}}
 
     return ensure(unit, build)
 
 
-def dedup_language(
-    files: list[Location], p: DedupParams, lang: str, unit: Unit, aside: Aside, spill: dedup.Spilled
-) -> dict:
-    """Streamed: per document only its id and a 128-bit hash of its normalised text stay in memory, never
-    the language's texts; MinHash signatures go to local scratch files and come back one band at a time."""
-    ids, keys = [], []
+def _normalised(files: list[Location]) -> Iterator[tuple[pl.Series, pl.Series]]:
+    """(doc_id, normalised text) batches of a language's kept documents: all dedup reads of the texts."""
     for f in files:
         for b in read_batches(f, ["doc_id", "text"]):
-            norm = pl.from_arrow(b.column(1)).rename("text").to_frame().select(dedup.normalise(pl.col("text")))["text"]
-            ids.append(pl.from_arrow(b.column(0)).rename("doc_id"))
-            keys.append(dedup.text_keys(norm))
-            if p.near:
-                spill.append(dedup.minhash(norm, p))
-    if not ids:
-        return {"dedup_kept": {lang: 0}, "rejected": {}}
-    doc_id = pl.concat(ids)
-    order = doc_id.arg_sort().to_numpy()
-    doc_id, key = doc_id.gather(order), pl.concat(keys)[order]
-    del ids, keys
-    if doc_id.is_duplicated().any():
-        raise RuntimeError(
-            f"langid/dedup/{unit.name}: doc_id {doc_id.filter(doc_id.is_duplicated())[0]!r} "
-            f"appears twice; ingest every input under a distinct name"
-        )
-    docs = doc_id.to_frame()
-    drops = [pl.DataFrame(schema={"doc_id": pl.String, "dup_of": pl.String, "reason": pl.String})]
-    alive = pl.Series([True] * docs.height)
-    if p.exact:
-        ex = dedup.exact_duplicates(doc_id, key).with_columns(pl.lit("duplicate").alias("reason"))
-        drops.append(ex)
-        alive = ~doc_id.is_in(ex["doc_id"].implode())
-    if p.near and alive.sum() > 1:
-        ids = doc_id.filter(alive)
-        label = dedup.near_duplicates(spill.in_order(order[alive.to_numpy()]), p)
-        near = np.flatnonzero(label != np.arange(len(label)))
-        drops.append(
-            pl.DataFrame(
-                {
-                    "doc_id": ids.gather(near),
-                    "dup_of": ids.gather(label[near]),
-                    "reason": pl.Series(["near_duplicate"] * len(near), dtype=pl.String),
-                }
-            )
-        )
-    dropped = pl.concat(drops).sort("doc_id")
-    left = docs.height - dropped.height
-    if 0 < left < unit.params["min_lang_docs"]:
-        rest = docs.filter(~pl.col("doc_id").is_in(dropped["doc_id"].implode())).select(
-            "doc_id", pl.lit(None, pl.String).alias("dup_of"), pl.lit("rare_language").alias("reason")
-        )
-        dropped, left = pl.concat([dropped, rest]).sort("doc_id"), 0
-    writer = PartWriter(lambda n: aside.path("rejected.parquet"), REJECTED_SCHEMA)
-    for f in files:
-        for b in read_batches(f):
-            hit = pl.from_arrow(b).join(dropped, on="doc_id", how="inner", maintain_order="left")
-            writer.write(hit.select(REJECTED_SCHEMA.names).to_arrow())
-    writer.close()
-    counts = dict(dropped.group_by("reason").len().rows())
-    return {"dedup_kept": {lang: left}, "rejected": {r: {lang: n} for r, n in sorted(counts.items())}}
+            text = pl.from_arrow(b.column(1)).rename("text").to_frame()
+            yield pl.from_arrow(b.column(0)).rename("doc_id"), text.select(dedup.normalise(pl.col("text")))["text"]
 
 
 def clean_unit(unit: Unit) -> Ref:

@@ -151,22 +151,35 @@ def test_minhash_finds_near_duplicates_and_keeps_smallest_id():
     ).rows() == [("b", "a")]
 
 
-def test_spilled_signatures_give_the_in_memory_clusters(tmp_path):
-    """Signatures written to scratch files batch by batch and read back one band at a time, in the stage's
-    order (sorted by doc id, exact duplicates left out), cluster exactly as the whole matrix in memory."""
+def test_bucketed_dedup_equals_the_in_memory_definition(tmp_path, monkeypatch):
+    """Hash buckets on scratch, one at a time, give exactly the clusters of the definition (signatures and
+    keys of the whole language in memory, in doc_id order), whatever the number of buckets and batches."""
+    from xlmflow.tasks import dedup_buckets
+
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(300)]
     texts = [" ".join(rng.choice(words, 40)) for _ in range(400)]
-    texts += [t + " extra" for t in texts[:120]]  # near duplicates
+    texts += [t + " extra" for t in texts[:120]] + [t.upper() + "!" for t in texts[100:160]]  # near, exact
+    ids = [f"d{i:04d}" for i in rng.permutation(len(texts))]
+    norm = pl.select(dedup.normalise(pl.lit(pl.Series(texts)))).to_series()
     p = DedupParams()
-    sig = dedup.minhash(texts, p)
-    spill = dedup.Spilled(str(tmp_path), p)
-    for k in range(0, len(texts), 97):  # batches of the stage
-        spill.append(sig[k : k + 97])
-    order = rng.permutation(len(texts))[:450]
-    got = dedup.near_duplicates(spill.in_order(order), p)
-    assert np.array_equal(got, dedup.near_duplicates(sig[order], p))
-    assert (got != np.arange(len(got))).sum() > 50  # it found the near duplicates
+    # the definition
+    order = np.argsort(ids)
+    doc_id, key = pl.Series(ids).gather(order), norm.gather(order)
+    ex = dedup.exact_duplicates(doc_id, key)
+    alive = ~doc_id.is_in(ex["doc_id"].implode())
+    label = dedup.near_duplicates(dedup.minhash(key.filter(alive), p), p)
+    kept = doc_id.filter(alive)
+    near = np.flatnonzero(label != np.arange(len(label)))
+    expected = sorted(ex.rows() + list(zip(kept.gather(near), kept.gather(label[near]))))
+    assert len(ex) >= 60 and len(near) >= 100
+    for buckets in (1, 7):
+        monkeypatch.setattr(dedup_buckets, "BUCKET_DOCS", -(-len(texts) // buckets))
+        batches = [(pl.Series(ids[k : k + 97]), norm[k : k + 97]) for k in range(0, len(texts), 97)]
+        scratch = tmp_path / f"b{buckets}"
+        scratch.mkdir()
+        n, dropped = dedup_buckets.find_duplicates(batches, p, str(scratch), len(texts))
+        assert n == len(texts) and sorted(dropped.select("doc_id", "dup_of").rows()) == expected
 
 
 # ---------------------------------------------------------------- the stage
