@@ -158,3 +158,18 @@ def test_disk_full_fails_clearly_and_the_next_run_completes(tmp_path):
     FullDisk.budget = 1 << 40  # space freed: the next run completes with the bytes of a clean run
     _ingest_all("fullfs://run", corpus)
     assert _committed_files("fullfs://run", "ingest") == _committed_files(clean, "ingest")
+
+
+def test_a_checkpoint_cut_short_is_never_resumed(tmp_path):
+    """Killed while a checkpoint is written: ``step-N.tmp`` (written aside, renamed when whole) and a folder
+    without its state file are passed over; training resumes from the last whole checkpoint of its own
+    configuration. (The random kills above also land in checkpoint writes: checkpoint_every = 2.)"""
+    from xlmflow.tasks.train_loop import STATE, latest_checkpoint
+
+    whole = tmp_path / "step-0000002"
+    whole.mkdir()
+    (whole / STATE).write_text(json.dumps({"fingerprint": "mine"}))
+    (tmp_path / "step-0000004.tmp").mkdir()
+    (tmp_path / "step-0000004.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "step-0000006").mkdir()  # no state: not whole
+    assert latest_checkpoint(tmp_path, "mine") == whole
