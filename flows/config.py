@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from xlmflow.flows.demo import DEMO
 from xlmflow.flows.registry import STAGES
-from xlmflow.tasks.parallel import Paths
+from xlmflow.tasks.parallel import Paths, check_lang_code
 
 
 class _Config(BaseModel):
@@ -42,6 +43,34 @@ class _Config(BaseModel):
         "(Parquet/TSV, one column per language); eval segments are held out of the corpus and evaluated, "
         "train ones feed alignment and the transfer probe",
     )
+
+    @model_validator(mode="after")
+    def _langid_values(self):
+        """Language codes and probabilities of the langid section: a code no LID label can equal
+        ('english', 'xx') or a threshold outside [0, 1] would silently keep or drop everything."""
+        langid = getattr(self, "langid", None)
+        if langid is None:
+            return self
+        for key, codes in (("keep_langs", langid.keep_langs or []), ("thresholds", sorted(langid.thresholds))):
+            for code in codes:
+                if problem := check_lang_code(code):
+                    raise ValueError(f"langid.{key}: {problem}")
+        for key, p in [
+            ("threshold", langid.threshold),
+            *((f"thresholds.{k}", v) for k, v in langid.thresholds.items()),
+        ]:
+            if not 0 <= p <= 1:
+                raise ValueError(f"langid.{key} = {p}: a probability, between 0 and 1")
+        return self
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args, **kwargs):
+        """Validation whose error is one line naming the key and the value, and what to do (the CLI
+        prints the first line of an error; pydantic's first line only counts the errors)."""
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as e:
+            raise ValueError(f"config: {describe(e, cls)}\n{e}") from e  # first line for the CLI, then pydantic's
 
     def stage_params(self, name: str) -> BaseModel:
         """The section of stage ``name``, with the pipeline's parallel sets filled in where it leaves them unset."""
@@ -56,13 +85,59 @@ class _Config(BaseModel):
         """The file's configuration over the plain defaults; with no file, the demo's."""
         if path is None:
             return cls.demo()
-        with open(path, "rb") as f:
-            return cls.model_validate(tomllib.load(f))
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML ({e}); fix the file") from e
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the config file ({e.strerror or e}); check the path") from e
+        try:
+            return cls.model_validate(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {str(e).removeprefix('config: ')}") from e
 
     @classmethod
     def demo(cls) -> "PipelineConfig":
         """The bundled demo corpus and parallel sets (the only place they are named)."""
         return cls.model_validate(DEMO)
+
+
+def describe(e: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem of a validation error as one line: the key (``langid.keep_langs[0]``), the value
+    and what is wrong; an unknown key lists the keys its table has."""
+    errors = e.errors()
+    first = errors[0]
+    loc = first["loc"]
+    key = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        known = _keys(model, loc[:-1])
+        return (
+            f"unknown key {key!r}; check its spelling" + (f" (known here: {', '.join(known)})" if known else "") + more
+        )
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    if not key:  # a check of the whole config (the langid codes): its message names the key
+        return msg + more
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" = {value!r}"
+    return f"{key}{shown}: {msg}{more}"
+
+
+def _keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the table at ``loc`` (a path of field names and list indices), when a model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())  # list[Source], Source | None
+        model = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return sorted(model.model_fields)
 
 
 PipelineConfig = create_model(

@@ -127,7 +127,8 @@ def _load_model(uri: str, fingerprint: str):
     import xlmflow  # noqa: F401  (registers the model class)
 
     loc = Location(uri)
-    model = transformers.AutoModelForCausalLM.from_pretrained(loc.path)
+    # safetensors only: a pickled .bin in a model folder (a --model given by a user) is never unpickled
+    model = transformers.AutoModelForCausalLM.from_pretrained(loc.path, use_safetensors=True)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, Tokenizer.from_file(loc.child(TOKENIZER_FILE).path)
 

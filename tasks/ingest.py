@@ -15,14 +15,16 @@ Records that cannot be read are quarantined with their reason (``bad_records =
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 from typing import Iterator, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xlmflow.storage import (
     Aside,
@@ -37,6 +39,7 @@ from xlmflow.storage import (
 )
 
 from . import readers
+from .parallel import check_lang_code
 from .readers import Batch, InputError
 from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 
@@ -74,14 +77,24 @@ class Source(BaseModel):
     paragraphs: bool = Field(False, description="text files: one document per blank-line paragraph, not per line")
     split: str | None = None
     config: str | None = None
-    revision: str | None = None
+    revision: str | None = Field(
+        None, description="hf: the dataset's commit, tag or branch; None = its current commit, resolved when planning"
+    )
+
+    @field_validator("lang")
+    @classmethod
+    def _lang_code(cls, v: str | None) -> str | None:
+        """A claimed language is compared with detected labels: 'english' or 'EN' would never match one."""
+        if v is not None and (problem := check_lang_code(v)):
+            raise ValueError(problem)
+        return v
 
 
 class IngestParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     sources: list[Source] = Field(default_factory=list, description="inputs to read; at least one")
-    part_mb: int = Field(256, description="roll over to a new Parquet part after this many MB of Arrow data")
+    part_mb: int = Field(256, ge=1, description="roll over to a new Parquet part after this many MB of Arrow data")
     bad_records: Literal["quarantine", "fail"] = "quarantine"
 
 
@@ -96,7 +109,8 @@ def plan(run: RunDir, params: IngestParams) -> list[Unit]:
     units: list[Unit] = []
     for index, source in enumerate(params.sources):
         for uri, rel, fmt in expand(source):
-            fp = _content_fingerprint(uri, fmt, source)
+            revision = hub_revision(uri, source) if fmt == "hf" else None
+            fp = _content_fingerprint(uri, fmt, source, revision)
             key = input_key(index, rel)
             name = f"{_slug(rel)}-{key[:8]}"
             unit_params = {
@@ -107,6 +121,8 @@ def plan(run: RunDir, params: IngestParams) -> list[Unit]:
                 "bad_records": params.bad_records,
                 "part_mb": params.part_mb,
             }
+            if fmt == "hf":  # the commit read: a new upstream version is a new unit
+                unit_params["revision"] = revision
             units.append(
                 Unit(
                     stage=STAGE,
@@ -189,17 +205,57 @@ def _slug(rel: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rel)[-80:].strip("._") or "input"
 
 
-def _content_fingerprint(uri: str, fmt: str, source: Source) -> str:
-    if fmt == "hf":  # a hub dataset is known by name and revision; local folders by content
+def _content_fingerprint(uri: str, fmt: str, source: Source, revision: str | None = None) -> str:
+    if fmt == "hf":  # a hub dataset is known by name and commit; local folders by content
         fs, path = url_to_fs(uri)
         if fs.isdir(path):
             return tree_sha256(fs, path)
-        return hash_json(["hf", uri, source.config, source.split, source.revision])
+        return hash_json(["hf", uri, source.config, source.split, revision or source.revision])
     loc = Location(uri)
     try:
         return tree_sha256(loc.fs, loc.path) if fmt == "hf-disk" else file_sha256(loc.fs, loc.path)[0]
     except (PermissionError, IsADirectoryError) as e:
         raise InputError(f"{uri}: cannot be read ({e}); check its permissions") from e
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether ``hf:NAME`` names a Hugging Face Hub dataset (``owner/name``), not a local folder,
+    a loading script or a packaged builder (``json``, ``parquet``, ...) reading local files."""
+    if "://" in name or os.path.exists(name):
+        return False
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return name not in _PACKAGED_DATASETS_MODULES and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+
+
+def hub_revision(name: str, source: Source) -> str | None:
+    """The commit a hub dataset is read at: the configured ``revision``, else the one the Hub names now.
+
+    Without it a hub dataset's key would be its name only, and a new upstream version would be
+    served from cache as the old one. Resolved when planning (one metadata request); the unit
+    then reads exactly that commit. Offline there is no way to know the current commit, and the
+    local cache is not a substitute (a streamed dataset is not cached), so the user pins one."""
+    if source.revision or not is_hub_name(name):
+        return source.revision
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        sha = huggingface_hub.HfApi().dataset_info(name, timeout=30).sha
+    except RepositoryNotFoundError as e:
+        raise InputError(
+            f"hf:{name}: no such dataset on the Hugging Face Hub (or it is private: log in with `hf auth login`); "
+            f"check the name"
+        ) from e
+    except Exception as e:  # offline, network, gated
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(
+            f"hf:{name}: cannot resolve the dataset's current commit on the Hugging Face Hub ({first}); "
+            f'connect, or pin revision = "<commit sha or tag>" in the source\'s [[ingest.sources]] table'
+        ) from e
+    if not sha:
+        raise InputError(f"hf:{name}: the Hub named no commit for the dataset; pin revision in its source")
+    return sha
 
 
 # ---------------------------------------------------------------- one unit: read -> normalise -> write
@@ -210,13 +266,17 @@ def ingest_unit(unit: Unit) -> Ref:
     fmt, rel, key = unit.params["format"], unit.params["rel"], unit.params["key"]
     strict = unit.params["bad_records"] == "fail"
     part_bytes = unit.params["part_mb"] << 20
+    source = source.model_copy(update={"revision": unit.params.get("revision") or source.revision})
+    what = "line" if fmt in ("text", "jsonl") else "row"
 
     def build(aside: Aside) -> dict:
         docs = PartWriter(aside.path, DOCS_SCHEMA, max_bytes=part_bytes)
         bad = PartWriter(aside.path, QUARANTINE_SCHEMA, prefix="quarantine")  # streamed: a bad file never fills memory
         n_bad, first_reason = 0, None
         per_lang: dict[str, int] = {}
+        last = [-1]  # the last record number written: they must rise, or doc ids would repeat
         for batch in batches(uri, fmt, source, readers.BATCH_ROWS):
+            batch = readers.without_nul(batch, what)
             for record, reason, raw in batch.bad:
                 if strict:
                     raise InputError(
@@ -233,6 +293,7 @@ def ingest_unit(unit: Unit) -> Ref:
                 )
                 n_bad, first_reason = n_bad + len(records), first_reason or reasons[0]
             table = to_documents(batch, rel, key, source.lang)
+            last[0] = check_rising(table.column("record").to_numpy(), last[0], uri)
             for lang, n in (
                 pl.from_arrow(table.select(["claimed_lang"])).group_by("claimed_lang").len().fill_null("und").rows()
             ):
@@ -246,11 +307,30 @@ def ingest_unit(unit: Unit) -> Ref:
                 f"{uri}: no documents found; check the format ({fmt}), "
                 f"text_field ({source.text_field!r}) and that the file is not empty"
             )
+        if n_docs == 0:  # every record bad: a wrong text_field or format, not a few damaged records
+            raise InputError(
+                f"{uri}: none of its {n_bad} records could be read (first: {first_reason}); check the format "
+                f"({fmt}) and text_field ({source.text_field!r}), or remove the file from the source"
+            )
         if n_bad:
             logger().warning("%s: quarantined %d bad records (first: %s)", uri, n_bad, first_reason)
         return {"documents": n_docs, "quarantined": n_bad, "claimed_lang": dict(sorted(per_lang.items()))}
 
     return ensure(unit, build)
+
+
+def check_rising(records: np.ndarray, last: int, uri: str) -> int:
+    """Record numbers must rise strictly through an input, so its doc ids (``<key>-<record>``) are
+    unique; a reader that numbered two records alike would silently merge documents downstream.
+    One vectorised comparison per batch. Returns the batch's last record number."""
+    if not len(records):
+        return last
+    if records[0] <= last or (len(records) > 1 and not (np.diff(records) > 0).all()):
+        raise RuntimeError(
+            f"{uri}: record numbers do not rise (record {records[0]} after {last}), so doc ids would repeat; "
+            f"this is a bug in xlmflow's reader: please report it with the input's format"
+        )
+    return int(records[-1])
 
 
 def batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Iterator[Batch]:
@@ -259,8 +339,10 @@ def batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Iterator[Bat
         yield from _dataset_batches(uri, fmt, source, batch_rows)
         return
     loc = Location(uri)
+    zst = loc.path.lower().endswith(".zst")  # read by readers.ZstdReader, which notices a truncated file
     try:
-        with loc.fs.open(loc.path, "rb", compression="infer") as f:
+        with loc.fs.open(loc.path, "rb", compression=None if zst else "infer") as raw:
+            f = readers.ZstdReader(raw, uri) if zst else raw
             if fmt == "text":
                 yield from readers.read_text(f, uri, source.paragraphs, batch_rows)
             elif fmt == "jsonl":
@@ -301,9 +383,10 @@ def _dataset_batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Ite
         parts = [ds[s] for s in splits]
     else:
         parts = [ds]
+    offset = 0  # numbered on across splits: row 0 of "test" is not row 0 of "train" (one doc id each)
     for part in parts:
         schema, it = readers.dataset_batches(part, batch_rows)
-        yield from readers.read_arrow(it, schema, uri, source.text_field, source.lang_field)
+        offset = yield from readers.read_arrow(it, schema, uri, source.text_field, source.lang_field, offset)
 
 
 def to_documents(batch: Batch, rel: str, key: str, default_lang: str | None) -> pa.Table:

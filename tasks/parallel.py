@@ -10,6 +10,7 @@ everything trained downstream. A single *file* a user names is an eval set.
 
 from __future__ import annotations
 
+import io
 import posixpath
 import re
 from typing import Annotated
@@ -36,6 +37,30 @@ ISO_639_1 = set(
     "sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh "
     "zu".split()
 )
+
+#: two-letter labels of lid.176 outside ISO 639-1 (Serbo-Croatian)
+LID_EXTRA_2 = {"sh"}
+LANG_CODE = re.compile(r"([a-z]{2,3})(_[A-Z][a-z]{3})?")
+
+
+def check_lang_code(code: str) -> str | None:
+    """Why ``code`` is not a language code a LID model could label, or None when it may be.
+
+    Checked without loading a model (a config names the model too): an ISO 639-1 code (``en``; and
+    ``sh``, which lid.176 uses), any three lowercase letters (ISO 639-3 labels lid.176 has for
+    languages without a 639-1 code: ``als``, ``ceb``, ``yue``), each optionally with a GlotLID-style
+    script (``eng_Latn``). ``english``, ``EN``, ``xx`` are refused: a label never equals them, so a
+    threshold or kept language naming one would silently do nothing."""
+    m = LANG_CODE.fullmatch(code) if isinstance(code, str) else None
+    if m is None:
+        return (
+            f"{code!r} is not a language code; use the LID model's labels: ISO 639-1 (en, fr, zh), "
+            f"three letters (ceb, yue), optionally with a script (eng_Latn)"
+        )
+    base = m.group(1)
+    if len(base) == 2 and base not in ISO_639_1 | LID_EXTRA_2:
+        return f"{code!r} is not an ISO 639-1 language code; use one such as en, fr, zh"
+    return None
 
 
 def _as_list(value) -> list[str]:
@@ -86,7 +111,9 @@ def read_set(loc: Location, min_rows: int = 1) -> pl.DataFrame:
     try:
         if loc.name.endswith(".tsv"):
             with loc.open("rb") as f:
-                df = pl.read_csv(f, separator="\t", quote_char=None, infer_schema=False)
+                data = f.read()
+            ragged(data, loc)
+            df = pl.read_csv(io.BytesIO(data), separator="\t", quote_char=None, infer_schema=False)
         else:
             df = pl.from_arrow(read_table(loc))
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, pa.ArrowInvalid, OSError) as e:
@@ -113,6 +140,23 @@ def read_set(loc: Location, min_rows: int = 1) -> pl.DataFrame:
         )
     keep = (["id"] if "id" in df.columns else []) + langs
     return df.select(keep).with_columns(pl.col(langs).cast(pl.String))
+
+
+def ragged(data: bytes, loc: Location) -> None:
+    """Refuse a TSV whose rows do not all have the header's number of fields, naming the first such line.
+
+    polars fills a short row's missing fields with nulls, which would silently misalign a set (a
+    segment with no translation); one vectorised count of tabs per line finds it."""
+    lines = pl.Series(data.decode("utf-8", errors="replace").split("\n")).str.strip_suffix("\r")
+    tabs = lines.str.count_matches("\t", literal=True)
+    used = lines.str.len_bytes() > 0  # blank lines (the last newline) hold no row
+    wrong = (tabs != tabs[0]) & used
+    if wrong.any():
+        i = int(wrong.arg_max())
+        raise ValueError(
+            f"parallel set {loc}: unreadable: line {i + 1} has {tabs[i] + 1} tab-separated fields, the header "
+            f"has {tabs[0] + 1}; give every row one field per column (an empty field is still a field)"
+        )
 
 
 def languages(df: pl.DataFrame) -> list[str]:

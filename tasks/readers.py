@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -22,6 +23,22 @@ import pyarrow.parquet as pq
 
 BLOCK_BYTES = 8 << 20
 BATCH_ROWS = 8192
+BAD_ROWS = 1024  # quarantined records are handed on after this many ...
+BAD_BYTES = 1 << 20  # ... or this many bytes of reasons and excerpts: an all-bad file never fills memory
+MAX_LINE_BYTES = 64 << 20  # a longer line is quarantined unread (skipped block by block), not held in memory
+SNIFF_BYTES = 8192
+#: leading bytes of formats that are not text: a .txt file starting so is a mistake, never documents
+MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive",
+    b"\x1f\x8b": "gzip-compressed data (name it .gz)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed data (name it .zst)",
+    b"\xfd7zXZ\x00": "xz-compressed data (name it .xz)",
+    b"PAR1": "a Parquet file (name it .parquet)",
+}
 
 
 class InputError(ValueError):
@@ -30,6 +47,8 @@ class InputError(ValueError):
 
 @dataclass
 class Batch:
+    """Parallel columns of good records (possibly none) and the bad records met since the last batch."""
+
     text: list[Any] | pa.Array
     record: list[int] | pa.Array
     lang: list[Any] | pa.Array | None = None
@@ -38,9 +57,39 @@ class Batch:
 
 
 def excerpt(raw: bytes | str, limit: int = 500) -> str:
+    """At most ``limit`` characters of a bad record: enough to find it, and bounded whatever its size."""
     if isinstance(raw, bytes):
         raw = raw[: limit * 4].decode("utf-8", errors="backslashreplace")
     return raw[:limit]
+
+
+class Quarantine:
+    """Bad records met while reading, handed on by count and bytes so that a file of bad records
+    streams through in bounded memory instead of waiting for ``batch_rows`` good records."""
+
+    def __init__(self):
+        self.records: list[tuple[int, str, str]] = []
+        self.bytes = 0
+
+    def add(self, record: int, reason: str, raw: str) -> None:
+        self.records.append((record, reason, raw))
+        self.bytes += len(reason) + len(raw)
+
+    @property
+    def full(self) -> bool:
+        return len(self.records) >= BAD_ROWS or self.bytes >= BAD_BYTES
+
+    def take(self) -> list[tuple[int, str, str]]:
+        out, self.records, self.bytes = self.records, [], 0
+        return out
+
+
+def too_long(lineno: int) -> tuple[int, str, str]:
+    return (
+        lineno,
+        f"line {lineno}: longer than {MAX_LINE_BYTES >> 20} MB, not read; split the record into smaller ones",
+        "",
+    )
 
 
 # ---------------------------------------------------------------- plain text
@@ -48,14 +97,19 @@ def read_text(f: io.BufferedIOBase, name: str, paragraphs: bool, batch_rows: int
     """One document per line, or per blank-line-separated paragraph; records are 1-based line numbers."""
     texts: list[str] = []
     records: list[int] = []
-    bad: list[tuple[int, str, str]] = []
+    bad = Quarantine()
     para: list[str] = []
     para_start = 0
-    for lineno, raw in enumerate(_lines(f), start=1):
+    for lineno, raw in enumerate(_lines(f, name), start=1):
+        if bad.full:
+            yield Batch([], [], bad=bad.take())
+        if raw is None:
+            bad.add(*too_long(lineno))
+            continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            bad.append((lineno, f"invalid UTF-8 at byte {e.start} of line {lineno}", excerpt(raw)))
+            bad.add(lineno, f"invalid UTF-8 at byte {e.start} of line {lineno}", excerpt(raw))
             continue
         if lineno == 1:
             line = line.lstrip("\ufeff")
@@ -73,55 +127,149 @@ def read_text(f: io.BufferedIOBase, name: str, paragraphs: bool, batch_rows: int
             texts.append(line)
             records.append(lineno)
         if len(texts) >= batch_rows:
-            yield Batch(texts, records, bad=bad)
-            texts, records, bad = [], [], []
+            yield Batch(texts, records, bad=bad.take())
+            texts, records = [], []
     if para:
         texts.append("\n".join(para))
         records.append(para_start)
-    if texts or bad:
-        yield Batch(texts, records, bad=bad)
+    if texts or bad.records:
+        yield Batch(texts, records, bad=bad.take())
 
 
-def _lines(f) -> Iterator[bytes]:
-    """Lines without their ending, read in large blocks (a 50 MB line is fine)."""
-    rest = b""
+def _lines(f, name: str) -> Iterator[bytes | None]:
+    """Lines without their ending, read in large blocks; None for a line over :data:`MAX_LINE_BYTES`.
+
+    A line spanning blocks is gathered as a list of pieces (joined once: no quadratic copying);
+    one that grows past the limit is skipped to its end without being held, so memory stays
+    bounded by the limit whatever the file. The first block is sniffed (:func:`sniff`)."""
+    pieces: list[bytes] = []  # the start of a line that spans blocks
+    held, skipping, first = 0, False, True
     while block := f.read(BLOCK_BYTES):
-        block = rest + block
+        if first:
+            sniff(block, name)
+            first = False
         lines = block.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
+        last = lines.pop()
+        for i, line in enumerate(lines):
+            if i == 0 and (pieces or skipping):
+                if skipping:
+                    skipping = False
+                    yield None
+                    continue
+                line, pieces, held = b"".join(pieces) + line, [], 0
+                if len(line) > MAX_LINE_BYTES:
+                    yield None
+                    continue
             yield line.rstrip(b"\r")
-    if rest:
+        if skipping:
+            continue
+        pieces.append(last)
+        held += len(last)
+        if held > MAX_LINE_BYTES:
+            pieces, held, skipping = [], 0, True
+    if skipping:
+        yield None
+    elif pieces and (rest := b"".join(pieces)):
         yield rest.rstrip(b"\r")
+
+
+def sniff(head: bytes, name: str) -> None:
+    """Refuse input that is not UTF-8 text at all (UTF-16/32, an image, an archive, random bytes):
+    read line by line it would become garbage documents or a flood of quarantined lines."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        raise InputError(
+            f"{name}: starts with a UTF-16/UTF-32 byte order mark; xlmflow reads UTF-8 text: "
+            f"convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 IN > OUT)"
+        )
+    sample = head[:SNIFF_BYTES]
+    for magic, what in MAGIC.items():
+        if sample.startswith(magic):
+            raise InputError(f"{name}: holds {what}, not UTF-8 text; remove it from the source or fix its name")
+    nul = sample.count(0)
+    if len(sample) >= 16 and nul * 4 >= len(sample):  # one byte in four is NUL: UTF-16 without a BOM, or binary
+        if any(h.count(0) * 10 >= len(h) * 9 for h in (sample[0::2], sample[1::2])):  # ASCII-range UTF-16
+            raise InputError(
+                f"{name}: looks like UTF-16 text (every other byte is NUL); xlmflow reads UTF-8: convert it "
+                f"to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8 IN > OUT)"
+            )
+        raise InputError(
+            f"{name}: looks like binary data ({nul} NUL bytes in its first {len(sample)}), not UTF-8 text; "
+            f"remove it from the source"
+        )
+    bad = sample.decode("utf-8", errors="replace").count("\ufffd")
+    if len(sample) >= 64 and bad * 10 > len(sample):
+        raise InputError(
+            f"{name}: looks like binary data ({bad} invalid UTF-8 sequences in its first {len(sample)} bytes), "
+            f"not UTF-8 text; remove it from the source, or convert it to UTF-8"
+        )
+
+
+class ZstdReader:
+    """A .zst stream decompressed frame by frame, that raises EOFError when the input ends inside a frame.
+
+    fsspec's zstandard reader ends quietly there, so a truncated file would pass as a shorter one
+    (its last line quarantined, the rest silently lost). Input is fed in small chunks, so memory is
+    bounded by what one chunk expands to."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, raw, name: str):
+        import zstandard
+
+        self.raw, self.name, self.dctx, self.error = raw, name, zstandard.ZstdDecompressor(), zstandard.ZstdError
+        self.obj, self.buf, self.pending, self.done = self.dctx.decompressobj(), bytearray(), False, False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.done and (n < 0 or len(self.buf) < n):
+            chunk = self.raw.read(self.CHUNK)
+            if not chunk:
+                if self.pending:
+                    raise EOFError("the zstd stream ends inside a frame: the file is truncated")
+                self.done = True
+            while chunk:
+                try:
+                    self.buf += self.obj.decompress(chunk)
+                except self.error as e:
+                    raise OSError(f"corrupt zstd data: {e}") from e
+                chunk, self.pending = b"", not self.obj.eof
+                if self.obj.eof:  # a frame ended: what follows starts the next one
+                    chunk, self.obj = self.obj.unused_data, self.dctx.decompressobj()
+        n = len(self.buf) if n < 0 else min(n, len(self.buf))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
 
 
 # ---------------------------------------------------------------- JSON lines
 def read_jsonl(f, name: str, text_field: str, lang_field: str | None, batch_rows: int) -> Iterator[Batch]:
     """One JSON object per line; other fields are kept as the ``meta`` JSON string."""
     texts, langs, metas, records = [], [], [], []
-    bad: list[tuple[int, str, str]] = []
-    for lineno, raw in enumerate(_lines(f), start=1):
+    bad = Quarantine()
+    for lineno, raw in enumerate(_lines(f, name), start=1):
+        if bad.full:
+            yield Batch([], [], [], [], bad.take())
+        if raw is None:
+            bad.add(*too_long(lineno))
+            continue
         if not raw.strip():
             continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
             reason = "invalid UTF-8" if _bad_utf8(raw) else f"malformed JSON ({e})"
-            bad.append((lineno, f"line {lineno}: {reason}", excerpt(raw)))
+            bad.add(lineno, f"line {lineno}: {reason}", excerpt(raw))
             continue
         if not isinstance(obj, dict):
-            bad.append((lineno, f"line {lineno}: expected a JSON object, got {type(obj).__name__}", excerpt(raw)))
+            bad.add(lineno, f"line {lineno}: expected a JSON object, got {type(obj).__name__}", excerpt(raw))
             continue
         text = obj.pop(text_field, None)
         if not isinstance(text, str):
             what = "missing" if text is None else f"a {type(text).__name__}, not a string"
-            bad.append(
-                (
-                    lineno,
-                    f"line {lineno}: field {text_field!r} is {what} (keys: {', '.join(sorted(obj))[:200]}); "
-                    f"set text_field to the field holding the text",
-                    excerpt(raw),
-                )
+            bad.add(
+                lineno,
+                f"line {lineno}: field {text_field!r} is {what} (keys: {', '.join(sorted(obj))[:200]}); "
+                f"set text_field to the field holding the text",
+                excerpt(raw),
             )
             continue
         lang = obj.pop(lang_field, None) if lang_field else None
@@ -130,10 +278,10 @@ def read_jsonl(f, name: str, text_field: str, lang_field: str | None, batch_rows
         metas.append(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode() if obj else None)
         records.append(lineno)
         if len(texts) >= batch_rows:
-            yield Batch(texts, records, langs, metas, bad)
-            texts, langs, metas, records, bad = [], [], [], [], []
-    if texts or bad:
-        yield Batch(texts, records, langs, metas, bad)
+            yield Batch(texts, records, langs, metas, bad.take())
+            texts, langs, metas, records = [], [], [], []
+    if texts or bad.records:
+        yield Batch(texts, records, langs, metas, bad.take())
 
 
 def _bad_utf8(raw: bytes) -> bool:
@@ -146,9 +294,18 @@ def _bad_utf8(raw: bytes) -> bool:
 
 # ---------------------------------------------------------------- Arrow tables (Parquet, datasets)
 def read_arrow(
-    batches: Iterator[pa.RecordBatch], schema: pa.Schema, name: str, text_field: str, lang_field: str | None
-) -> Iterator[Batch]:
-    """Columns straight from Arrow: the text column, the language column if any, the rest as JSON meta."""
+    batches: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    name: str,
+    text_field: str,
+    lang_field: str | None,
+    start: int = 0,
+) -> Generator[Batch, None, int]:
+    """Columns straight from Arrow: the text column, the language column if any, the rest as JSON meta.
+
+    Rows are numbered from ``start``; the generator returns the next free number, so the splits
+    of a dataset read one after another are numbered on (``yield from`` gives it back) and no two
+    records of an input share a number, hence a doc id."""
     if text_field not in schema.names:
         raise InputError(
             f"{name}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
@@ -162,12 +319,12 @@ def read_arrow(
             f"pick the column that holds the documents' text"
         )
     lang_field = lang_field if lang_field in schema.names else None
-    offset = 0
+    offset = start
     for rb in batches:
         df = pl.from_arrow(rb)
         if not isinstance(df, pl.DataFrame):
             df = df.to_frame()
-        records = pa.array(range(offset, offset + rb.num_rows), pa.int64())
+        records = np.arange(offset, offset + rb.num_rows, dtype=np.int64)
         offset += rb.num_rows
         rest = [c for c in df.columns if c not in (text_field, lang_field)]
         meta = df.select(pl.struct(rest).struct.json_encode()).to_series().to_arrow() if rest else None
@@ -175,16 +332,47 @@ def read_arrow(
         missing = text.is_null()
         bad = []
         if missing.any():
-            rows = pl.Series(records.to_numpy()).filter(missing).to_list()
+            rows = pl.Series(records).filter(missing).to_list()
             bad = [(r, f"row {r}: {text_field!r} is null", "") for r in rows]
         keep = ~missing
         yield Batch(
             text=text.filter(keep).to_arrow(),
-            record=pl.Series(records.to_numpy()).filter(keep).to_arrow(),
+            record=pl.Series(records).filter(keep).to_arrow(),
             lang=df.get_column(lang_field).cast(pl.String).filter(keep).to_arrow() if lang_field else None,
             meta=pl.Series(meta).filter(keep).to_arrow() if meta is not None else None,
             bad=bad,
         )
+    return offset
+
+
+def without_nul(batch: Batch, unit: str) -> Batch:
+    """The batch less its records whose text holds a NUL byte, which join its quarantined ones.
+
+    NUL is never in natural text: it marks binary or corrupt data (a file cut and glued, a
+    mis-decoded UTF-16 field), so such a record is set aside with its reason rather than
+    cleaned into a plausible-looking document. ``unit`` names a record: ``line`` or ``row``.
+    One vectorised test per batch; nothing is copied when no text holds a NUL."""
+    text = pl.Series("text", batch.text, dtype=pl.String)
+    nul = text.str.contains("\x00", literal=True).fill_null(False)
+    if not nul.any():
+        return batch
+    record = pl.Series("record", batch.record, dtype=pl.Int64)
+    keep = ~nul
+    bad = [
+        (r, f"{unit} {r}: the text holds NUL bytes (binary or corrupt data); clean or remove the record", excerpt(t))
+        for r, t in zip(record.filter(nul).to_list(), text.filter(nul).str.slice(0, 500).to_list())
+    ]
+
+    def kept(col):
+        return None if col is None else pl.Series(col, dtype=pl.String).filter(keep).to_arrow()
+
+    return Batch(
+        text.filter(keep).to_arrow(),
+        record.filter(keep).to_arrow(),
+        kept(batch.lang),
+        kept(batch.meta),
+        batch.bad + bad,
+    )
 
 
 def parquet_batches(f, name: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:

@@ -73,8 +73,8 @@ class TrainParams(BaseModel):
     warmup_steps: int = Field(30, ge=0)
     schedule: Literal["cosine", "linear"] = "cosine"
     weight_decay: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
     grad_clip: float = Field(1.0, gt=0)
     alpha: float | None = Field(None, gt=0, le=1, description="language mixture exponent; None = the vocab stage's")
     seed: int = 0

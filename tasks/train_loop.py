@@ -8,6 +8,12 @@ written aside and renamed, the last ``keep_checkpoints`` kept) and ``final`` (th
 process that finds a checkpoint resumes from it (model, optimiser, scheduler, RNG, data position),
 so a killed or failed job started again continues where it was and ends with the same weights.
 
+Nothing in a checkpoint is unpickled: the model is ``model.safetensors``; optimiser and RNG states
+load with ``torch.load(weights_only=True)``; the scheduler and data position are JSON in
+``xlmflow_state.json`` (Accelerate's ``register_for_checkpointing`` would pickle them and load
+them with ``weights_only=False``). That file also holds the unit's fingerprint: a checkpoint of
+another configuration (copied, or a fingerprint-prefix clash) is never resumed.
+
 One optimiser step = ``grad_accum`` micro-batches per rank. The loss is the sum of token losses
 divided by the number of target tokens of the whole step over all ranks (not a mean of means,
 transformers#34191), so accumulation and world size do not change what is optimised.
@@ -43,6 +49,7 @@ PROGRESS = "XLMFLOW-PROGRESS "
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 STEP_PREFIX = "step-"
+STATE = "xlmflow_state.json"  # per checkpoint: fingerprint, scheduler and loader state (JSON, never pickled)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -54,9 +61,27 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * decay
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path, fingerprint: str | None = None) -> Path | None:
+    """The last complete checkpoint in ``folder``; with ``fingerprint``, the last one written by that
+    configuration (others, or ones without an :data:`STATE`, are passed over with a message)."""
     done = sorted(p for p in folder.glob(f"{STEP_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
+    if fingerprint is None:
+        return done[-1] if done else None
+    for p in reversed(done):
+        owner = checkpoint_owner(p)
+        if owner == fingerprint:
+            return p
+        whose = f"it was written by configuration {owner[:16]}" if owner else "it records no configuration"
+        print(f"not resuming from {p}: {whose}, not {fingerprint[:16]}")
+    return None
+
+
+def checkpoint_owner(path: Path) -> str | None:
+    """The fingerprint recorded in a checkpoint (None: none, or unreadable)."""
+    try:
+        return json.loads((path / STATE).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def build_model(spec: dict):
@@ -142,15 +167,15 @@ def run(spec: dict) -> dict:
         lang: valid_blocks(spec["shards"], lang, t["block_size"], t["eval_blocks"], tag_ids, i + 1)
         for i, lang in enumerate(spec["langs"])
     }
-    # the scheduler is registered, not prepared: a prepared one steps once per process and step
+    # the scheduler is not prepared (a prepared one steps once per process and step) nor registered for
+    # checkpointing (Accelerate pickles registered objects): it is saved with the loader in STATE
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(loader)
+    fingerprint = spec.get("fingerprint")
 
     start = 0
-    last = latest_checkpoint(ckdir)
+    last = latest_checkpoint(ckdir, fingerprint)
     if last is not None:
-        accelerator.load_state(str(last))
+        load_checkpoint(accelerator, last, scheduler, loader)
         start = loader.step // t["grad_accum"]
         accelerator.print(f"resumed from checkpoint {last.name} at step {start}")
     metrics = ckdir / METRICS
@@ -224,7 +249,8 @@ def run(spec: dict) -> dict:
             progress["effective_epochs"] = loader.effective_epochs()
             print(PROGRESS + json.dumps(progress), flush=True)
         if done % t["checkpoint_every"] == 0 and done < t["max_steps"]:
-            save_checkpoint(accelerator, ckdir, done, t["keep_checkpoints"])
+            state = {"fingerprint": fingerprint, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
+            save_checkpoint(accelerator, ckdir, done, t["keep_checkpoints"], state)
 
     if record:  # which documents each rank read (tests check that ranks are disjoint)
         (ckdir / f"documents-rank-{rank}.json").write_text(json.dumps(loader.documents_read()))
@@ -256,21 +282,34 @@ def run(spec: dict) -> dict:
     return summary
 
 
-def save_checkpoint(accelerator, ckdir: Path, step: int, keep: int) -> None:
-    """``accelerator.save_state`` into ``step-N.tmp``, renamed to ``step-N`` once every rank has written."""
+def save_checkpoint(accelerator, ckdir: Path, step: int, keep: int, state: dict) -> None:
+    """``accelerator.save_state`` (model as safetensors) and ``state`` as JSON into ``step-N.tmp``,
+    renamed to ``step-N`` once every rank has written."""
     name = f"{STEP_PREFIX}{step:07d}"
     tmp = ckdir / f"{name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / STATE).write_text(json.dumps(state, sort_keys=True))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        shutil.rmtree(ckdir / name, ignore_errors=True)  # one not resumed (another configuration's) gives way
         tmp.rename(ckdir / name)
         done = sorted(p for p in ckdir.glob(f"{STEP_PREFIX}*") if not p.name.endswith(".tmp"))
         for old in done[: max(0, len(done) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, path: Path, scheduler, loader) -> None:
+    """Model (safetensors), optimiser and RNG (``weights_only=True``: tensors and plain values only, no
+    code run while loading), then the scheduler and data position from :data:`STATE`."""
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    state = json.loads((path / STATE).read_text())
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
 
 
 def _read_rows(path: Path) -> list[dict]:

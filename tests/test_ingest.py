@@ -223,3 +223,91 @@ def test_same_file_name_in_two_sources_gets_distinct_units_and_ids(tmp_path, run
     assert sorted(docs["text"].to_list()) == ["first", "second"] and docs["doc_id"].n_unique() == 2
     with pytest.raises(InputError, match="named by two sources"):
         ingest(run_dir + "x", Source(path=str(tmp_path / "a")), Source(path=str(tmp_path / "a" / "en.txt")))
+
+
+# ---------------------------------------------------------------- ids, bounded quarantine, hub revisions
+def test_dataset_dict_splits_get_distinct_doc_ids(tmp_path, run_dir):
+    """Row 0 of "train" and row 0 of "test" are different records: numbering goes on across splits."""
+    import datasets
+
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["un", "deux", "trois"]}),
+            "test": datasets.Dataset.from_dict({"text": ["quatre", "cinq"]}),
+        }
+    ).save_to_disk(str(tmp_path / "ds"))
+    docs, _ = ingest(run_dir, Source(path=str(tmp_path / "ds")))
+    assert docs.height == 5 and docs["doc_id"].n_unique() == 5
+    assert sorted(docs["record"].to_list()) == [0, 1, 2, 3, 4]
+
+
+def test_record_numbers_that_do_not_rise_are_a_clear_error():
+    import numpy as np
+
+    from xlmflow.tasks.ingest import check_rising
+
+    assert check_rising(np.array([3, 4, 9]), 2, "x.txt") == 9
+    with pytest.raises(RuntimeError, match=r"x\.txt: record numbers do not rise .*doc ids would repeat"):
+        check_rising(np.array([0, 1]), 1, "x.txt")
+    with pytest.raises(RuntimeError, match="do not rise"):
+        check_rising(np.array([5, 5]), -1, "x.txt")
+
+
+def test_bad_records_are_handed_on_in_bounded_batches(tmp_path, run_dir, monkeypatch):
+    """A file of bad records streams through: no batch holds more than BAD_ROWS of them."""
+    import io
+
+    from xlmflow.tasks import readers
+
+    monkeypatch.setattr(readers, "BAD_ROWS", 10)
+    data = b"".join(b"{not json %d\n" % i for i in range(95)) + b'{"text": "the only good one"}\n'
+    got = list(readers.read_jsonl(io.BytesIO(data), "x.jsonl", "text", "lang", 8192))
+    assert [len(b.bad) for b in got] == [10] * 9 + [5] and all(len(b.text) == 0 for b in got[:-1])
+    assert got[-1].text == ["the only good one"]
+    p = tmp_path / "mostly-bad.jsonl"
+    p.write_bytes(data)
+    docs, bad = ingest(run_dir, Source(path=str(p)))
+    assert docs["text"].to_list() == ["the only good one"] and bad["record"].to_list() == list(range(1, 96))
+
+
+class FakeHub:
+    """huggingface_hub.HfApi stand-in: dataset_info(name).sha is the current commit; counts the calls."""
+
+    sha = "a" * 40
+    calls = 0
+
+    def dataset_info(self, name, timeout=None):
+        FakeHub.calls += 1
+        return type("Info", (), {"sha": FakeHub.sha})()
+
+
+def test_hub_dataset_without_revision_is_keyed_by_its_current_commit(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    run = RunDir.of(str(tmp_path / "run"))
+    source = Source(path="hf:someone/corpus", split="train")
+    FakeHub.sha = "a" * 40
+    (first,) = plan(run, IngestParams(sources=[source]))
+    assert first.params["revision"] == "a" * 40, "the commit read is recorded in the unit's params"
+    FakeHub.sha = "b" * 40  # a new upstream version
+    (second,) = plan(run, IngestParams(sources=[source]))
+    assert second.fingerprint != first.fingerprint and second.params["revision"] == "b" * 40
+    calls = FakeHub.calls
+    pinned = Source(path="hf:someone/corpus", split="train", revision="v1.0")
+    (a,) = plan(run, IngestParams(sources=[pinned]))
+    FakeHub.sha = "c" * 40
+    (b,) = plan(run, IngestParams(sources=[pinned]))
+    assert FakeHub.calls == calls, "an explicit revision is used as is"
+    assert a.params["revision"] == "v1.0"
+    assert a.fingerprint == b.fingerprint
+
+
+def test_hub_dataset_offline_without_revision_asks_to_pin_one(tmp_path):
+    """Tests run with HF_HUB_OFFLINE=1: the current commit cannot be known."""
+    with pytest.raises(InputError, match=r"hf:someone/corpus: cannot resolve .*current commit.*pin revision"):
+        plan(RunDir.of(str(tmp_path / "run")), IngestParams(sources=[Source(path="hf:someone/corpus")]))
+    (unit,) = plan(
+        RunDir.of(str(tmp_path / "run")), IngestParams(sources=[Source(path="hf:someone/corpus", revision="main")])
+    )
+    assert unit.params["revision"] == "main"
