@@ -27,11 +27,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from xlmflow.flows.demo import DEMO
 from xlmflow.flows.registry import STAGES
-from xlmflow.tasks.parallel import Paths, check_lang_code
+from xlmflow.tasks.parallel import Paths
 
 
 class _Config(BaseModel):
@@ -43,25 +43,6 @@ class _Config(BaseModel):
         "(Parquet/TSV, one column per language); eval segments are held out of the corpus and evaluated, "
         "train ones feed alignment and the transfer probe",
     )
-
-    @model_validator(mode="after")
-    def _langid_values(self):
-        """Language codes and probabilities of the langid section: a code no LID label can equal
-        ('english', 'xx') or a threshold outside [0, 1] would silently keep or drop everything."""
-        langid = getattr(self, "langid", None)
-        if langid is None:
-            return self
-        for key, codes in (("keep_langs", langid.keep_langs or []), ("thresholds", sorted(langid.thresholds))):
-            for code in codes:
-                if problem := check_lang_code(code):
-                    raise ValueError(f"langid.{key}: {problem}")
-        for key, p in [
-            ("threshold", langid.threshold),
-            *((f"thresholds.{k}", v) for k, v in langid.thresholds.items()),
-        ]:
-            if not 0 <= p <= 1:
-                raise ValueError(f"langid.{key} = {p}: a probability, between 0 and 1")
-        return self
 
     @classmethod
     def model_validate(cls, obj: Any, *args, **kwargs):

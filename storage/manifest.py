@@ -72,9 +72,13 @@ def read_manifest(loc: Location) -> Manifest | None:
     except FileNotFoundError:
         return None
     try:
+        if not isinstance(orjson.loads(data), dict):
+            raise TypeError("not a JSON object")
         return Manifest.from_json(data)
-    except (orjson.JSONDecodeError, TypeError) as e:
-        raise ManifestError(f"{mpath}: unreadable manifest ({e}); delete the folder {loc} to rebuild it") from e
+    except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError) as e:
+        raise ManifestError(
+            f"{mpath}: unreadable manifest ({e}); delete the folder {loc} or rerun its stage with --force to rebuild it"
+        ) from e
 
 
 def problems(loc: Location, manifest: Manifest, checksums: bool = True) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xlmflow.storage.fingerprint import stable_hashes64
 
@@ -34,8 +34,14 @@ class DedupParams(BaseModel):
     shingle_chars: int = Field(5, ge=1)
     num_perm: int = Field(64, ge=4)
     bands: int = Field(8, ge=1, description="LSH bands; rows per band = num_perm / bands (threshold ~ (1/b)^(1/r))")
-    jaccard: float = Field(0.8, description="estimated Jaccard similarity a candidate pair must reach")
+    jaccard: float = Field(0.8, ge=0, le=1, description="estimated Jaccard similarity a candidate pair must reach")
     seed: int = 1
+
+    @model_validator(mode="after")
+    def _bands_divide(self):
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
 
 
 def normalise(text: pl.Expr) -> pl.Expr:

@@ -32,12 +32,12 @@ in :mod:`.quality`, dedup in :mod:`.dedup`, the counts and artifact in :mod:`.la
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import orjson
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from xlmflow.storage import (
     Aside,
@@ -59,7 +59,7 @@ from . import dedup, dedup_buckets, langid_stats, quality
 from .decide import decide, holdout_segments
 from .dedup import DedupParams
 from .lid import load_model, model_file, model_fingerprint, predict
-from .parallel import Paths, parallel_files
+from .parallel import Paths, check_lang_code, parallel_files
 from .quality import QualityParams
 from .runtime import (
     Input,
@@ -107,14 +107,23 @@ REJECTED_SCHEMA = pa.schema([*KEPT_SCHEMA, ("reason", pa.string()), ("dup_of", p
 REJECTED = "rejected"  # the filter's rejected documents: filter/<part>/rejected/part-NNNNN.parquet
 
 
+def _probability(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError("a probability, between 0 and 1")
+    return value
+
+
+Probability = Annotated[float, AfterValidator(_probability)]
+
+
 class LangidParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     model_path: str | None = Field(None, description="fastText LID model (.ftz/.bin); default: bundled lid.176.ftz")
     top_k: int = Field(3, ge=1, description="labels and probabilities stored per document")
     lid_max_chars: int = Field(4096, ge=1, description="LID reads this prefix of each document")
-    threshold: float = Field(0.5, description="least top-1 probability to accept a label")
-    thresholds: dict[str, float] = Field(
+    threshold: Probability = Field(0.5, description="least top-1 probability to accept a label")
+    thresholds: dict[str, Probability] = Field(
         default_factory=lambda: {"hr": 0.25, "bs": 0.25, "sr": 0.25, "sh": 0.25},
         description="per-language overrides; Croatian/Bosnian/Serbian split their mass, so FineWeb-2-style lower bars",
     )
@@ -129,6 +138,15 @@ class LangidParams(BaseModel):
     )
     quality: QualityParams = Field(default_factory=QualityParams)
     dedup: DedupParams = Field(default_factory=DedupParams)
+
+    @field_validator("keep_langs", "thresholds")
+    @classmethod
+    def _codes(cls, value):
+        """A code no LID label can equal ('english', 'xx') would silently keep or drop nothing."""
+        for code in sorted(value or []):
+            if problem := check_lang_code(code):
+                raise ValueError(problem)
+        return value
 
 
 def score_batch(model, doc_id: pa.Array, text: pl.Series, params: LangidParams) -> pa.RecordBatch:

@@ -37,16 +37,16 @@ class QualityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
-    min_words: int = Field(3, description="spaced scripts: fewest whitespace-separated words")
-    min_unspaced_chars: int = Field(5, description="zh/ja/th...: fewest letters")
-    max_words: int = Field(100_000, description="most words (letters for unspaced scripts); Gopher's bound")
-    min_mean_word_len: float = 2.0
-    max_mean_word_len: float = 20.0
-    max_symbol_ratio: float = Field(0.3, description="symbol characters / non-space characters")
-    max_digit_ratio: float = Field(0.4, description="digits / non-space characters")
-    min_alpha_ratio: float = Field(0.4, description="letters / non-space characters")
-    max_dup_line_frac: float = Field(0.3, description="share of lines that repeat an earlier line")
-    max_rep_ngram_frac: float = Field(0.3, description="share of word 3-grams (char 5-grams) that repeat")
+    min_words: int = Field(3, ge=0, description="spaced scripts: fewest whitespace-separated words")
+    min_unspaced_chars: int = Field(5, ge=0, description="zh/ja/th...: fewest letters")
+    max_words: int = Field(100_000, ge=0, description="most words (letters for unspaced scripts); Gopher's bound")
+    min_mean_word_len: float = Field(2.0, ge=0)
+    max_mean_word_len: float = Field(20.0, ge=0)
+    max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="symbol characters / non-space characters")
+    max_digit_ratio: float = Field(0.4, ge=0, le=1, description="digits / non-space characters")
+    min_alpha_ratio: float = Field(0.4, ge=0, le=1, description="letters / non-space characters")
+    max_dup_line_frac: float = Field(0.3, ge=0, le=1, description="share of lines that repeat an earlier line")
+    max_rep_ngram_frac: float = Field(0.3, ge=0, le=1, description="share of word 3-grams (char 5-grams) that repeat")
 
 
 def signal_columns() -> list[pl.Expr]:

@@ -91,7 +91,7 @@ def test_labels_thresholds_and_overrides():
     texts = EN[:1] + FR[:1] + DE[:1] + ["Hello there"]
     out = label_texts(texts, LangidParams(quality={"min_words": 1}))
     assert out["lang"].to_list()[:3] == ["en", "fr", "de"] and out["reason"].to_list()[:3] == [None] * 3
-    strict = label_texts(texts, LangidParams(threshold=0.5, thresholds={"fr": 1.01}))
+    strict = label_texts(texts, LangidParams(threshold=0.5, thresholds={"fr": 1.0}))
     assert strict["reason"].to_list()[1] == "lid_low_confidence" and strict["reason"].to_list()[0] is None
     kept = label_texts(texts[:3], LangidParams(keep_langs=["en", "de"]))
     assert kept["reason"].to_list() == [None, "lang_not_kept", None]
