@@ -6,9 +6,10 @@ Both corpora are made alike, of real text that dedup does not collapse: every do
 recombination of four sentences drawn from different English documents of the demo (1x: as many documents
 as the demo's English). Each measurement runs in
 a fresh subprocess; peak RSS is ``ru_maxrss`` of that child. Prints documents, seconds, peak RSS and the
-16x/1x ratios.
+ratios to the smallest scale. Peak = imports (~170 MiB) + one batch's scratch (fixed) + one hash bucket
+(fixed by ``BUCKET_DOCS``): flat once a language fills a bucket.
 
-    .venv/bin/python bench/bench_dedup_memory.py [--scale 16] [--quick]
+    .venv/bin/python bench/bench_dedup_memory.py [--scales 1,16,48] [--quick]
 """
 
 from __future__ import annotations
@@ -90,26 +91,29 @@ def run(code: str, *args: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", type=float, default=16)
+    ap.add_argument("--scales", default="1,16,48", help="corpus sizes, in multiples of the demo's English")
+    ap.add_argument("--in-memory-up-to", type=float, default=16, help="largest scale to run in memory too")
     ap.add_argument("--quick", action="store_true", help="0.25x vs 1x: a smoke test")
     a = ap.parse_args()
-    small, big = (0.25, 1.0) if a.quick else (1.0, a.scale)
+    scales = [0.25, 1.0] if a.quick else [float(x) for x in a.scales.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
-        for scale in (small, big):
+        for scale in scales:
             path = str(Path(tmp) / f"en-{scale}.parquet")
             docs = int(run(MAKE, str(scale), path))
             for mode in ("buckets", "in-memory"):
+                if mode == "in-memory" and scale > a.in_memory_up_to:
+                    continue
                 r = json.loads(run(CHILD, path, str(Path(tmp) / f"out-{scale}-{mode}"), mode))
                 rows.append({"scale": scale, "mode": mode, "documents": docs} | r)
                 print(json.dumps(rows[-1]), flush=True)
+            Path(path).unlink()
     peak = {(r["scale"], r["mode"]): r["peak_mib"] for r in rows}
-    for mode in ("buckets", "in-memory"):
-        print(
-            f"{mode:9s}: {big:g}x / {small:g}x peak RSS = {peak[big, mode] / peak[small, mode]:.2f}x "
-            f"({peak[small, mode]:.0f} -> {peak[big, mode]:.0f} MiB)"
-        )
-    print(f"at {big:g}x: buckets / in-memory peak RSS = {peak[big, 'buckets'] / peak[big, 'in-memory']:.2f}x")
+    base = scales[0]
+    for (scale, mode), mib in sorted(peak.items()):
+        print(f"{mode:9s} {scale:g}x: peak RSS {mib:.0f} MiB = {mib / peak[base, mode]:.2f}x of {base:g}x")
+    both = [s for s in scales if (s, "in-memory") in peak]
+    print(f"at {both[-1]:g}x: buckets / in-memory = {peak[both[-1], 'buckets'] / peak[both[-1], 'in-memory']:.2f}x")
 
 
 if __name__ == "__main__":

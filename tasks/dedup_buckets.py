@@ -27,7 +27,7 @@ import pyarrow.ipc as ipc
 
 from .dedup import DedupParams, band_keys, minhash, text_keys
 
-BUCKET_DOCS = 250_000  # documents per bucket: ~50 MB while one is deduplicated
+BUCKET_DOCS = 100_000  # documents per bucket: ~100 MB of scratch memory while one is deduplicated
 EXACT = pa.schema([("doc_id", pa.string()), ("k0", pa.uint64()), ("k1", pa.uint64())])
 BAND = pa.schema([("doc_id", pa.string()), ("row", pa.int64()), ("key", pa.uint64())])
 
