@@ -35,23 +35,23 @@ def key_for(stage: str, run_uri: str) -> str:
     return f"{stage}-{name}-{hashlib.sha256(run_uri.encode()).hexdigest()[:6]}"
 
 
+#: mermaid's default xychart colour is a pale cream, nearly invisible on the UI's light background
+CHART = '```mermaid\n%%{init: {"themeVariables": {"xyChart": {"plotColorPalette": "#2563eb"}}}}%%\nxychart-beta\n'
+
+
 def bars(title: str, labels: list[str], values: list[float], axis: str) -> str:
     """A mermaid bar chart (labels may not hold quotes or commas)."""
     xs = ", ".join(f'"{label}"' for label in labels)
     ys = ", ".join(f"{v:.6g}" for v in values)
     top = max(values, default=1) * 1.1 or 1
-    return (
-        f'```mermaid\nxychart-beta\n  title "{title}"\n  x-axis [{xs}]\n'
-        f'  y-axis "{axis}" 0 --> {top:.6g}\n  bar [{ys}]\n```'
-    )
+    return f'{CHART}  title "{title}"\n  x-axis [{xs}]\n  y-axis "{axis}" 0 --> {top:.6g}\n  bar [{ys}]\n```'
 
 
-def lines(title: str, xs: list, ys: list[float], axis: str) -> str:
-    """A mermaid line chart."""
-    return (
-        f'```mermaid\nxychart-beta\n  title "{title}"\n  x-axis [{", ".join(str(x) for x in xs)}]\n'
-        f'  y-axis "{axis}"\n  line [{", ".join(f"{y:.6g}" for y in ys)}]\n```'
-    )
+def lines(title: str, xs: list[int], ys: list[float], axis: str, x_axis: str = "step") -> str:
+    """A mermaid line chart over a numeric x range (one label per point would run together)."""
+    x = f'"{x_axis}" {xs[0]} --> {xs[-1]}' if xs else f'"{x_axis}" 0 --> 1'
+    points = ", ".join(f"{y:.6g}" for y in ys)
+    return f'{CHART}  title "{title}"\n  x-axis {x}\n  y-axis "{axis}"\n  line [{points}]\n```'
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -77,22 +77,48 @@ def publish(stage: str, run_dir: str, make: Callable[[RunDir], Report]) -> dict[
     return {"stage": stage, "key": key_for(stage, run.root.uri), **report.headline}
 
 
-def summary(run: RunDir, headlines: list[dict[str, Any]]) -> Report:
-    """The pipeline's own artifact: each stage's headline numbers and a link to its artifact."""
-    rows = [[f"[{h['stage']}](/artifacts/key/{h['key']})", _headline(h)] for h in headlines]
+#: where the UI (Prefect 3.9's default, under /v2) shows one artifact; the classic UI draws no mermaid charts
+ARTIFACT_PAGE = "/v2/artifacts/artifact/{id}"
+
+
+def summary(run: RunDir, headlines: list[dict[str, Any]], links: dict[str, str] | None = None) -> Report:
+    """The pipeline's own artifact: each stage's headline numbers and a link to its artifact (``links``: stage
+    -> URL path; a stage without one is named in plain text)."""
+    links = links or {}
+    rows = [
+        [f"[{h['stage']}]({links[h['stage']]})" if h["stage"] in links else h["stage"], _headline(h)] for h in headlines
+    ]
     md = f"# xlmflow run `{run.root.uri}`\n\n" + table(["stage", "headline"], rows)
     return Report(md, f"pipeline: {len(headlines)} stages committed in {run.root.name}")
 
 
 def _headline(h: dict[str, Any]) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in h.items() if k not in ("stage", "key"))
+    return ", ".join(f"{k.replace('_', ' ')} {_number(v)}" for k, v in h.items() if k not in ("stage", "key"))
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_number(x)}" for k, x in v.items())
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
 
 
 def publish_summary(run_dir: str, stages: list[tuple[str, Callable[[RunDir], Report]]]) -> None:
-    """The pipeline's artifact, from every stage's committed output."""
+    """The pipeline's artifact, from every stage's committed output, linking each stage's latest artifact."""
     run = RunDir.of(run_dir)
     headlines = [{"stage": name, "key": key_for(name, run.root.uri), **make(run).headline} for name, make in stages]
-    publish("pipeline", run_dir, lambda r: summary(r, headlines))
+    links = {}
+    try:
+        from prefect.artifacts import Artifact
+
+        for h in headlines:
+            found = Artifact.get(h["key"])
+            if found is not None:
+                links[h["stage"]] = ARTIFACT_PAGE.format(id=found.id)
+    except Exception as e:  # links are a convenience
+        logger().warning("pipeline: artifact links unavailable (%s)", e)
+    publish("pipeline", run_dir, lambda r: summary(r, headlines, links))
 
 
 publish_task = plain_step("publish-artifact")(publish)
@@ -232,6 +258,7 @@ def evaluate_report(run: RunDir) -> Report:
     bpb = sorted(m["bits_per_byte"].items())
     chart = bars("bits per byte per language (lower is better)", [x for x, _ in bpb], [v for _, v in bpb], "bits/byte")
     md = md.replace("## Bits per byte and generation\n", "## Bits per byte and generation\n\n" + chart + "\n", 1)
+    md = md.split("\n## Plots", 1)[0]  # report.md's PNGs lie in the run directory: the UI cannot show them
     mean = sum(v for _, v in bpb) / max(len(bpb), 1)
     retrieval = {s: round(r["mean_acc_at_1"], 3) for s, r in m["retrieval"].items() if r.get("mean_acc_at_1")}
     return Report(

@@ -243,8 +243,8 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
             for pair, ex in list(tr["examples"].items())[:2]:
                 for e in ex[:1]:
                     lines += [
-                        f"- {pair}: `{_clip(e['source'])}` -> `{_clip(e['hypothesis'])}` "
-                        f"(reference `{_clip(e['reference'])}`)"
+                        f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} "
+                        f"(reference {_code(e['reference'])})"
                     ]
             lines.append("")
         lines += ["**Contamination** (segments sharing an n-gram with the train shards):", ""]
@@ -257,12 +257,18 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
         for lang, gens in sorted(mm.get("generations", {}).items()):
             g = gens[0]
             lines.append(
-                f"- {lang}: `{_clip(g['prompt'])}` -> greedy `{_clip(g['greedy'])}`; sampled `{_clip(g['sampled'])}`"
+                f"- {lang}: {_code(g['prompt'])} -> greedy {_code(g['greedy'])}; sampled {_code(g['sampled'])}"
             )
     if "comparison" in metrics:
         lines += ["", "## Comparison", "", "```json", json.dumps(metrics["comparison"], indent=1)[:4000], "```"]
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in images or []]
     return "\n".join(lines) + "\n"
+
+
+def _code(text: str) -> str:
+    """A clipped text as inline code, or "(empty)": an empty generation must not show as a bare pair of backticks."""
+    clipped = _clip(text)
+    return f"`{clipped}`" if clipped else "(empty)"
 
 
 def _clip(text: str, n: int = 80) -> str:

@@ -273,7 +273,7 @@ class Progress:
 
             if TaskRunContext.get() is None:
                 return
-            percent = 100.0 * row["step"] / row["max_steps"]
+            percent = round(100.0 * row["step"] / row["max_steps"], 1)
             if self.artifact is None:
                 self.artifact = create_progress_artifact(percent, description="training steps done")
             else:
