@@ -65,14 +65,14 @@ def kill_and_compare(work: str, config: str | None, kills: int, seed: int = 0, l
     clean_s = time.time() - t
     log(f"clean run: {clean_s:.0f} s")
     per_stage: Counter = Counter()
-    rounds = 0
+    rounds, stalled, last = 0, 0, None
     while sum(per_stage.values()) < kills:
         rounds += 1
         p = start(killed, config)
-        lock = Path(killed, ".lock")
-        while not lock.exists() and p.poll() is None:
+        while not _holds_lock(killed, p.pid) and p.poll() is None:  # the last round's stale lock is not it
             time.sleep(0.02)
-        time.sleep(rng.uniform(0, clean_s / 4))
+        # a random moment; longer while kills keep landing in the same stage, so a long unit finishes too
+        time.sleep(rng.uniform(0, clean_s / 4) * (1 + stalled))
         if p.poll() is not None:  # finished before the kill: start the last stages again from scratch
             log(f"round {rounds}: the run finished before its kill; forcing the pipeline from a random stage")
             _force_from(killed, rng.choice(STAGES), config)
@@ -80,6 +80,7 @@ def kill_and_compare(work: str, config: str | None, kills: int, seed: int = 0, l
         where = stage_in_progress(killed)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+        stalled, last = (stalled + 1 if where == last else 0), where
         per_stage[where] += 1
         log(f"kill {sum(per_stage.values())}: during {where}")
     p = start(killed, config)
@@ -99,6 +100,13 @@ def kill_and_compare(work: str, config: str | None, kills: int, seed: int = 0, l
     }
     log(json.dumps(result))
     return result
+
+
+def _holds_lock(run_dir: str, pid: int) -> bool:
+    try:
+        return json.loads(Path(run_dir, ".lock").read_text()).get("pid") == pid
+    except (OSError, ValueError):
+        return False
 
 
 def _force_from(run_dir: str, stage: str, config: str | None) -> None:

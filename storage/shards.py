@@ -155,7 +155,7 @@ def iter_batches(
             verify(shard)
         loc = Location(shard.uri)
         with loc.open("rb") as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+            yield from pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def data_files(

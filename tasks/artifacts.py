@@ -56,7 +56,7 @@ def lines(title: str, xs: list[int], ys: list[float], axis: str, x_axis: str = "
 
 def table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join("" if c is None else _number(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 
 

@@ -377,7 +377,7 @@ def without_nul(batch: Batch, unit: str) -> Batch:
 
 def parquet_batches(f, name: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     try:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, pre_buffer=False)  # pre-buffered row groups would pile up (storage/parquet.py)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(
             f"{name}: not a readable Parquet file ({e}); check that it is Parquet or set the source's format explicitly"
