@@ -18,6 +18,7 @@ documents), the exact duplicates' ids and the near-duplicate pairs.
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable
 
 import numpy as np
@@ -28,6 +29,7 @@ import pyarrow.ipc as ipc
 from .dedup import DedupParams, band_keys, minhash, text_keys
 
 BUCKET_DOCS = 100_000  # documents per bucket: ~100 MB of scratch memory while one is deduplicated
+CHECK_PAIRS = 65536  # candidate pairs checked at once (2 x 256 bytes each)
 EXACT = pa.schema([("doc_id", pa.string()), ("k0", pa.uint64()), ("k1", pa.uint64())])
 BAND = pa.schema([("doc_id", pa.string()), ("row", pa.int64()), ("key", pa.uint64())])
 
@@ -80,8 +82,14 @@ class Scratch:
             return pl.from_arrow(f.read_all())
 
     def signature_rows(self, rows: np.ndarray) -> np.ndarray:
-        sig = np.memmap(f"{self.folder}/signatures.u32", np.uint32, "r", shape=(self.rows, self.p.num_perm))
-        return np.asarray(sig[rows])
+        """The signatures of ``rows``, read row by row (candidates are few). Not a memory map: its pages, and
+        the cached pages the kernel maps around each fault, count as resident and pile up to the whole file."""
+        width = self.p.num_perm * 4
+        out = np.empty((len(rows), self.p.num_perm), np.uint32)
+        with open(f"{self.folder}/signatures.u32", "rb", buffering=0) as f:
+            for k, row in enumerate(rows.tolist()):
+                out[k] = np.frombuffer(os.pread(f.fileno(), width, row * width), np.uint32)
+        return out
 
 
 def find_duplicates(batches: Iterable[tuple[pl.Series, pl.Series]], p: DedupParams, folder: str, expected: int):
@@ -123,9 +131,9 @@ def _near(scratch: Scratch, dead: pl.Series) -> pl.DataFrame:
         return pl.DataFrame(schema={"doc_id": pl.String, "dup_of": pl.String, "reason": pl.String})
     i, j = cand["row"].to_numpy(), cand["rep_row"].to_numpy()
     agree = np.zeros(len(i), bool)
-    for s in range(0, len(i), 65536):  # the candidates' signatures, a slice at a time
-        a, c = scratch.signature_rows(i[s : s + 65536]), scratch.signature_rows(j[s : s + 65536])
-        agree[s : s + 65536] = (a == c).mean(axis=1) >= p.jaccard
+    for s in range(0, len(i), CHECK_PAIRS):  # a slice at a time: each maps (and pages in) its rows only
+        a, c = scratch.signature_rows(i[s : s + CHECK_PAIRS]), scratch.signature_rows(j[s : s + CHECK_PAIRS])
+        agree[s : s + CHECK_PAIRS] = (a == c).mean(axis=1) >= p.jaccard
     checked = cand.filter(pl.Series(agree))
     # connected components over the documents in some checked pair, labelled by their smallest doc_id
     nodes = pl.concat([checked["doc_id"], checked["rep_id"]]).unique().sort()
