@@ -23,7 +23,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-import numpy as np, polars as pl
+import numpy as np, polars as pl, pyarrow.parquet as pq
 from xlmflow.storage import Location, read_batches
 from xlmflow.tasks import dedup, langid
 from xlmflow.tasks.dedup import DedupParams
@@ -35,7 +35,8 @@ t = time.time()
 if mode == "buckets":  # the stage's own unit
     unit = Unit(stage="langid", name="dedup-en", out=out, code_version="bench",
                 params={"dedup": p.model_dump(), "lang": "en", "min_lang_docs": 1},
-                inputs={"kept": {"part": Input(path, "bench")}})
+                inputs={"kept": {"part": Input(path, "bench")}},
+                options={"expected_docs": pq.ParquetFile(path).metadata.num_rows})  # as plan_dedup sets it
     langid.dedup_unit(unit)
     result = {"documents": None}
 else:  # every signature and key in memory, as the unit did before spilling
