@@ -150,9 +150,8 @@ def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
     The definition, on signatures in memory and in doc_id order; the stage computes the same clusters
     from hash buckets on disk (:mod:`.dedup_buckets`), a bucket at a time."""
     n = sig.shape[0]
-    label = np.arange(n)
     if n < 2:
-        return label
+        return np.arange(n)
     rows = p.num_perm // p.bands
     src, dst = [], []
     for band in range(p.bands):
@@ -171,7 +170,14 @@ def near_duplicates(sig: np.ndarray, p: DedupParams) -> np.ndarray:
         for k in range(0, len(i), 65536):  # candidates' signatures in slices: memory stays bounded
             agree[k : k + 65536] = (sig[i[k : k + 65536]] == sig[j[k : k + 65536]]).mean(axis=1) >= p.jaccard
         i, j = i[agree], j[agree]
-    while len(i):  # connected components: propagate the smallest label until nothing changes
+    return components(n, i, j)
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes joined by edges ``i[k] - j[k]``: each node's label is the smallest
+    node of its component (propagated until nothing changes)."""
+    label = np.arange(n)
+    while len(i):
         m = np.minimum(label[i], label[j])
         new = label.copy()
         np.minimum.at(new, i, m)

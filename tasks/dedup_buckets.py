@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .dedup import DedupParams, band_keys, minhash, text_keys
+from .dedup import DedupParams, band_keys, components, minhash, text_keys
 
 BUCKET_DOCS = 100_000  # documents per bucket: ~100 MB of scratch memory while one is deduplicated
 CHECK_PAIRS = 65536  # candidate pairs checked at once (2 x 256 bytes each)
@@ -141,16 +141,7 @@ def _near(scratch: Scratch, dead: pl.Series) -> pl.DataFrame:
     rank = pl.DataFrame(index)
     ii = checked.join(rank, on="doc_id", maintain_order="left")["n"].to_numpy()
     jj = checked.select(pl.col("rep_id").alias("doc_id")).join(rank, on="doc_id", maintain_order="left")["n"].to_numpy()
-    label = np.arange(len(nodes))
-    while len(ii):
-        m = np.minimum(label[ii], label[jj])
-        new = label.copy()
-        np.minimum.at(new, ii, m)
-        np.minimum.at(new, jj, m)
-        new = new[new]
-        if np.array_equal(new, label):
-            break
-        label = new
+    label = components(len(nodes), ii, jj)
     dup = np.flatnonzero(label != np.arange(len(nodes)))
     return pl.DataFrame(
         {
