@@ -20,7 +20,7 @@ import time
 import polars as pl
 
 from xlmflow import PACKAGE_ROOT
-from xlmflow.storage import RunDir, read_table
+from xlmflow.storage import Location, RunDir, read_table
 from xlmflow.tasks import ingest, langid, lid
 from xlmflow.tasks.runtime import commit_stage
 
@@ -50,12 +50,7 @@ def main() -> None:
         units, _, _ = langid.plan(RunDir.of(run), params)
         units = units[: args.units or None]
         texts = pl.concat(
-            [
-                pl.from_arrow(read_table(RunDir.of(run).stage("ingest").child("parts", u.name, k[5:]), ["text"]))
-                for u in units
-                for k in sorted(u.inputs)
-                if k.startswith("docs/")
-            ]
+            [pl.from_arrow(read_table(Location(docs.uri), ["text"])) for u in units for _, docs in u.each("docs")]
         )["text"]
         n = len(texts)
         model = lid.load_model(lid.model_file(params.model_path))

@@ -1,9 +1,11 @@
 """Kill ``xlmflow run`` at random moments, start it again each time, and compare with a run never killed.
 
-A clean run is timed first. Then, on a second run directory, each round starts ``xlmflow run``, waits
-until the pipeline flow holds the run directory's lock (Prefect is up), sleeps a random share of the
-clean run's time and SIGKILLs the whole process group (the CLI, its temporary Prefect server, training
-processes), as a crash or an OOM kill would. The stage in progress at each kill is recorded. After
+A clean run is timed first, stage by stage. Then, on a second run directory, each round picks the next
+stage in turn (ingest, langid, ..., evaluate, ingest, ...), removes that stage's manifests and the later
+ones' (``invalidate``: committed units stay, so the stage has work left but not all of it), starts
+``xlmflow run``, waits until that stage is running, sleeps a random share of the stage's clean time and
+SIGKILLs the whole process group (the CLI, its temporary Prefect server, training processes), as a crash
+or an OOM kill would. The stage in progress at each kill is recorded. After
 ``--kills`` kills, a last run finishes, and every file of every stage is compared by sha256 with the clean
 run's (training on CPU is deterministic, so the resumed model's weights are byte-identical too).
 
@@ -57,30 +59,26 @@ def files_of(run_dir: str) -> dict[str, str]:
 def kill_and_compare(work: str, config: str | None, kills: int, seed: int = 0, log=print) -> dict:
     rng = random.Random(seed)
     clean, killed = str(Path(work, "clean")), str(Path(work, "killed"))
-    t = time.time()
-    p = start(clean, config)
-    out = p.communicate()[0]
-    if p.returncode:
-        raise RuntimeError(f"the clean run failed:\n{out[-3000:]}")
-    clean_s = time.time() - t
-    log(f"clean run: {clean_s:.0f} s")
+    took = timed_run(clean, config)
+    log(f"clean run: {', '.join(f'{s} {t:.0f} s' for s, t in took.items())}")
     per_stage: Counter = Counter()
-    rounds, stalled, last = 0, 0, None
+    rounds = 0
     while sum(per_stage.values()) < kills:
         rounds += 1
+        target = STAGES[(rounds - 1) % len(STAGES)]  # every stage in turn, at a random moment inside it
+        _force_from(killed, target)  # its output (and what follows) is not committed: it has work to be killed in
         p = start(killed, config)
-        while not _holds_lock(killed, p.pid) and p.poll() is None:  # the last round's stale lock is not it
+        while stage_in_progress(killed) != target or not _holds_lock(killed, p.pid):
+            if p.poll() is not None:
+                break
             time.sleep(0.02)
-        # a random moment; longer while kills keep landing in the same stage, so a long unit finishes too
-        time.sleep(rng.uniform(0, clean_s / 4) * (1 + stalled))
-        if p.poll() is not None:  # finished before the kill: start the last stages again from scratch
-            log(f"round {rounds}: the run finished before its kill; forcing the pipeline from a random stage")
-            _force_from(killed, rng.choice(STAGES), config)
+        time.sleep(rng.uniform(0, took[target]))
+        if p.poll() is not None:
+            log(f"round {rounds}: the run ended before its kill")
             continue
         where = stage_in_progress(killed)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        stalled, last = (stalled + 1 if where == last else 0), where
         per_stage[where] += 1
         log(f"kill {sum(per_stage.values())}: during {where}")
     p = start(killed, config)
@@ -96,7 +94,7 @@ def kill_and_compare(work: str, config: str | None, kills: int, seed: int = 0, l
         "files_compared": len(a),
         "identical": not differ,
         "differ": differ[:20],
-        "clean_run_s": round(clean_s, 1),
+        "clean_stage_s": {k: round(v, 1) for k, v in took.items()},
     }
     log(json.dumps(result))
     return result
@@ -109,8 +107,28 @@ def _holds_lock(run_dir: str, pid: int) -> bool:
         return False
 
 
-def _force_from(run_dir: str, stage: str, config: str | None) -> None:
-    """Remove the stage manifests from ``stage`` on, so the next round has work to be killed in."""
+def timed_run(run_dir: str, config: str | None) -> dict[str, float]:
+    """Run the pipeline once, never killed; how long each stage took (from the flow's start, or the previous
+    stage's manifest, to its own manifest)."""
+    p = start(run_dir, config)
+    begin, ends = None, {}
+    while p.poll() is None:
+        begin = begin or (time.time() if _holds_lock(run_dir, p.pid) else None)
+        for s in STAGES:
+            if s not in ends and Path(run_dir, s, "_manifest.json").exists():
+                ends[s] = time.time()
+        time.sleep(0.05)
+    out = p.communicate()[0]
+    if p.returncode or len(ends) < len(STAGES):
+        raise RuntimeError(f"the clean run failed:\n{out[-3000:]}")
+    starts = [begin or ends[STAGES[0]], *(ends[s] for s in STAGES[:-1])]
+    return {s: max(ends[s] - b, 0.5) for s, b in zip(STAGES, starts)}
+
+
+def _force_from(run_dir: str, stage: str) -> None:
+    """Remove the stage manifests from ``stage`` on (units stay), so the next run has work there."""
+    if not Path(run_dir).exists():
+        return
     from xlmflow.storage import RunDir, invalidate
 
     for s in STAGES[STAGES.index(stage) :]:
