@@ -206,6 +206,7 @@ class Browser:
         pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
         self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
         self.next_id = 0
+        self.cut = 0  # px of the page the last capped shot left out
         self.send("Page.enable")
         self.send("Runtime.enable")
         self.resize(height)
@@ -305,8 +306,9 @@ class Browser:
         return made
 
     def shoot(self, path: Path, full: bool = False, max_height: int = 2800) -> int:
-        """Save a PNG; ``full``: as tall as the page's longest scrolling content (capped), not one screen."""
-        height = self.height
+        """Save a PNG; ``full``: as tall as the page's longest scrolling content (capped), not one screen.
+        ``self.cut``: how many px of the page the cap left out (0: none)."""
+        height, self.cut = self.height, 0
         if full:
             tall = self.js(
                 "Math.max(document.documentElement.scrollHeight, "
@@ -316,6 +318,7 @@ class Browser:
             )
             if tall and tall > self.height:
                 height = min(int(tall) + 40, max_height)
+                self.cut = max(int(tall) + 40 - max_height, 0)
                 self.resize(height)
                 time.sleep(1.5)
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"]
@@ -323,6 +326,21 @@ class Browser:
         shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         log(f"  wrote {shown} ({path.stat().st_size // 1024} KB)")
         return height
+
+    def shoot_end(self, path: Path, cut: int, max_height: int = 2000) -> Path:
+        """The end of a page that a capped ``shoot`` left out (``cut`` px): its last ``max_height`` px at most
+        (a screen of dense text takes ~150 KB of PNG per 1000 px), with some overlap, scrolled down."""
+        self.resize(max(self.height, min(cut + 300, max_height)))
+        time.sleep(1)
+        self.js(
+            "window.scrollTo(0, document.documentElement.scrollHeight); "
+            "[...document.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 4 && "
+            "['auto','scroll'].includes(getComputedStyle(e).overflowY)).forEach(e => e.scrollTop = e.scrollHeight)"
+        )
+        time.sleep(1.5)
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+        log(f"  wrote {path.name} ({path.stat().st_size // 1024} KB): the page's end ({cut} px were below the shot)")
+        return path
 
 
 # ---------------------------------------------------------------- what to wait for on a page
@@ -359,8 +377,10 @@ def report_mermaid(b: Browser, name: str) -> dict:
           svgs: document.querySelectorAll('svg[id^=mermaid]').length,
           failed: [...document.querySelectorAll('p')].filter(p => p.innerText.includes('Failed to render mermaid'))
             .length,
-          as_code: [...document.querySelectorAll('code')].filter(c => c.innerText.trim().startsWith('xychart-beta'))
-            .length,
+          as_code: [...document.querySelectorAll('code')]
+            .filter(c => /^(%%\\{.*\\}%%\\s*)?xychart-beta/s.test(c.innerText.trim())).length,
+          broken_images: [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth === 0)
+            .map(i => i.getAttribute('src')),
           none_text: (((document.querySelector('.prose') || {}).innerText || '').match(/\\bNone\\b/g) || [])
             .length,
         }))()"""
@@ -368,6 +388,8 @@ def report_mermaid(b: Browser, name: str) -> dict:
     log(f"  {name}: mermaid charts drawn {state['svgs']}, failed {state['failed']}, shown as code {state['as_code']}")
     if state["none_text"]:
         log(f"  {name}: the artifact's text shows the word 'None' {state['none_text']} time(s)")
+    if state["broken_images"]:
+        log(f"  {name}: broken images {', '.join(state['broken_images'])}")
     return state
 
 
@@ -375,7 +397,7 @@ def lint_markdown(md: str) -> list[str]:
     """What looks broken in an artifact's markdown: Python's None/nan or reprs, empty table cells."""
     found = []
     for n, line in enumerate(md.splitlines(), 1):
-        if line.startswith("```") or line.lstrip().startswith(("x-axis", "y-axis", "bar", "line", "title")):
+        if line.startswith(("```", "%%")) or line.lstrip().startswith(("x-axis", "y-axis", "bar", "line", "title")):
             continue
         for bad in re.findall(r"\bNone\b|\bnan\b|\{'|\['|<[a-z_.]+ object at", line):
             found.append(f"line {n} shows {bad!r}: {line.strip()[:100]}")
@@ -432,7 +454,9 @@ def take(
     made, problems = [], []
     p = found.pipeline
 
-    def shot(name: str, url: str, ready: list[tuple[str, str]], full: bool = False, tab: str | None = None):
+    def shot(
+        name: str, url: str, ready: list[tuple[str, str]], full: bool = False, tab: str | None = None, end: bool = False
+    ):
         log(f"{name}: {url}")
         b.goto(url)
         settle(b, wait, ready, timeout)
@@ -444,7 +468,10 @@ def take(
         height = b.shoot(path, full=full)
         made.append(path)
         if full:
+            cut = b.cut
             made.extend(b.shoot_charts(path.with_suffix(""), height))
+            if end and cut > 120:  # more than the "Show Raw Data" button
+                made.append(b.shoot_end(out / f"{name}-end.png", cut))
         return path
 
     def artifact(name: str, a: dict | None, what: str):
@@ -457,10 +484,12 @@ def take(
         ready = [(has_text(heading), "its heading")]
         if charts and ui == "v2":
             ready.append((mermaid_done(charts), f"{charts} mermaid chart(s)"))
-        shot(name, f"{ui_base}/artifacts/artifact/{a['id']}", ready, full=True)
+        shot(name, f"{ui_base}/artifacts/artifact/{a['id']}", ready, full=True, end=True)
         state = report_mermaid(b, name)
         if charts and state["svgs"] < charts:
             problems.append(f"{name}: {charts} mermaid charts in the markdown, {state['svgs']} drawn")
+        if state["broken_images"]:
+            problems.append(f"{name}: broken images in the UI: {', '.join(state['broken_images'])}")
         problems.extend(f"{name}: {p}" for p in lint_markdown(a.get("data") or ""))
 
     run_ready = [(has_text(p["name"]), "the run's name")]
