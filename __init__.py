@@ -47,7 +47,7 @@ _AUTO_MODELS = "transformers.models.auto.modeling_auto"
 
 def _register_models() -> None:
     # importing the module registers its classes, at its end (also when it is what triggered this import)
-    import xlmflow.tasks.model  # noqa: F401
+    import xlmflow.tasks.train.model  # noqa: F401
 
 
 class _RegisterOnImport:

@@ -115,7 +115,7 @@ def _pool_map(fn, units):
 def run_ingest(run_dir: str, source_glob: str):
     from xlmflow.storage import RunDir
     from xlmflow.tasks import ingest
-    from xlmflow.tasks.runtime import commit_stage
+    from xlmflow.tasks.common.runtime import commit_stage
 
     run = RunDir.of(run_dir)
     params = ingest.IngestParams(sources=[ingest.Source(path=source_glob, format="jsonl")])

@@ -5,7 +5,7 @@
   its exact dedup (``ExactDedupSignature`` over them, ``ExactFindDedups``, ``ExactDedupFilter -> ParquetWriter``):
   FineWeb's layout. Worker processes are forked (``start_method="fork"``, not its default forkserver) so their CPU
   time is reaped into this measurement; forking also spares them imports. The LanguageFilter's fastText model is the
-  very ``lid.176.ftz`` xlmflow loads (``xlmflow.tasks.lid.model_file(None)``, set as the filter's model object,
+  very ``lid.176.ftz`` xlmflow loads (``xlmflow.tasks.langid.lid.model_file(None)``, set as the filter's model object,
   nothing downloaded), top-3 labels (``k=3``, our ``top_k``; datatrove's default k=-1 scores all 176 labels:
   measured too, with ``--stock-k``), threshold 0.5 (ours). Heuristics set to our rules where datatrove has one: 3 to
   100k words, mean word length 2-20, >= 40% alphabetic words, <= 30% duplicated lines, <= 30% of characters in
@@ -164,7 +164,7 @@ def ensure_datatrove(python: str, install: bool) -> str | None:
 
 
 def run_datatrove(python: str, src: Path, work: Path, tasks: int, workers: int, k: int) -> dict:
-    from xlmflow.tasks.lid import model_file
+    from xlmflow.tasks.langid.lid import model_file
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -25,9 +25,10 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np, polars as pl, pyarrow.parquet as pq
 from xlmflow.storage import Location, read_batches
-from xlmflow.tasks import dedup, langid
-from xlmflow.tasks.dedup import DedupParams
-from xlmflow.tasks.runtime import Input, Unit
+from xlmflow.tasks import langid
+from xlmflow.tasks.langid import dedup
+from xlmflow.tasks.langid.dedup import DedupParams
+from xlmflow.tasks.common.runtime import Input, Unit
 
 path, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 p = DedupParams()

@@ -21,8 +21,9 @@ import polars as pl
 
 from xlmflow import PACKAGE_ROOT
 from xlmflow.storage import Location, RunDir, read_table
-from xlmflow.tasks import ingest, langid, lid
-from xlmflow.tasks.runtime import commit_stage
+from xlmflow.tasks import ingest, langid
+from xlmflow.tasks.common.runtime import commit_stage
+from xlmflow.tasks.langid import lid
 
 
 def ingested_run(src: str | None, work: str) -> str:

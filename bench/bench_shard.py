@@ -43,7 +43,7 @@ os.environ.setdefault("XLMFLOW_PREFECT_HOME", tempfile.mkdtemp(prefix="bench-sha
 
 from xlmflow.storage import FileWriter, RunDir, load_output, write_table  # noqa: E402
 from xlmflow.tasks import shard  # noqa: E402
-from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit  # noqa: E402
+from xlmflow.tasks.common.runtime import Unit, commit_stage, ensure, stage_unit  # noqa: E402
 
 DT_SCRIPT = textwrap.dedent("""
     import json, sys, time

@@ -34,7 +34,8 @@ import torch
 
 from xlmflow.storage import Location, RunDir, read_table
 from xlmflow.storage.shards import data_files
-from xlmflow.tasks import train, train_loop
+from xlmflow.tasks import train
+from xlmflow.tasks.train import loop as train_loop
 
 
 def ours(spec: dict, work: str) -> tuple[int, float]:

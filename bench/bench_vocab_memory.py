@@ -40,7 +40,7 @@ MAKE = r"""
 import sys
 import polars as pl, pyarrow as pa
 from xlmflow.storage import RunDir, load_output, read_table, write_table
-from xlmflow.tasks.runtime import Input, Unit, commit_stage, ensure, stage_unit
+from xlmflow.tasks.common.runtime import Input, Unit, commit_stage, ensure, stage_unit
 src, dst, reps = RunDir.of(sys.argv[1]), RunDir.of(sys.argv[2]), int(sys.argv[3])
 m = load_output(src.stage("ingest"), "ingest")
 schema = pa.schema([("doc_id", pa.string()), ("text", pa.large_string()), ("lang", pa.string())])

@@ -130,7 +130,7 @@ def _command(args) -> int:
     from xlmflow.flows.registry import BY_NAME
     from xlmflow.storage import RunDir
     from xlmflow.storage.lock import run_lock
-    from xlmflow.tasks.progress import TerminalProgress
+    from xlmflow.tasks.common.progress import TerminalProgress
 
     bars = sys.stderr.isatty() and not (args.quiet or args.verbose or args.debug)
     shown = TerminalProgress() if bars else nullcontext()
@@ -168,7 +168,7 @@ def status(run_dir: str, config=None) -> int:
     from xlmflow.flows.config import PipelineConfig
     from xlmflow.flows.registry import STAGES
     from xlmflow.storage import RunDir, code_version, read_manifest
-    from xlmflow.tasks.runtime import stale_reasons
+    from xlmflow.tasks.common.runtime import stale_reasons
 
     config = config or PipelineConfig.demo()
     run = RunDir.of(run_dir)

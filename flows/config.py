@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from xlmflow.flows.demo import DEMO
 from xlmflow.flows.registry import STAGES
-from xlmflow.tasks.parallel import Paths
+from xlmflow.tasks.common.parallel_sets import Paths
 
 
 class _Config(BaseModel):

@@ -7,9 +7,10 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, evaluate
+from xlmflow.tasks import evaluate
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.evaluate import EvalParams
-from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 
 @flow(name="evaluate", task_runner=task_runner())

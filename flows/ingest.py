@@ -6,9 +6,10 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, ingest
+from xlmflow.tasks import ingest
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.ingest import IngestParams, Source
-from xlmflow.tasks.runtime import Ref, run_unit, submit_units
 
 
 @flow(name="ingest", task_runner=task_runner())

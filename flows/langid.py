@@ -12,9 +12,10 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, langid
+from xlmflow.tasks import langid
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, logger, run_unit, submit_units
 from xlmflow.tasks.langid import LangidParams
-from xlmflow.tasks.runtime import Ref, logger, run_unit, submit_units
 
 
 @flow(name="langid", task_runner=task_runner())

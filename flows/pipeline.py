@@ -13,8 +13,8 @@ from prefect import flow
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.registry import STAGES
 from xlmflow.flows.stage import holds_run_lock, task_runner
-from xlmflow.tasks import artifacts
-from xlmflow.tasks.runtime import Ref, invalidate_task
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, invalidate_task
 
 
 @flow(name="pipeline", task_runner=task_runner())

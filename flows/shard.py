@@ -10,8 +10,9 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, shard
-from xlmflow.tasks.runtime import Ref, run_unit, submit_units
+from xlmflow.tasks import shard
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.shard import ShardParams
 
 

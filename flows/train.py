@@ -6,8 +6,9 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, train
-from xlmflow.tasks.runtime import Ref, run_unit
+from xlmflow.tasks import train
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit
 from xlmflow.tasks.train import TrainParams
 
 

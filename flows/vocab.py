@@ -6,8 +6,9 @@ from prefect import flow
 
 from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts, vocab
-from xlmflow.tasks.runtime import Ref, run_unit
+from xlmflow.tasks import vocab
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit
 
 
 @flow(name="vocab", task_runner=task_runner())

@@ -5,6 +5,18 @@ times, so a moved corpus or run directory does no work again and a touched-but-u
 file does not rerun. The code part covers every module of ours a stage imports, not only
 the task function's text (Prefect's TASK_SOURCE misses callees: PrefectHQ/prefect#16925),
 and the versions of the libraries that shape output bytes.
+
+The code part hashes what the code *does*, not how it reads: each module counts as a dump of
+its syntax tree with every docstring (module, class, function) removed, so comments,
+formatting and docstring edits leave every stage current, and any change to code makes the
+stages that use it stale. A stage that is a package covers its ``__init__`` and every
+submodule below it, imported by ``__init__`` or not.
+
+Presentation-only modules are not part of any key: a module that only shows results
+(progress display, Prefect UI reports) declares ``PRESENTATION_ONLY = True`` at its top level;
+it never shapes output bytes, so it is not part of any cache key, and what it imports is
+not followed from it. The declaration is read from the module's syntax tree (nothing is
+imported), so it must be a plain top-level assignment of the constant ``True``.
 """
 
 from __future__ import annotations
@@ -142,20 +154,30 @@ def stable_uniform(strings: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray
 
 @lru_cache(maxsize=None)  # sources are read once per process too: a process sees one version of its code
 def code_version(*modules: str) -> str:
-    """sha256 over the source of ``modules``, every xlmflow module they import (transitively),
-    and the versions of the libraries whose behaviour shapes output bytes."""
-    seen: dict[str, str] = {}
-    todo = list(modules)
+    """sha256 over the code of ``modules``, every module of ours they import (transitively), and the
+    versions of the libraries whose behaviour shapes output bytes.
+
+    "Ours" is :data:`OUR_PACKAGES` and the top-level packages of ``modules``. A module counts by its
+    syntax tree without docstrings (:func:`_code_hash`); a named module that is a package covers every
+    submodule below it too; presentation-only modules (``PRESENTATION_ONLY = True``) are left out, and
+    their imports are not followed."""
+    ours = tuple(sorted({*OUR_PACKAGES, *(m.split(".")[0] for m in modules)}))
+    seen: dict[str, str | None] = {}
+    todo = [sub for name in modules for sub in _package_modules(name)]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         src = _module_source(name)
+        seen[name] = None
         if src is None:
             continue
-        seen[name] = hashlib.sha256(src.encode()).hexdigest()
-        todo.extend(_our_imports(name, src))
-    return hash_json([sorted(seen.items()), library_versions()])
+        digest, presentation = _code_hash(src)
+        if presentation:
+            continue  # shows results, never shapes them: neither it nor what it imports is part of the key
+        seen[name] = digest
+        todo.extend(_our_imports(name, src, ours))
+    return hash_json([sorted((k, v) for k, v in seen.items() if v is not None), library_versions()])
 
 
 #: libraries whose upgrade can change what a stage writes (Parquet encoding, NFC, regexes, BPE, LID)
@@ -190,14 +212,54 @@ def library_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=None)
 def _module_source(name: str) -> str | None:
-    spec = _find_spec(name)
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin).read_text(encoding="utf-8")
+    path = _module_file(name)
+    return path.read_text(encoding="utf-8") if path is not None else None
 
 
 @lru_cache(maxsize=None)
-def _our_imports(name: str, src: str) -> list[str]:
+def _code_hash(src: str) -> tuple[str, bool]:
+    """(sha256 of the module's canonical code, whether it declares ``PRESENTATION_ONLY = True``).
+
+    The canonical code is ``ast.dump`` of the tree with every docstring removed (a body left empty
+    gets a ``pass``, as Python would need), without field names or positions: comments, blank lines,
+    formatting and docstrings do not count, everything the interpreter runs does."""
+    tree = ast.parse(src)
+    presentation = _presentation_only(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and _docstring(node):
+            node.body = node.body[1:] or [ast.Pass()]
+    code = ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return hashlib.sha256(code.encode()).hexdigest(), presentation
+
+
+def _docstring(node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    first = node.body[0] if node.body else None
+    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+
+
+def _presentation_only(tree: ast.Module) -> bool:
+    """Whether the module assigns ``PRESENTATION_ONLY = True`` (or ``PRESENTATION_ONLY: bool = True``) at top level."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if (
+            any(isinstance(t, ast.Name) and t.id == "PRESENTATION_ONLY" for t in targets)
+            and isinstance(value, ast.Constant)
+            and value.value is True
+        ):
+            return True
+    return False
+
+
+@lru_cache(maxsize=None)
+def _our_imports(name: str, src: str, ours: tuple[str, ...] = OUR_PACKAGES) -> list[str]:
+    """Modules of the packages ``ours`` that module ``name`` (source ``src``) imports, anywhere in it.
+    ``from pkg import x`` yields ``pkg`` and ``pkg.x`` (x may be a module); names that are not modules
+    are dropped later, when no file is found for them."""
     package = name if _is_package(name) else name.rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(src)):
@@ -211,21 +273,63 @@ def _our_imports(name: str, src: str) -> list[str]:
             )
             found.append(base)
             found += [f"{base}.{a.name}" for a in node.names]  # `from pkg import module`
-    return [m for m in found if m and m.split(".")[0] in OUR_PACKAGES]
+    return [m for m in found if m and m.split(".")[0] in ours]
+
+
+def _package_modules(name: str) -> list[str]:
+    """``name`` and, when it is a package, every module below it: the ``.py`` files in its folder and,
+    recursively, in its subpackages' folders (those with an ``__init__.py``; caches, virtual
+    environments and script folders are not), found on disk without importing any."""
+    found = [name]
+    for folder in _package_dirs(name):
+        for path in sorted(folder.iterdir()):
+            if path.suffix == ".py" and path.stem != "__init__" and path.stem.isidentifier():
+                found.append(f"{name}.{path.stem}")
+            elif path.is_dir() and path.name.isidentifier() and (path / "__init__.py").is_file():
+                found += _package_modules(f"{name}.{path.name}")
+    return found
 
 
 def _is_package(name: str) -> bool:
-    spec = _find_spec(name)
-    return bool(spec and spec.submodule_search_locations)
+    return bool(_package_dirs(name))
+
+
+def _module_file(name: str) -> Path | None:
+    """The ``.py`` file of module ``name`` (a package's ``__init__.py``), or None (not a module of
+    source, or a name inside a module)."""
+    return _locate(name)[0]
+
+
+def _package_dirs(name: str) -> tuple[Path, ...]:
+    """The folders a package's submodules live in; empty for a plain module or a name that is no module."""
+    return _locate(name)[1]
+
+
+@lru_cache(maxsize=None)
+def _locate(name: str) -> tuple[Path | None, tuple[Path, ...]]:
+    """(source file, package folders) of module ``name``, found on disk below its top-level package.
+
+    Nothing is imported, not even the parent packages: ``from .model import X`` also yields ``model.X``,
+    and importing ``model`` (and torch) just to say it is no module would cost seconds; and a stage
+    package's ``__init__`` may import what a cache check must not pay for."""
+    parent, _, leaf = name.rpartition(".")
+    if not parent:
+        spec = _find_spec(name)
+        if spec is None:
+            return None, ()
+        origin = Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+        return origin, tuple(Path(d) for d in spec.submodule_search_locations or ())
+    for folder in _package_dirs(parent):
+        if (folder / leaf / "__init__.py").is_file():
+            return folder / leaf / "__init__.py", (folder / leaf,)
+        if (folder / f"{leaf}.py").is_file():
+            return folder / f"{leaf}.py", ()
+    return None, ()
 
 
 @lru_cache(maxsize=None)
 def _find_spec(name: str):
-    """The module's spec, without importing anything but its parent packages: ``from .model import X``
-    also yields ``model.X``, and looking that up would import ``model`` (and torch) just to say no."""
-    parent = name.rpartition(".")[0]
-    if parent and not _is_package(parent):
-        return None  # a name inside a module, not a module
+    """The spec of a top-level module: finding it imports nothing."""
     try:
         return importlib.util.find_spec(name)
     except (ImportError, ValueError):

@@ -33,7 +33,7 @@ def runs_of(states: Counter, task: str) -> int:
 
 def task_name(run_name: str) -> str:
     """The task of a task run: unit runs are ``<task>-<unit name>``, others ``<task>-<3 hex digits>``."""
-    from xlmflow.tasks.runtime import UNIT_TASKS
+    from xlmflow.tasks.common.runtime import UNIT_TASKS
 
     for name in sorted(UNIT_TASKS, key=len, reverse=True):
         if run_name.startswith(name + "-"):
@@ -50,7 +50,7 @@ def write_langid_stage(run_dir: str, docs_by_lang: dict[str, list[str]]):
     import pyarrow as pa
 
     from xlmflow.storage import RunDir, code_version, write_table
-    from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit
+    from xlmflow.tasks.common.runtime import Unit, commit_stage, ensure, stage_unit
 
     run = RunDir.of(run_dir)
     refs = []

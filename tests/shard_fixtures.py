@@ -43,7 +43,7 @@ def train_tokenizer(docs: dict[str, list[str]], vocab_size: int = 400, tag_langs
 def write_vocab_stage(run_dir: str, tok, langs: list[str]):
     """A committed ``vocab`` stage: tokenizer.json in the stage folder, stats languages and vocab_size."""
     from xlmflow.storage import RunDir
-    from xlmflow.tasks.runtime import Unit, ensure
+    from xlmflow.tasks.common.runtime import Unit, ensure
 
     run = RunDir.of(run_dir)
     data = tok.to_str().encode()

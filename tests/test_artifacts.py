@@ -1,7 +1,7 @@
 """What the UI shows: chart markup, the summary's links and numbers."""
 
 from xlmflow.storage import RunDir
-from xlmflow.tasks import artifacts
+from xlmflow.tasks.common import artifacts
 
 
 def test_charts_have_a_visible_colour_and_a_numeric_step_axis():

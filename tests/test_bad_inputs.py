@@ -25,10 +25,11 @@ from test_ingest import jsonl
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.storage import ManifestError, RunDir, load_output, read_manifest, read_table
 from xlmflow.storage import shards as shard_store
-from xlmflow.tasks import readers, shard, train, train_loop, vocab
-from xlmflow.tasks.ingest import IngestParams, Source, ingest_unit, plan
-from xlmflow.tasks.parallel import read_set
-from xlmflow.tasks.readers import InputError
+from xlmflow.tasks import shard, train, vocab
+from xlmflow.tasks.common.parallel_sets import read_set
+from xlmflow.tasks.ingest import IngestParams, Source, ingest_unit, plan, readers
+from xlmflow.tasks.ingest.readers import InputError
+from xlmflow.tasks.train import loop as train_loop
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02\x00\x00\x00\x90\x91h6"
 

@@ -74,7 +74,7 @@ def test_readme_toml_example_is_a_valid_config(tmp_path):
 
 def test_status_says_why_a_stage_is_stale():
     from xlmflow.storage import Manifest
-    from xlmflow.tasks.runtime import stale_reasons
+    from xlmflow.tasks.common.runtime import stale_reasons
 
     m = Manifest(
         stage="vocab",

@@ -12,8 +12,8 @@ import pytest
 import torch
 from shard_fixtures import TAGS, tiny_tokenizer
 
-from xlmflow.tasks import eval_measures as E
-from xlmflow.tasks import model as M
+from xlmflow.tasks.evaluate import measures as E
+from xlmflow.tasks.train import model as M
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_generate(tok, model):
 
 
 def test_language_rate():
-    from xlmflow.tasks import lid
+    from xlmflow.tasks.langid import lid
 
     lid_model = lid.load_model(lid.model_file(None))
     en = ["The weather is lovely today and we are going to the park.", "I would like a cup of coffee, please."]

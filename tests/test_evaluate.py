@@ -11,8 +11,8 @@ from test_train import PARAMS, build_inputs
 
 from xlmflow.storage import Location, RunDir, load_output
 from xlmflow.tasks import evaluate, train
+from xlmflow.tasks.common.parallel_sets import read_set
 from xlmflow.tasks.evaluate import EvalParams
-from xlmflow.tasks.parallel import read_set
 
 EN = ["the cat sat on a mat", "the dog ran far away", "a cat and a dog", "the mat and the home", "far from home"]
 FR = ["le chat est sur le tapis", "le chien court loin", "un chat et un chien", "le tapis de la maison", "loin de la"]

@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def modules() -> list[str]:
     found = []
     for folder in ("flows", "tasks", "storage"):
-        for f in sorted((ROOT / folder).glob("*.py")):
-            found.append(f"xlmflow.{folder}" if f.stem == "__init__" else f"xlmflow.{folder}.{f.stem}")
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            found.append(".".join(("xlmflow", *(parts[:-1] if parts[-1] == "__init__" else parts))))
     return found
 
 
@@ -45,8 +46,8 @@ def test_no_import_cycles():
 
 def test_the_graph_sees_imports():
     edges = graph()
-    assert "xlmflow.tasks.tokens" in edges["xlmflow.tasks.alignment"]
-    assert "xlmflow.tasks.parallel" in edges["xlmflow.tasks.fairness"]
+    assert "xlmflow.tasks.common.tokens" in edges["xlmflow.tasks.vocab.alignment"]
+    assert "xlmflow.tasks.common.parallel_sets" in edges["xlmflow.tasks.vocab.fairness"]
     assert len(modules()) > 20
 
 

@@ -11,7 +11,7 @@ import zstandard
 
 from xlmflow.storage import RunDir, load_output, read_table
 from xlmflow.tasks.ingest import IngestParams, Source, ingest_unit, plan
-from xlmflow.tasks.readers import InputError
+from xlmflow.tasks.ingest.readers import InputError
 
 
 def ingest(run_dir, *sources, bad_records="quarantine"):
@@ -250,7 +250,7 @@ def test_bad_records_are_handed_on_in_bounded_batches(tmp_path, run_dir, monkeyp
     """A file of bad records streams through: no batch holds more than BAD_ROWS of them."""
     import io
 
-    from xlmflow.tasks import readers
+    from xlmflow.tasks.ingest import readers
 
     monkeypatch.setattr(readers, "BAD_ROWS", 10)
     data = b"".join(b"{not json %d\n" % i for i in range(95)) + b'{"text": "the only good one"}\n'

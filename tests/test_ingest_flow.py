@@ -145,8 +145,8 @@ def test_permanent_errors_fail_at_once_transient_ones_are_retried():
     from prefect.states import Failed
 
     from xlmflow.storage import ManifestError
-    from xlmflow.tasks.readers import InputError
-    from xlmflow.tasks.runtime import transient
+    from xlmflow.tasks.common.runtime import transient
+    from xlmflow.tasks.ingest.readers import InputError
     from xlmflow.tasks.train import TrainingFailed
 
     for permanent in (InputError("bad record"), ManifestError("run the shard stage first"), ValueError("bad config")):

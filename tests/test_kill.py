@@ -164,7 +164,7 @@ def test_a_checkpoint_cut_short_is_never_resumed(tmp_path):
     """Killed while a checkpoint is written: ``step-N.tmp`` (written aside, renamed when whole) and a folder
     without its state file are passed over; training resumes from the last whole checkpoint of its own
     configuration. (The random kills above also land in checkpoint writes: checkpoint_every = 2.)"""
-    from xlmflow.tasks.train_loop import STATE, latest_checkpoint
+    from xlmflow.tasks.train.loop import STATE, latest_checkpoint
 
     whole = tmp_path / "step-0000002"
     whole.mkdir()

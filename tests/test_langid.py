@@ -8,10 +8,10 @@ import pytest
 
 from xlmflow import PACKAGE_ROOT
 from xlmflow.storage import RunDir, load_output, partitions, read_table
-from xlmflow.tasks import dedup, ingest, langid
-from xlmflow.tasks.dedup import DedupParams
-from xlmflow.tasks.langid import LangidParams, label_texts
-from xlmflow.tasks.runtime import commit_stage
+from xlmflow.tasks import ingest, langid
+from xlmflow.tasks.common.runtime import commit_stage
+from xlmflow.tasks.langid import LangidParams, dedup, label_texts
+from xlmflow.tasks.langid.dedup import DedupParams
 
 EN = [
     "The kernel provides a block device file for every RAID volume that is configured on the machine.",
@@ -115,7 +115,7 @@ def test_claimed_vs_detected_relabel_or_drop():
 
 
 def test_script_aware_quality_signals():
-    from xlmflow.tasks.quality import signals
+    from xlmflow.tasks.langid.quality import signals
 
     s = signals(
         pl.Series(
@@ -154,7 +154,7 @@ def test_minhash_finds_near_duplicates_and_keeps_smallest_id():
 def test_bucketed_dedup_equals_the_in_memory_definition(tmp_path, monkeypatch):
     """Hash buckets on scratch, one at a time, give exactly the clusters of the definition (signatures and
     keys of the whole language in memory, in doc_id order), whatever the number of buckets and batches."""
-    from xlmflow.tasks import dedup_buckets
+    from xlmflow.tasks.langid import dedup_buckets
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(300)]

@@ -51,7 +51,7 @@ def test_changing_a_threshold_reruns_filter_not_model(prefect_api, tmp_path):
     )
     from prefect import get_client
 
-    from xlmflow.tasks.artifacts import key_for
+    from xlmflow.tasks.common.artifacts import key_for
 
     key = key_for("langid", RunDir.of(run_dir).root.uri)
     with get_client(sync_client=True) as client:

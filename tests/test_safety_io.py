@@ -8,7 +8,8 @@ import pytest
 from test_train import PARAMS, build_inputs
 
 from xlmflow.storage import RunDir
-from xlmflow.tasks import train, train_loop
+from xlmflow.tasks import train
+from xlmflow.tasks.train import loop as train_loop
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SHORT = PARAMS.model_copy(update={"max_steps": 4, "checkpoint_every": 2, "eval_every": 4, "log_every": 2})

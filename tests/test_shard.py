@@ -260,7 +260,7 @@ def test_language_without_tag_is_skipped_and_bad_input_names_the_file(tmp_path, 
 def commit_langid_part(run_dir, table):
     """Recommit the langid stage with ``table`` as its only (English) part."""
     from xlmflow.storage import write_table
-    from xlmflow.tasks.runtime import Unit, commit_stage, ensure, stage_unit
+    from xlmflow.tasks.common.runtime import Unit, commit_stage, ensure, stage_unit
 
     run = RunDir.of(run_dir)
     unit = Unit(

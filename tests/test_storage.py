@@ -130,7 +130,7 @@ def test_code_version_covers_imported_modules(monkeypatch):
 
     def edited(name):  # an edit to a module ingest imports (not ingest itself) must change the key
         src = real(name)
-        return src + "\n# edited\n" if name == "xlmflow.storage.commit" else src
+        return src + "\nEDITED = 1\n" if name == "xlmflow.storage.commit" else src
 
     fpmod._module_source.cache_clear()
     fpmod.code_version.cache_clear()  # a process reads its code once; this test edits it in between

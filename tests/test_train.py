@@ -15,10 +15,11 @@ import pytest
 from shard_fixtures import corpus, make_inputs
 
 from xlmflow.storage import Location, RunDir, load_output, write_table
-from xlmflow.tasks import train, train_loop
-from xlmflow.tasks.runtime import Unit, ensure
+from xlmflow.tasks import train
+from xlmflow.tasks.common.runtime import Unit, ensure
 from xlmflow.tasks.shard import ShardParams, commit_shards, shard_unit, stage_for
 from xlmflow.tasks.shard import plan as plan_shards
+from xlmflow.tasks.train import loop as train_loop
 
 SIZES = {"en": 120, "fr": 80, "zh": 40}
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}
@@ -209,7 +210,7 @@ def test_launch_commands(inputs, tmp_path):
     root, _ = inputs
     run = RunDir.of(str(root))
     one = train.plan(run, PARAMS)
-    assert train.command(one, "s.json")[1:] == ["-m", "xlmflow.tasks.train_loop", "s.json"]
+    assert train.command(one, "s.json")[1:] == ["-m", "xlmflow.tasks.train.loop", "s.json"]
     cfg = tmp_path / "accelerate.yaml"
     cfg.write_text("compute_environment: LOCAL_MACHINE\nnum_machines: 2\n")
     multi = train.plan(run, PARAMS.model_copy(update={"num_processes": 4, "accelerate_config": str(cfg)}))

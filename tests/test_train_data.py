@@ -12,7 +12,7 @@ from shard_fixtures import corpus, make_inputs
 from xlmflow.storage import ManifestError, RunDir, load_output
 from xlmflow.storage import shards as shard_store
 from xlmflow.tasks.shard import EOS, ShardParams, commit_shards, plan, shard_unit, stage_for
-from xlmflow.tasks.train_data import BlockLoader, BlockSpec, mixture, valid_blocks
+from xlmflow.tasks.train.data import BlockLoader, BlockSpec, mixture, valid_blocks
 
 SIZES = {"en": 300, "fr": 200, "zh": 120}
 PARAMS = ShardParams(shard_docs=100, min_valid_docs=8, valid_fraction=0.05, row_group_tokens=400)

@@ -11,8 +11,8 @@ from helpers import write_langid_stage
 from tokenizers import Tokenizer
 
 from xlmflow.storage import RunDir, load_output, read_table, stable_uniform
-from xlmflow.tasks import alignment, vocab
-from xlmflow.tasks.vocab import VocabParams, build_vocab, plan, sampling_rates
+from xlmflow.tasks import vocab
+from xlmflow.tasks.vocab import VocabParams, alignment, build_vocab, plan, sampling_rates
 
 LANGS = ["de", "en", "fr", "ru", "zh"]
 EN = [

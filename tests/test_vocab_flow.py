@@ -17,7 +17,7 @@ def test_flow_builds_caches_and_publishes_report(prefect_api, run_dir, parallel)
     assert m.stats["languages"] == LANGS
     second = task_states(vocab_flow(run_dir=run_dir, params=params(parallel), return_state=True))
     assert runs_of(second, "vocab-build") == 0
-    from xlmflow.tasks.artifacts import key_for
+    from xlmflow.tasks.common.artifacts import key_for
 
     key = key_for("vocab", RunDir.of(run_dir).root.uri)
     assert key.startswith("vocab-run-") and key == key.lower()

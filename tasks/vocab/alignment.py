@@ -28,10 +28,9 @@ import scipy.sparse as sp
 from tokenizers import Tokenizer
 
 from xlmflow.storage import Location, write_table
-
-from .fairness import Usage
-from .parallel import PIVOT, Parallel
-from .tokens import is_cjk, surfaces
+from xlmflow.tasks.common.parallel_sets import PIVOT, Parallel
+from xlmflow.tasks.common.tokens import is_cjk, surfaces
+from xlmflow.tasks.vocab.fairness import Usage
 
 EVIDENCE_SCORE = {"identical": 1.0, "normalised": 0.9, "transliterated": 0.7}
 ALIGNMENT_SCHEMA = pa.schema(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import polars as pl
 
 from xlmflow.storage import Location
-
-from . import dedup, parallel, quality
+from xlmflow.tasks.common import parallel_sets as parallel
+from xlmflow.tasks.langid import dedup, quality
 
 #: claimed codes the model spells differently (it says "no" for Norwegian Bokmål)
 CLAIM_ALIASES = {"nb": "no", "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro"}

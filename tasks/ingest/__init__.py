@@ -37,11 +37,10 @@ from xlmflow.storage import (
     resolve,
     tree_sha256,
 )
-
-from . import readers
-from .parallel import check_lang_code
-from .readers import Batch, InputError
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.common.parallel_sets import check_lang_code
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.ingest import readers
+from xlmflow.tasks.ingest.readers import Batch, InputError
 
 STAGE = "ingest"
 Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]

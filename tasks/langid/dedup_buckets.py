@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .dedup import DedupParams, band_keys, components, minhash, text_keys
+from xlmflow.tasks.langid.dedup import DedupParams, band_keys, components, minhash, text_keys
 
 BUCKET_DOCS = 100_000  # documents per bucket: ~100 MB of scratch memory while one is deduplicated
 CHECK_PAIRS = 65536  # candidate pairs checked at once (2 x 256 bytes each)

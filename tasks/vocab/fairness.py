@@ -21,9 +21,8 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from xlmflow.storage import FileEntry, Location, read_batches, stable_uniform
-
-from .parallel import PIVOT, Parallel
-from .tokens import encode_ids, surfaces
+from xlmflow.tasks.common.parallel_sets import PIVOT, Parallel
+from xlmflow.tasks.common.tokens import encode_ids, surfaces
 
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}
 WORD = r"[\p{L}\p{M}\p{N}]+"

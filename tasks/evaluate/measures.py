@@ -15,9 +15,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tokenizers import Tokenizer
 from torch.nn.utils.rnn import pad_sequence
 
-from . import lid
-from .quality import KANA
-from .specials import EOS, PAD, lang_tag
+from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
+from xlmflow.tasks.langid import lid
+from xlmflow.tasks.langid.quality import KANA
 
 _PROBE_L2 = 1e-3  # weight decay of the transfer probe (per-sample mean loss + L2 * |W|^2)
 

@@ -41,7 +41,7 @@ from xlmflow.storage import (
     relative,
 )
 from xlmflow.storage.commit import remove_asides
-from xlmflow.tasks import progress
+from xlmflow.tasks.common import progress
 
 
 @dataclass(frozen=True)

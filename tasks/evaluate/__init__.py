@@ -43,14 +43,14 @@ from xlmflow.storage import (
     tree_sha256,
 )
 from xlmflow.storage import shards as shard_store
-
-from . import eval_report, lid
-from .parallel import PIVOT, Paths, languages, parallel_files, read_set, set_name
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
-from .specials import TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.common.parallel_sets import PIVOT, Paths, languages, parallel_files, read_set, set_name
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.common.specials import TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.evaluate import report as eval_report
+from xlmflow.tasks.langid import lid
 
 if TYPE_CHECKING:  # the measures import torch: each unit body imports them, so the CLI starts without torch
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
 STAGE = "evaluate"
 METRICS = "metrics.json"
@@ -214,7 +214,7 @@ def valid_docs(shard_uri: str, lang: str, limit: int) -> list[np.ndarray]:
 
 def lm_unit(unit: Unit) -> Ref:
     """Bits per byte and generation for every language of one model."""
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     ((label, model_in),) = unit.each("model")
     p, batch = unit.params, unit.options["batch_size"]
@@ -277,7 +277,7 @@ def detected(lid_model, texts: list[str | None], lang: str) -> np.ndarray:
 
 def set_unit(unit: Unit) -> Ref:
     """Retrieval, transfer probe, translation and contamination of one model on one parallel set."""
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     ((label, model_in),) = unit.each("model")
     p, batch, name = unit.params, unit.options["batch_size"], unit.params["set"]
@@ -317,7 +317,7 @@ def set_unit(unit: Unit) -> Ref:
 
 
 def _retrieval(texts: dict, ok: dict, emb: dict) -> dict:
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     langs, pairs, dropped, chance, per_layer = list(texts), {}, {}, {}, []
     for a, b in combinations(langs, 2):
@@ -352,7 +352,7 @@ def _retrieval(texts: dict, ok: dict, emb: dict) -> dict:
 
 
 def _probe(model, tok, unit, df, texts, emb, layer, tags, index, ok) -> dict:
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     p = unit.params
     train = read_set(Location(unit.inputs["set"]["train"].uri))
@@ -382,7 +382,7 @@ def spread(df: pl.DataFrame, n: int) -> pl.DataFrame:
 
 
 def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     p = unit.params
     shots_from = read_set(Location(unit.inputs["set"]["train"].uri)) if "train" in unit.inputs["set"] else df
@@ -419,7 +419,7 @@ def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
 @lru_cache(maxsize=2)
 def train_ngrams(shard_uri: str, fingerprint: str, n: int) -> measures.NgramIndex:
     """Every n-gram of the train shards (within documents), once per process and shard stage."""
-    from . import eval_measures as measures
+    from xlmflow.tasks.evaluate import measures
 
     index = measures.NgramIndex(n)
     for s in shard_store.list_shards(shard_uri, "train"):

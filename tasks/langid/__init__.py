@@ -54,14 +54,8 @@ from xlmflow.storage import (
     read_table,
     split_path,
 )
-
-from . import dedup, dedup_buckets, langid_stats, quality
-from .decide import decide, holdout_segments
-from .dedup import DedupParams
-from .lid import load_model, model_file, model_fingerprint, predict
-from .parallel import Paths, check_lang_code, parallel_files
-from .quality import QualityParams
-from .runtime import (
+from xlmflow.tasks.common.parallel_sets import Paths, check_lang_code, parallel_files
+from xlmflow.tasks.common.runtime import (
     Input,
     Ref,
     Unit,
@@ -74,6 +68,12 @@ from .runtime import (
     sum_stats,
     unit_manifest,
 )
+from xlmflow.tasks.langid import dedup, dedup_buckets, quality
+from xlmflow.tasks.langid import stats as langid_stats
+from xlmflow.tasks.langid.decide import decide, holdout_segments
+from xlmflow.tasks.langid.dedup import DedupParams
+from xlmflow.tasks.langid.lid import load_model, model_file, model_fingerprint, predict
+from xlmflow.tasks.langid.quality import QualityParams
 
 STAGE = "langid"
 

@@ -51,9 +51,19 @@ from xlmflow.storage import (
 )
 from xlmflow.storage.fingerprint import HASH_BITS
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
-
-from .runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step, unit_manifest
-from .specials import EOS, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.common.runtime import (
+    Input,
+    Ref,
+    Unit,
+    commit_stage,
+    ensure,
+    logger,
+    plain_step,
+    stage_unit,
+    step,
+    unit_manifest,
+)
+from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag
 
 UINT16_VOCAB = 1 << 16
 

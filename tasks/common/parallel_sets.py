@@ -23,8 +23,7 @@ from pydantic import BeforeValidator
 from tokenizers import Tokenizer
 
 from xlmflow.storage import Location, read_table
-
-from .tokens import presence
+from xlmflow.tasks.common.tokens import presence
 
 SPLITS = ("train", "eval")
 PIVOT = "en"  # the language translation pairs and premiums are measured against

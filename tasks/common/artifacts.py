@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from xlmflow.storage import Location, RunDir, read_manifest
-
-from .runtime import logger, plain_step
+from xlmflow.tasks.common.runtime import logger, plain_step
 
 
 @dataclass
@@ -179,7 +178,7 @@ def langid_report(run: RunDir) -> Report:
 
 
 def vocab_report(run: RunDir) -> Report:
-    from .fairness import markdown
+    from xlmflow.tasks.vocab.fairness import markdown
 
     with run.stage("vocab").child("report.json").open("rb") as f:
         r = json.loads(f.read())

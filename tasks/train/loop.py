@@ -1,6 +1,6 @@
 """The training loop: one process of a training job, alone or one of many under torchrun / ``accelerate launch``.
 
-    python -m xlmflow.tasks.train_loop SPEC.json
+    python -m xlmflow.tasks.train.loop SPEC.json
 
 ``SPEC.json`` (written by :mod:`.train`) names the shard and vocab stages, the model config, the
 hyper-parameters and two folders: ``checkpoints`` (``step-NNNNNNN/`` from ``accelerator.save_state``,
@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xlmflow.storage import Location, read_table
-
-from .specials import EOS, PAD, TOKENIZER_FILE, lang_tag
-from .train_data import IGNORE, BlockLoader, BlockSpec, valid_blocks
+from xlmflow.tasks.common.specials import EOS, PAD, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.train.data import IGNORE, BlockLoader, BlockSpec, valid_blocks
 
 if TYPE_CHECKING:  # torch and the model are imported where used: the CLI imports this module for its constants
     import torch
@@ -88,7 +87,7 @@ def build_model(spec: dict):
     """The model of the spec: GPT-2 sized by the preset/overrides, language tags, alignment mode."""
     from tokenizers import Tokenizer
 
-    from .model import XlmGPT2Config, XlmGPT2LMHeadModel
+    from xlmflow.tasks.train.model import XlmGPT2Config, XlmGPT2LMHeadModel
 
     with Location(spec["vocab"]).child(TOKENIZER_FILE).open("rb") as f:
         tok = Tokenizer.from_str(f.read().decode("utf-8"))
@@ -133,7 +132,7 @@ def run(spec: dict) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .model import save_with_code
+    from xlmflow.tasks.train.model import save_with_code
 
     t = spec["train"]
     gpu = torch.cuda.is_available()
@@ -328,7 +327,7 @@ def _read_rows(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m xlmflow.tasks.train_loop SPEC.json", file=sys.stderr)
+        print("usage: python -m xlmflow.tasks.train.loop SPEC.json", file=sys.stderr)
         return 2
     run(json.loads(Path(args[0]).read_text()))
     return 0

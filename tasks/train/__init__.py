@@ -33,10 +33,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
-
-from . import progress, train_loop
-from .runtime import Input, Ref, Unit, ensure, logger, plain_step, step
-from .specials import TOKENIZER_FILE
+from xlmflow.tasks.common import progress
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
+from xlmflow.tasks.common.specials import TOKENIZER_FILE
+from xlmflow.tasks.train import loop as train_loop
 
 STAGE = "train"
 ALIGNMENT = "alignment.parquet"  # the vocab stage's alignment table

@@ -46,10 +46,9 @@ from xlmflow.storage import (
     read_batches,
     stable_uniform,
 )
-
-from .parallel import Paths, parallel_files
-from .runtime import Input, Ref, Unit, ensure, logger, plain_step, step
-from .specials import EOS, PAD, lang_tag
+from xlmflow.tasks.common.parallel_sets import Paths, parallel_files
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
+from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
 
 STAGE = "vocab"
 ALIGNMENT = "alignment.parquet"
@@ -236,7 +235,7 @@ def save_tokenizer(tok: Tokenizer, langs: list[str], aside: Aside) -> list[str]:
 # ---------------------------------------------------------------- the unit
 def build_vocab(unit: Unit) -> Ref:
     """Sample, train, align, measure; commit tokenizer files, alignment.parquet and report.json as the stage."""
-    from . import alignment, fairness
+    from xlmflow.tasks.vocab import alignment, fairness
 
     params = VocabParams(**{k: v for k, v in unit.params.items() if k != "dictionary"}, **unit.options)
     langid_loc = Location(unit.input("langid").uri)
