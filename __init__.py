@@ -47,23 +47,40 @@ _AUTO_MODELS = "transformers.models.auto.modeling_auto"
 
 def _register_models() -> None:
     # importing the module registers its classes, at its end (also when it is what triggered this import)
-    import xlmflow.tasks.train.model  # noqa: F401
+    try:
+        import xlmflow.tasks.common.model  # noqa: F401
+    except ImportError:
+        # the auto-model module loaded in the middle of a transformers import the model module needs
+        # (``from transformers import GPT2Config`` first): no registration now, and never a broken
+        # transformers import; xlmflow's own loaders call ``model.register()`` themselves
+        pass
 
 
 class _RegisterOnImport:
-    """A meta-path finder that runs :func:`_register_models` right after transformers' auto-model module loads."""
+    """A meta-path finder that runs :func:`_register_models` right after transformers' auto-model module loads.
+
+    It leaves ``sys.meta_path`` only once that module has loaded: an import of it that fails part-way (as
+    ``from transformers import GPT2Config`` can make it) must not cost the registration of the next one."""
+
+    def __init__(self) -> None:
+        self.looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != _AUTO_MODELS:
+        if name != _AUTO_MODELS or self.looking:
             return None
-        _sys.meta_path.remove(self)
-        spec = _importlib_util.find_spec(name)
+        self.looking = True  # find_spec below walks sys.meta_path again, this finder included
+        try:
+            spec = _importlib_util.find_spec(name)
+        finally:
+            self.looking = False
         if spec is None or spec.loader is None:
             return spec
         run = spec.loader.exec_module
 
         def exec_module(module):
             run(module)
+            if self in _sys.meta_path:
+                _sys.meta_path.remove(self)
             _register_models()
 
         spec.loader.exec_module = exec_module

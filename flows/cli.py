@@ -11,6 +11,8 @@ import xlmflow  # noqa: F401  (sets Prefect's offline defaults before Prefect is
 COMMANDS = {
     "run": "run every stage in order on the configured corpus (the bundled demo by default)",
     "status": "show what each stage of a run directory has committed",
+    "deployments": "write deployments/prefect.yaml (work pool + worker deployments) from the stage registry",
+    "config": "config show: print the configuration a run directory records (what its next command starts from)",
     "serve": "serve the pipeline (nightly) and every stage as Prefect deployments from this process, no work pool",
 }
 
@@ -32,9 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--debug", action="store_true", help="show Prefect's logs, and the traceback of an error")
         sp.add_argument(
-            "--config", help="TOML file with one table per stage (see README); without it, the demo's settings"
+            "--config",
+            help="TOML file with one table per stage (see README), laid over the run directory's recorded "
+            "configuration; a new run directory with neither this nor --source takes the demo's settings",
         )
-        if name == "status":
+        if name == "config":
+            sp.add_argument("action", choices=["show"], help="show: print the recorded (or would-be) configuration")
+        if name in ("status", "config"):
             continue
         sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
         sp.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
@@ -56,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="STAGE",
                 help="rebuild this stage although its output is current (repeatable)",
             )
+        if name == "deployments":
+            sp.add_argument("--cron", default="0 2 * * *", help="the pipeline deployment's schedule (default nightly)")
+            sp.add_argument("--output", default="-", help="file to write (default: standard output)")
+            continue
         if name == "serve":
             sp.add_argument("--cron", default="0 2 * * *", help="the pipeline deployment's schedule (default nightly)")
             sp.add_argument("--no-schedule", action="store_true", help="serve the pipeline unscheduled")
@@ -66,12 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args):
-    """The --config file (or the demo, when neither --config nor --source is given) with the flags laid over it."""
+    """The run directory's recorded configuration (the demo's for a new one, unless --config or --source says
+    it is a user's), with the --config file and then the flags laid over it."""
     from xlmflow.flows.config import PipelineConfig
     from xlmflow.flows.registry import STAGES
 
-    user = args.config or getattr(args, "source", None)
-    cfg = PipelineConfig.load(args.config) if args.config else PipelineConfig() if user else PipelineConfig.demo()
+    cfg = PipelineConfig.for_run(args.run_dir, args.config, user=bool(getattr(args, "source", None)))
     cfg.parallel = [*cfg.parallel, *(getattr(args, "parallel", None) or [])]  # added to the configured sets
     for stage in STAGES:
         stage.apply_flags(args, getattr(cfg, stage.name))
@@ -115,6 +125,18 @@ def _command(args) -> int:
     if args.command == "status":
         return status(args.run_dir, config_from(args))
     cfg = config_from(args)
+    if args.command == "config":
+        return show_config(args.run_dir, cfg)
+    if args.command == "deployments":
+        from xlmflow.flows.serve import prefect_yaml
+
+        text = prefect_yaml(args.run_dir, args.cron, cfg)
+        if args.output == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        return 0
     if args.command == "serve":
         from xlmflow.flows.serve import serve
 
@@ -130,12 +152,14 @@ def _command(args) -> int:
     from xlmflow.flows.registry import BY_NAME
     from xlmflow.storage import RunDir
     from xlmflow.storage.lock import run_lock
-    from xlmflow.tasks.common.progress import TerminalProgress
+    from xlmflow.tasks.common.progress import PlainProgress, TerminalProgress
 
-    bars = sys.stderr.isatty() and not (args.quiet or args.verbose or args.debug)
-    shown = TerminalProgress() if bars else nullcontext()
-    waited = run_lock(RunDir.of(args.run_dir).root, wait=True) if args.wait else nullcontext()
-    with waited, shown, _no_heartbeats_without_a_server():
+    if args.quiet or args.verbose or args.debug:
+        shown = nullcontext()
+    else:  # bars at a terminal; one plain line per event into a log file, cron's mail, CI
+        shown = TerminalProgress() if sys.stdout.isatty() and sys.stderr.isatty() else PlainProgress(sys.stdout)
+    with run_lock(RunDir.of(args.run_dir).root, wait=args.wait), shown, _no_heartbeats_without_a_server():
+        cfg.record(args.run_dir)  # under the lock: what this command runs with is the run's configuration now
         if args.command == "run":
             pipeline(
                 run_dir=args.run_dir,
@@ -162,15 +186,26 @@ def _no_heartbeats_without_a_server():
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
+def show_config(run_dir: str, cfg) -> int:
+    """Print the configuration ``run_dir`` records, with the --config file and flags of this command laid over
+    it (a new run directory: what its first command would record)."""
+    from xlmflow.storage import RunDir, read_record, record_text
+
+    if read_record(RunDir.of(run_dir)) is None:
+        print(f"# {run_dir} records no configuration yet: its first command would record this")
+    print(record_text(cfg.model_dump(mode="json")), end="")
+    return 0
+
+
 def status(run_dir: str, config=None) -> int:
     """What each stage has committed, and whether the next run would rebuild it and why (code, parameters
-    of ``config`` (the demo's by default), or an upstream stage changed)."""
+    of ``config`` (the run's recorded configuration by default), or an upstream stage changed)."""
     from xlmflow.flows.config import PipelineConfig
     from xlmflow.flows.registry import STAGES
     from xlmflow.storage import RunDir, code_version, read_manifest
     from xlmflow.tasks.common.runtime import stale_reasons
 
-    config = config or PipelineConfig.demo()
+    config = config or PipelineConfig.for_run(run_dir)
     run = RunDir.of(run_dir)
     manifests = {s.name: read_manifest(run.stage(s.name)) for s in STAGES}
     current = {name: m.fingerprint if m else None for name, m in manifests.items()}
@@ -182,7 +217,7 @@ def status(run_dir: str, config=None) -> int:
             stale.add(s.name)
             continue
         settings = config.stage_params(s.name).model_dump(mode="json")
-        reasons = stale_reasons(m, code_version(f"xlmflow.tasks.{s.name}"), settings, current)
+        reasons = stale_reasons(m, code_version(f"xlmflow.tasks.{s.name}"), settings, current, section=s.name)
         reasons += [f"upstream {r} is stale" for r in s.reads if r in stale and not any(r in x for x in reasons)]
         stale |= {s.name} if reasons else set()
         size = sum(f.bytes for f in m.files)

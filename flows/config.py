@@ -1,8 +1,11 @@
 """Pipeline configuration: one section per stage (from the registry), from a TOML file, CLI flags or the demo.
 
-With no ``--config`` file and no ``--source``, ``xlmflow run`` runs the bundled demo:
-its corpus (``data/demo``) and its parallel sets (``data/parallel``). A user's file
-starts from the plain defaults, so nothing of the demo leaks into a user's run. A TOML
+A run directory records the configuration it was run with (``<run>/xlmflow.toml``, see
+:mod:`xlmflow.storage.record`), and every later command on it starts from that record: a ``--config``
+file's tables and the flags are laid over it and recorded in turn. Only a run directory with no record,
+run with no ``--config`` and no ``--source``, takes the bundled demo's settings: its corpus
+(``data/demo``) and its parallel sets (``data/parallel``). A user's file starts from the plain
+defaults, so nothing of the demo leaks into a user's run. A TOML
 file has an optional top-level ``parallel`` (the user's evaluation sets: held out of
 the corpus, used for alignment pairs and evaluation) and one table per stage, e.g.::
 
@@ -30,7 +33,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from xlmflow.flows.demo import DEMO
-from xlmflow.flows.registry import STAGES
+from xlmflow.flows.registry import BY_NAME, STAGES
+from xlmflow.storage import RunDir, read_record, write_record
 from xlmflow.tasks.common.parallel_sets import Paths
 
 
@@ -55,11 +59,7 @@ class _Config(BaseModel):
 
     def stage_params(self, name: str) -> BaseModel:
         """The section of stage ``name``, with the pipeline's parallel sets filled in where it leaves them unset."""
-        params = getattr(self, name).model_copy(deep=True)
-        stage = next(s for s in STAGES if s.name == name)
-        if stage.parallel_field and not getattr(params, stage.parallel_field):
-            setattr(params, stage.parallel_field, list(self.parallel))
-        return params
+        return BY_NAME[name].with_sets(getattr(self, name), self.parallel)
 
     @classmethod
     def load(cls, path: str | Path | None) -> "PipelineConfig":
@@ -82,6 +82,33 @@ class _Config(BaseModel):
     def demo(cls) -> "PipelineConfig":
         """The bundled demo corpus and parallel sets (the only place they are named)."""
         return cls.model_validate(DEMO)
+
+    @classmethod
+    def for_run(cls, run_dir: str, file: str | Path | None = None, user: bool = False) -> "PipelineConfig":
+        """What a command on ``run_dir`` starts from: the run's recorded configuration with the ``file``'s
+        tables laid over it; with no record, the file over the plain defaults, or the demo's settings when
+        nothing says this is a user's run (no ``file``, not ``user``: no ``--source``)."""
+        recorded = read_record(RunDir.of(run_dir))
+        base = recorded if recorded is not None else ({} if file or user else DEMO)
+        if file is None:
+            return cls.model_validate(base)
+        laid = cls.load(file).model_dump(mode="json", exclude_unset=True)
+        try:
+            return cls.model_validate(merged(base, laid))
+        except ValueError as e:
+            raise ValueError(f"{file}: {str(e).removeprefix('config: ')}") from e
+
+    def record(self, run_dir: str) -> bool:
+        """Record this configuration as the run's (atomically); False when it already was."""
+        return write_record(RunDir.of(run_dir), self.model_dump(mode="json"))
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: tables merge key by key, any other value (a list, a number) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def describe(e: ValidationError, model: type[BaseModel]) -> str:

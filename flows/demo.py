@@ -1,8 +1,8 @@
 """The bundled demo's settings: the only place that names the demo corpus and its parallel sets.
 
-Used when neither ``--config`` nor ``--source`` is given (``PipelineConfig.demo()``) and by a stage flow
-called without parameters (``Stage.demo()``); ``data/`` ships as package data, so both work after
-``pip install .`` too.
+Used only for a run directory that records no configuration yet, run with neither ``--config`` nor
+``--source`` (``PipelineConfig.for_run``), or by a stage flow called without parameters on such a run
+directory; ``data/`` ships as package data, so both work after ``pip install .`` too.
 """
 
 from __future__ import annotations

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import evaluate
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.evaluate import EvalParams
+from xlmflow.tasks.evaluate import ui as evaluate_ui
 
 
 @flow(name="evaluate", task_runner=task_runner())
-@holds_run_lock
+@stage_body("evaluate")
 def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     lm_units, set_units = evaluate.plan_task(run, params)
     refs = [f.result() for f in submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)]
     ref = run_unit(evaluate.commit_task, evaluate.stage_for(run, params, refs), refs)
-    artifacts.publish_task("evaluate", run_dir, artifacts.evaluate_report)
+    artifacts.publish_task(evaluate.STAGE, run_dir, evaluate_ui.report)
     return ref
 
 
@@ -42,10 +42,10 @@ def _apply(args, params: EvalParams) -> None:
 
 STAGE = Stage(
     name="evaluate",
-    report=artifacts.evaluate_report,
+    report=evaluate_ui.report,
     flow=evaluate_flow,
     params=EvalParams,
-    reads=("vocab", "shard", "train"),
+    reads=evaluate.READS,
     help="bits per byte, cross-lingual retrieval, transfer probe, generation, chrF++/BLEU, contamination",
     flags={"--max-docs": "max_docs", "--max-segments": "max_segments"},
     extra_flags=_flags,

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import ingest
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.ingest import IngestParams, Source
+from xlmflow.tasks.ingest import ui as ingest_ui
 
 
 @flow(name="ingest", task_runner=task_runner())
-@holds_run_lock
+@stage_body("ingest")
 def ingest_flow(run_dir: str, params: IngestParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     units = ingest.plan_task(run, params)
     refs = [f.result() for f in submit_units(ingest.ingest_file, units)]
     ref = run_unit(ingest.commit_task, ingest.stage_for(run, params, refs), refs)
-    artifacts.publish_task("ingest", run_dir, artifacts.ingest_report)
+    artifacts.publish_task(ingest.STAGE, run_dir, ingest_ui.report)
     return ref
 
 
@@ -57,9 +57,10 @@ def _apply_sources(args, params: IngestParams) -> None:
 
 STAGE = Stage(
     name="ingest",
-    report=artifacts.ingest_report,
+    report=ingest_ui.report,
     flow=ingest_flow,
     params=IngestParams,
+    reads=ingest.READS,
     help="read text/JSONL/Parquet/datasets into normalised Parquet documents",
     flags={"--bad-records": "bad_records"},
     extra_flags=_source_flags,

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import langid
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, logger, run_unit, submit_units
 from xlmflow.tasks.langid import LangidParams
+from xlmflow.tasks.langid import ui as langid_ui
 
 
 @flow(name="langid", task_runner=task_runner())
-@holds_run_lock
+@stage_body("langid")
 def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     score_units, signal_units, filter_units = langid.plan_task(run, params)
     score_futures = submit_units(langid.score_part, score_units)
@@ -39,7 +39,7 @@ def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
         + clean_refs
     )
     ref = run_unit(langid.commit_task, langid.stage_for(run, params, refs), refs)
-    artifacts.publish_task("langid", run_dir, artifacts.langid_report)
+    artifacts.publish_task(langid.STAGE, run_dir, langid_ui.report)
     logger().info("langid: %d ingest units scored and filtered, %d languages clean", len(score_units), len(clean_refs))
     return ref
 
@@ -71,10 +71,10 @@ def _pairs(items: list[str]) -> dict[str, float]:
 
 STAGE = Stage(
     name="langid",
-    report=artifacts.langid_report,
+    report=langid_ui.report,
     flow=langid_flow,
     params=LangidParams,
-    reads=("ingest",),
+    reads=langid.READS,
     help="fastText language ID, per-language thresholds, quality filters, exact and MinHash dedup",
     flags={
         "--lid-model": "model_path",

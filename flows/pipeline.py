@@ -13,6 +13,7 @@ from prefect import flow
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.registry import STAGES
 from xlmflow.flows.stage import holds_run_lock, task_runner
+from xlmflow.storage import RunDir
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, invalidate_task
 
@@ -26,12 +27,17 @@ def pipeline(
     stages: list[str] | None = None,
     force: list[str] | None = None,
 ) -> dict[str, Ref]:
-    """Every stage in order (the demo when no config is given), or only ``stages``.
+    """Every stage in order, or only ``stages``, with ``config`` (recorded as the run's), or the run's recorded
+    configuration when none is given (the demo's for a new run directory).
 
     ``force``: stages rebuilt although their outputs are committed and current. ``dask`` (scheduler
     address or ``local``) runs the units on Dask."""
-    config = config or PipelineConfig.demo()
+    config = config or PipelineConfig.for_run(run_dir)
     chosen = [s for s in STAGES if stages is None or s.name in stages]
+    for s in chosen:  # refuse what could not finish before any stage does work
+        if s.check:
+            s.check(RunDir.of(run_dir), config.stage_params(s.name))
+    config.record(run_dir)
     refs = {}
     for s in chosen:
         if s.name in (force or []):

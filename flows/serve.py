@@ -1,23 +1,27 @@
-"""``xlmflow serve``: the pipeline (nightly, one run at a time) and every stage as Prefect deployments served
-straight from this process (``flow.to_deployment`` + ``prefect.serve``): no work pool, no worker. Trigger them
-from the UI or ``prefect deployment run 'ingest/ingest'``. ``deployments/prefect.yaml`` (work pool + worker) stays
-the route for production."""
+"""The deployments, from the registry: ``xlmflow serve`` serves the pipeline (nightly, one run at a time) and
+every stage straight from this process (``flow.to_deployment`` + ``prefect.serve``): no work pool, no worker.
+Trigger them from the UI or ``prefect deployment run 'ingest/ingest'``. ``deployments/prefect.yaml`` (work pool +
+worker, the route for production) is written by ``xlmflow deployments`` from the same registry and the same
+parameters (a test fails when the committed file is not what the command writes)."""
 
 from __future__ import annotations
+
+import yaml
 
 from xlmflow.flows.config import PipelineConfig
 from xlmflow.flows.pipeline import pipeline
 from xlmflow.flows.registry import STAGES
 
 NIGHTLY = "0 2 * * *"
+PREFECT_VERSION = "3.9.1"  # the oldest Prefect release xlmflow supports (pyproject.toml), for prefect.yaml
 
 
 def parameters(run_dir: str, config: PipelineConfig | None = None) -> dict[str, dict]:
     """Each deployment's default parameters by name (``nightly`` and one per stage): the run directory and the
-    configuration (the demo's when none is given) written out in full, so a run form shows real values (a
-    ``package:`` path for the bundled corpus, never this machine's absolute paths). ``deployments/prefect.yaml``
-    holds the same (a test compares them)."""
-    config = config or PipelineConfig.demo()
+    configuration (the run directory's recorded one when none is given) written out in full, so a run form
+    shows real values (a ``package:`` path for the bundled corpus, never this machine's absolute paths).
+    ``deployments/prefect.yaml`` holds the same (:func:`prefect_yaml`)."""
+    config = config or PipelineConfig.for_run(run_dir)
     found = {"nightly": {"run_dir": run_dir, "config": config.model_dump(mode="json")}}
     for s in STAGES:
         found[s.name] = {"run_dir": run_dir, "params": config.stage_params(s.name).model_dump(mode="json")}
@@ -27,8 +31,8 @@ def parameters(run_dir: str, config: PipelineConfig | None = None) -> dict[str, 
 def deployments(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None) -> list:
     """One deployment for the pipeline (scheduled by ``cron``, concurrency limit 1) and one per stage (by hand).
 
-    Stage deployments default to ``config``'s section for the stage (the demo's when no config is given),
-    so a run triggered from the UI with no changes does what ``xlmflow <stage>`` would.
+    Stage deployments default to ``config``'s section for the stage (the run's recorded configuration when
+    none is given), so a run triggered from the UI with no changes does what ``xlmflow <stage>`` would.
     """
     params = parameters(run_dir, config)
     found = [
@@ -49,3 +53,53 @@ def serve(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | Non
     import prefect
 
     prefect.serve(*deployments(run_dir, cron, config))
+
+
+PREFECT_YAML_HEADER = """\
+# Prefect deployments for xlmflow, written by `xlmflow deployments` from the stage registry (do not edit by
+# hand: a test fails when this file is not what the command writes). From the repository root, with a Prefect
+# server running (`prefect server start`, PREFECT_API_URL set) and a process work pool:
+#   prefect work-pool create xlmflow-local --type process
+#   prefect deploy --all --prefect-file deployments/prefect.yaml
+#   prefect worker start --pool xlmflow-local
+# The worker runs flows from the folder it was started in (the repository root), in the same virtual
+# environment. Each deployment's parameters are {what} written out; for your own run directory write
+# your own file: `xlmflow deployments --run-dir URL [--config FILE] --output my-prefect.yaml`.
+# `package:data/...` names the bundled demo.
+"""
+
+
+def prefect_yaml(run_dir: str, cron: str = NIGHTLY, config: PipelineConfig | None = None) -> str:
+    """``deployments/prefect.yaml`` for ``run_dir``: the pipeline (scheduled by ``cron``, one run at a time)
+    and one deployment per registry stage, with :func:`parameters` as their defaults and each stage's
+    description naming what it reads (``Stage.reads``)."""
+    params = parameters(run_dir, config)
+
+    def pool() -> dict:  # a new dict each time: YAML would write a shared one as an anchor
+        return {"name": "xlmflow-local", "work_queue_name": "default", "job_variables": {}}
+
+    nightly = {
+        "name": "nightly",
+        "description": "The whole pipeline, every night, on the run directory's configured corpus.",
+        "entrypoint": "flows/pipeline.py:pipeline",
+        "parameters": params["nightly"],
+        "concurrency_limit": 1,
+        "schedules": [{"cron": cron, "timezone": "UTC", "active": True}],
+        "work_pool": pool(),
+    }
+    stages = []
+    for s in STAGES:
+        needs = f" (needs committed {', '.join(s.reads)} in run_dir)" if s.reads else ""
+        stages.append(
+            {
+                "name": s.name,
+                "description": f"{s.help[0].upper()}{s.help[1:]}{needs}.",
+                "entrypoint": f"flows/{s.name}.py:{s.flow.fn.__name__}",
+                "parameters": params[s.name],
+                "work_pool": pool(),
+            }
+        )
+    spec = {"name": "xlmflow", "prefect-version": PREFECT_VERSION, "build": None, "push": None, "pull": None}
+    spec["deployments"] = [nightly, *stages]
+    what = "the demo's settings" if config is None or config == PipelineConfig.demo() else "this run's settings"
+    return PREFECT_YAML_HEADER.format(what=what) + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=110)

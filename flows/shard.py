@@ -8,32 +8,32 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import shard
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.shard import ShardParams
+from xlmflow.tasks.shard import ui as shard_ui
 
 
 @flow(name="shard", task_runner=task_runner())
-@holds_run_lock
+@stage_body("shard")
 def shard_flow(run_dir: str, params: ShardParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     run = RunDir.of(run_dir)
     units = shard.plan_task(run, params)
     refs = [f.result() for f in submit_units(shard.shard_task, units)]
     ref = run_unit(shard.commit_task, shard.stage_for(run, params, refs), refs)
-    artifacts.publish_task("shard", run_dir, artifacts.shard_report)
+    artifacts.publish_task(shard.STAGE, run_dir, shard_ui.report)
     return ref
 
 
 STAGE = Stage(
     name="shard",
-    report=artifacts.shard_report,
+    report=shard_ui.report,
     flow=shard_flow,
     params=ShardParams,
-    reads=("langid", "vocab"),
+    reads=shard.READS,
     help="tokenise the clean corpus into train/valid Parquet token shards with a checksummed manifest",
     flags={"--valid-fraction": "valid_fraction", "--min-valid-docs": "min_valid_docs", "--shard-docs": "shard_docs"},
 )

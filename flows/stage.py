@@ -12,6 +12,7 @@ import argparse
 import functools
 import inspect
 import os
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from xlmflow.flows.demo import DEMO
-from xlmflow.storage import RunDir
+from xlmflow.storage import RunDir, read_manifest, read_record, write_record
 from xlmflow.storage.lock import run_lock
+from xlmflow.tasks.common import progress
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,36 @@ class Stage:
     apply_extra: Callable[[argparse.Namespace, BaseModel], None] | None = None
     parallel_field: str | None = None  # the params field the pipeline's evaluation sets fill when unset
     report: Callable | None = None  # RunDir -> artifacts.Report: what the stage shows in the Prefect UI
+    check: Callable[[RunDir, BaseModel], None] | None = None  # refuses a run it cannot finish, before any stage runs
 
-    def demo(self) -> BaseModel:
-        """The demo's section of this stage. A stage flow called without parameters (a deployment run as it
-        is, a Python caller) runs it, as ``xlmflow <stage>`` with no --config or --source does."""
-        params = self.params.model_validate(DEMO.get(self.name, {}))
-        if self.parallel_field:
-            setattr(params, self.parallel_field, list(DEMO["parallel"]))
+    def __post_init__(self) -> None:
+        _RECORDS[self.name] = self  # stage_body finds its record by name when the flow runs
+
+    def with_sets(self, params: BaseModel, sets: list) -> BaseModel:
+        """A copy of ``params`` with the pipeline's parallel ``sets`` filled in where it leaves its field unset."""
+        params = params.model_copy(deep=True)
+        if self.parallel_field and not getattr(params, self.parallel_field):
+            setattr(params, self.parallel_field, list(sets))
+        return params
+
+    def section(self, params: BaseModel, sets: list) -> dict[str, Any]:
+        """``params`` as its config table; a parallel-set field equal to the pipeline's ``sets`` is left unset,
+        so a later ``--parallel`` still reaches the stage."""
+        table = params.model_dump(mode="json")
+        if self.parallel_field and table.get(self.parallel_field) == [str(p) for p in sets]:
+            table[self.parallel_field] = []
+        return table
+
+    def settle(self, run: RunDir, params: BaseModel | None) -> BaseModel:
+        """The parameters this stage runs with on ``run``, recorded as its section of the run's configuration
+        (``storage.record``): ``params`` as given, or, left out (a deployment run as it is, a Python caller),
+        the run's recorded section, or the demo's on a run directory that records none."""
+        recorded = read_record(run)
+        base = recorded if recorded is not None else (DEMO if params is None else {})
+        sets = list(base.get("parallel", []))
+        if params is None:
+            params = self.with_sets(self.params.model_validate(base.get(self.name, {})), sets)
+        write_record(run, {**base, self.name: self.section(params, sets)})
         return params
 
     def add_flags(self, group: argparse._ArgumentGroup) -> None:
@@ -66,6 +91,9 @@ class Stage:
                 setattr(params, name, value)
         if self.apply_extra:
             self.apply_extra(args, params)
+
+
+_RECORDS: dict[str, Stage] = {}
 
 
 def add_field_flag(group: argparse._ArgumentGroup, option: str, model: type[BaseModel], name: str) -> None:
@@ -109,6 +137,35 @@ def holds_run_lock(fn):
     body.__signature__ = inspect.signature(fn, eval_str=True)
     body.__annotations__ = typing.get_type_hints(fn)
     return body
+
+
+def stage_body(name: str):
+    """The body of stage ``name``'s flow, however it is started (CLI, deployment, Python): it holds the run
+    directory's lock, settles its parameters (:meth:`Stage.settle`: the run's record fills what the caller
+    left out, and records what it runs with), and tells the progress display when the stage starts and ends."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def body(run_dir: str, params: BaseModel | None = None, *args, **kwargs):
+            run = RunDir.of(run_dir)
+            with run_lock(run.root):
+                params = _RECORDS[name].settle(run, params)
+                progress.stage(name, "started")
+                start = time.monotonic()
+                try:
+                    ref = fn(run_dir, params, *args, **kwargs)
+                except BaseException:
+                    progress.stage(name, "failed", time.monotonic() - start)
+                    raise
+                m = read_manifest(run.stage(name))
+                progress.stage(name, "finished", time.monotonic() - start, m.rows if m else None)
+                return ref
+
+        body.__signature__ = inspect.signature(fn, eval_str=True)
+        body.__annotations__ = typing.get_type_hints(fn)
+        return body
+
+    return wrap
 
 
 def task_runner(dask: str | None = None):

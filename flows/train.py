@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import train
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, run_unit
 from xlmflow.tasks.train import TrainParams
+from xlmflow.tasks.train.ui import train_report
 
 
 @flow(name="train", task_runner=task_runner())
-@holds_run_lock
+@stage_body("train")
 def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     unit = train.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(train.train_task, unit)
-    artifacts.publish_task("train", run_dir, artifacts.train_report)
+    artifacts.publish_task("train", run_dir, train_report)
     return ref
 
 
 STAGE = Stage(
     name="train",
-    report=artifacts.train_report,
+    report=train_report,
     flow=train_flow,
     params=TrainParams,
-    reads=("vocab", "shard"),
+    reads=train.READS,
+    check=train.check_run_dir,  # a remote run directory is refused before any stage runs
     help="train the cross-lingual GPT-2 (language embeddings, aligned vocabulary) with Accelerate",
     flags={
         "--preset": "preset",

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, holds_run_lock, task_runner
+from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import vocab
 from xlmflow.tasks.common import artifacts
 from xlmflow.tasks.common.runtime import Ref, run_unit
+from xlmflow.tasks.vocab import ui as vocab_ui
 
 
 @flow(name="vocab", task_runner=task_runner())
-@holds_run_lock
+@stage_body("vocab")
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
-    params = params or STAGE.demo()
     unit = vocab.plan_task(RunDir.of(run_dir), params)
     ref = run_unit(vocab.vocab_task, unit)
-    artifacts.publish_task("vocab", run_dir, artifacts.vocab_report)
+    artifacts.publish_task(vocab.STAGE, run_dir, vocab_ui.report)
     return ref
 
 
 STAGE = Stage(
     name="vocab",
-    report=artifacts.vocab_report,
+    report=vocab_ui.report,
     flow=vocab_flow,
     params=vocab.VocabParams,
-    reads=("langid",),
+    reads=vocab.READS,
     help="train one byte-level BPE on a temperature-sampled language mix, alignment table, fairness report",
     flags={"--vocab-size": "vocab_size", "--alpha": "alpha", "--vocab-seed": "seed", "--dictionary": "dictionary"},
     parallel_field="parallel",

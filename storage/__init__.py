@@ -20,6 +20,7 @@ from .manifest import (
     read_manifest,
 )
 from .parquet import FileWriter, PartWriter, read_batches, read_table, write_table
+from .record import read_record, record_text, write_record
 
 __all__ = [
     "Aside",
@@ -52,4 +53,7 @@ __all__ = [
     "read_batches",
     "read_table",
     "write_table",
+    "read_record",
+    "record_text",
+    "write_record",
 ]

@@ -1,43 +1,225 @@
 """One run at a time per run directory.
 
 Two runs on one run directory would trample each other: a commit clears the folders it
-writes aside, and both would write the same units. So a run holds ``<run dir>/.lock``, a
-small JSON file naming its holder (pid, host, command, start), created atomically
-(``O_EXCL`` locally, exclusive-create ``xb`` where an fsspec store supports it) and
-refreshed by a heartbeat thread every :data:`BEAT_S` seconds.
+writes aside, and both would write the same units. So a run holds its run directory's lock
+for as long as it runs; a second run gets :class:`RunDirLocked` naming the holder, or waits
+for it (``wait=True``, ``xlmflow run --wait``). The lock is re-entrant within a process: the
+pipeline flow holds it and each stage flow it runs takes it again.
 
-A lock is **stale**, and is taken over with a warning, when its holder is on this host and
-its process is gone, or, for a holder on another host (a shared file system), when its
-heartbeat is older than :data:`STALE_S`. Otherwise a second run gets :class:`RunDirLocked`
-naming the holder, or waits for it (``wait=True``, ``xlmflow run --wait``). The lock is
-re-entrant within a process: the pipeline flow holds it and each stage flow it runs
-takes it again.
+**Local run directory**: an OS lock (:mod:`filelock`, ``flock``) on ``<run dir>/.lock.flock``.
+The OS drops it when its process dies, however it dies (SIGKILL, OOM killer), so there is no
+stale rule to get wrong: a pid check is fooled by a reused pid, and two waiters that each
+delete a "stale" file can delete each other's fresh one. ``<run dir>/.lock`` only names the
+holder (pid, host, command, start) for the error message and :func:`holder`; one left by a
+killed run means nothing. ``.lock.flock`` is never deleted: a waiter could be blocked on the
+deleted file while a newcomer locks a new one.
+
+**Remote run directory** (any other fsspec store: nothing there is released when a process
+dies): ``<run dir>/.lock`` is a lease, JSON naming the holder plus a random token, a beat
+counter and the writer's clock, rewritten by a heartbeat thread every :data:`BEAT_S` seconds
+(a real write: ``touch`` of an existing file is not implemented by fsspec's base class or
+object stores). A waiter judges staleness by its *own* clock, so other hosts' clocks never
+matter: the lease is stale once its bytes have not changed for :data:`STALE_S` seconds since
+this waiter first read them. Shortcut, so that a run without ``--wait`` need not watch a lease
+dead for hours for a whole stale period: a lease whose written time is over :data:`STALE_S` old
+by this host's clock is stale once unchanged for three beats (a live holder whose clock lags
+would have rewritten it meanwhile). A stale lease is taken over only by the waiter that
+exclusively creates ``.lock.take-<hash of the stale lease>``: of racing waiters exactly one
+does; it re-reads the lease and overwrites it only if it is still those same stale bytes
+(never deletes it, which would let a third waiter in), then removes the marker. The others
+see the new lease beat and keep waiting. A lease is never deleted except by its own holder
+(a waiter that dies in the milliseconds between marker and overwrite leaves that lease to be
+deleted by hand, as the error message says).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
+import uuid
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
+
+import filelock
+from fsspec.implementations.memory import MemoryFileSystem
 
 from .layout import Location
 
-LOCK = ".lock"
+LOCK = ".lock"  # the holder's info (local) or the lease (remote)
+OS_LOCK = ".lock.flock"  # local: the file the OS lock is held on
 BEAT_S = 20
-STALE_S = 120  # > several heartbeats, and clock skew between hosts
+STALE_S = 120  # several beats: a few missed writes (a store hiccup) are not a death
 
 _held: dict[str, int] = {}  # lock uri -> depth, in this process
 _guard = threading.Lock()
+_exclusive = threading.Lock()  # fsspec's create on memory:// is check-then-write; memory:// is this process's
+log = logging.getLogger("xlmflow")
 
 
 class RunDirLocked(RuntimeError):
     """Another live run holds the run directory."""
+
+
+@contextmanager
+def run_lock(root: Location, wait: bool = False, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold ``root``'s lock for the block (see the module docstring)."""
+    lock = root.child(LOCK)
+    with _guard:
+        depth = _held.get(lock.uri, 0)
+        _held[lock.uri] = depth + 1
+    try:
+        if depth:
+            yield
+        else:
+            release = _acquire(lock, math.inf if wait else 0.0, poll_s)
+            try:
+                yield
+            finally:
+                release()
+    finally:
+        with _guard:
+            _held[lock.uri] -= 1
+            if not _held[lock.uri]:
+                del _held[lock.uri]
+
+
+def holder(root: Location) -> dict | None:
+    """Who holds ``root``'s lock: what its holder wrote (pid, host, command, started; for a remote
+    lease also ``beat`` and ``age_s``, seconds since it was written by the writer's clock), or None.
+    On a local path the file of a killed run is shown until the next run takes the lock."""
+    raw = _cat(root.child(LOCK))
+    if raw is None:
+        return None
+    info = _parse(raw)
+    if "time" in info:
+        info["age_s"] = time.time() - info["time"]
+    return info
+
+
+def _acquire(lock: Location, wait_s: float, poll_s: float) -> Callable[[], None]:
+    """Take ``lock``, waiting up to ``wait_s`` seconds; returns the function that lets it go."""
+    lock.parent.makedirs()
+    return (_acquire_local if lock.is_local else _acquire_remote)(lock, wait_s, poll_s)
+
+
+def _acquire_local(lock: Location, wait_s: float, poll_s: float) -> Callable[[], None]:
+    os_lock = filelock.FileLock(lock.parent.child(OS_LOCK).path, thread_local=False)
+    try:
+        os_lock.acquire(timeout=-1 if wait_s == math.inf else wait_s, poll_interval=poll_s)
+    except filelock.Timeout:
+        for _ in range(20):  # the holder writes its info just after it locks
+            info = holder(lock.parent)
+            if info:
+                break
+            time.sleep(0.05)
+        raise _refused(lock, info or {}) from None
+    tmp = f"{lock.path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(_me(), f)
+    os.replace(tmp, lock.path)  # readers never see half a file
+
+    def release() -> None:
+        try:
+            os.remove(lock.path)
+        except FileNotFoundError:
+            pass
+        os_lock.release()
+
+    return release
+
+
+def _acquire_remote(lock: Location, wait_s: float, poll_s: float) -> Callable[[], None]:
+    me = _me() | {"token": uuid.uuid4().hex}
+    start = time.monotonic()
+    deadline = start + wait_s
+    seen, since = None, 0.0  # the lease's bytes as last read, and since when (this host's monotonic clock)
+    while True:
+        if _create(lock, _lease(me, 0)):
+            break
+        raw = _cat(lock)
+        if raw is None:
+            continue  # released in between
+        now = time.monotonic()
+        if raw != seen:
+            seen, since = raw, now
+        info = _parse(raw)
+        why = _stale(info, now - since)
+        if why and _take_over(lock, raw, _lease(me, 0)):
+            log.warning("%s: took over a stale lock (%s): %s", lock.parent, why, info)
+            break
+        # a lease written long ago by its clock: watch whether it still beats, even without --wait
+        suspect = time.time() - info.get("time", 0) > STALE_S and now - start < 4 * BEAT_S
+        if now >= deadline and (why or not suspect):
+            raise _refused(lock, holder(lock.parent) or info)
+        time.sleep(poll_s)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(lock, me, stop), daemon=True, name="xlmflow-lock")
+    beat.start()
+
+    def release() -> None:
+        stop.set()
+        beat.join(timeout=5)
+        if _parse(_cat(lock) or b"").get("token") == me["token"]:
+            _rm(lock)
+
+    return release
+
+
+def _stale(info: dict, unchanged_s: float) -> str | None:
+    if unchanged_s > STALE_S:
+        return f"not rewritten for {unchanged_s:.0f} s"
+    age = time.time() - info.get("time", 0)
+    if age > STALE_S and unchanged_s > 3 * BEAT_S:
+        return f"last written {age:.0f} s ago by its clock, and not since"
+    return None
+
+
+def _take_over(lock: Location, stale: bytes, mine: bytes) -> bool:
+    """Replace the stale lease ``stale`` with ``mine`` if this waiter wins the marker and it is still stale."""
+    marker = lock.parent.child(f"{LOCK}.take-{hashlib.sha256(stale).hexdigest()[:16]}")
+    if not _create(marker, mine):
+        return False  # another waiter is taking it over
+    try:
+        if _cat(lock) != stale:
+            return False  # it was rewritten, released or taken meanwhile: not stale now
+        lock.fs.pipe_file(lock.path, mine)
+        return True
+    finally:
+        _rm(marker)
+
+
+def _heartbeat(lock: Location, me: dict, stop: threading.Event) -> None:
+    beat = 0
+    while not stop.wait(BEAT_S):
+        try:
+            now = _parse(_cat(lock) or b"")
+            if now.get("token") != me["token"]:
+                log.error("%s: this run lost its lock (paused over %s s?); now held by %s", lock.parent, STALE_S, now)
+                return
+            beat += 1
+            lock.fs.pipe_file(lock.path, _lease(me, beat))
+        except Exception:  # a missed beat; the next one retries, and a waiter allows several
+            pass
+
+
+def _create(loc: Location, data: bytes) -> bool:
+    """Create ``loc`` holding ``data`` only if it does not exist; True when this call created it.
+
+    Atomic where the store implements exclusive create; where fsspec falls back to check-then-write,
+    the read-back narrows the race to two writes landing within one read."""
+    try:
+        with _exclusive if isinstance(loc.fs, MemoryFileSystem) else nullcontext():
+            loc.fs.pipe_file(loc.path, data, mode="create")
+    except FileExistsError:
+        return False
+    return _cat(loc) == data
 
 
 def _me() -> dict:
@@ -49,151 +231,39 @@ def _me() -> dict:
     }
 
 
-@contextmanager
-def run_lock(root: Location, wait: bool = False, poll_s: float = 1.0) -> Iterator[None]:
-    """Hold ``root``'s lock for the block (see the module docstring)."""
-    lock = root.child(LOCK)
-    with _guard:
-        depth = _held.get(lock.uri, 0)
-        _held[lock.uri] = depth + 1
-    if depth:
-        try:
-            yield
-        finally:
-            with _guard:
-                _held[lock.uri] -= 1
-        return
-    try:
-        _acquire(lock, wait, poll_s)
-    except BaseException:
-        with _guard:
-            _held.pop(lock.uri, None)
-        raise
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(lock, stop), daemon=True, name="xlmflow-lock")
-    beat.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beat.join(timeout=5)
-        with _guard:
-            _held.pop(lock.uri, None)
-        _release(lock)
+def _lease(me: dict, beat: int) -> bytes:
+    return json.dumps(me | {"beat": beat, "time": time.time()}).encode()
 
 
-def holder(root: Location) -> dict | None:
-    """Who holds ``root``'s lock (with ``age_s``: seconds since its last heartbeat), or None."""
-    lock = root.child(LOCK)
+def _refused(lock: Location, info: dict) -> RunDirLocked:
+    how = "wait for it to finish or run again with --wait"
+    if not lock.is_local:
+        how += f" (a lock not rewritten for {STALE_S} s is taken over), or, if that process is gone, delete {lock}"
+    return RunDirLocked(
+        f"{lock.parent} is in use by pid {info.get('pid')} on {info.get('host')} "
+        f"({info.get('command', '?')}, since {info.get('started', '?')}); {how}"
+    )
+
+
+def _cat(loc: Location) -> bytes | None:
     try:
-        with lock.open("rb") as f:
-            info = json.loads(f.read() or b"{}")
-        info["age_s"] = time.time() - _mtime(lock)
-        return info
+        return loc.fs.cat_file(loc.path)
     except FileNotFoundError:
         return None
-    except (ValueError, OSError):
-        return {"pid": None, "host": "?", "age_s": time.time() - _mtime(lock), "unreadable": True}
 
 
-def _acquire(lock: Location, wait: bool, poll_s: float) -> None:
-    lock.parent.makedirs()
-    me = json.dumps(_me()).encode()
-    while True:
-        if _create(lock, me):
-            return
-        info = holder(lock.parent)
-        if info is None:
-            continue  # released in between
-        why = _stale(info)
-        if why:
-            logging.getLogger("xlmflow").warning("%s: taking over a stale lock (%s): %s", lock.parent, why, info)
-            _remove(lock)
-            continue
-        if not wait:
-            raise RunDirLocked(
-                f"{lock.parent} is in use by pid {info.get('pid')} on {info.get('host')} "
-                f"({info.get('command', '?')}, since {info.get('started', '?')}); wait for it to finish, "
-                f"run again with --wait, or, if that process is gone, delete {lock}"
-            )
-        time.sleep(poll_s)
-
-
-def _stale(info: dict) -> str | None:
-    if info.get("host") == socket.gethostname() and info.get("pid"):
-        if not _alive(int(info["pid"])):
-            return f"process {info['pid']} is gone"
-        return None
-    if info["age_s"] > STALE_S:
-        return f"no heartbeat for {info['age_s']:.0f} s"
-    return None
-
-
-def _alive(pid: int) -> bool:
+def _parse(raw: bytes) -> dict:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped by its parent) holds nothing
+        info = json.loads(raw)
+        if isinstance(info, dict):
+            return info
+    except ValueError:
+        pass
+    return {"pid": None, "host": "?", "unreadable": True}
+
+
+def _rm(loc: Location) -> None:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _create(lock: Location, data: bytes) -> bool:
-    """Create the lock file only if it does not exist; True when this call created it."""
-    if lock.is_local:
-        try:
-            fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
-    try:
-        with lock.fs.open(lock.path, "xb") as f:  # exclusive create where the store supports it
-            f.write(data)
-        return True
-    except FileExistsError:
-        return False
-    except (ValueError, NotImplementedError):  # no exclusive create: check, then write (a small race)
-        if lock.exists():
-            return False
-        with lock.open("wb") as f:
-            f.write(data)
-        return True
-
-
-def _heartbeat(lock: Location, stop: threading.Event) -> None:
-    while not stop.wait(BEAT_S):
-        try:
-            if lock.is_local:
-                os.utime(lock.path)
-            else:
-                lock.fs.touch(lock.path, truncate=False)
-        except Exception:  # a missed beat only makes the lock look older
-            pass
-
-
-def _mtime(lock: Location) -> float:
-    if lock.is_local:
-        return os.stat(lock.path).st_mtime
-    m = lock.fs.modified(lock.path)
-    return m.timestamp()
-
-
-def _remove(lock: Location) -> None:
-    try:
-        lock.fs.rm(lock.path)
+        loc.fs.rm(loc.path)
     except FileNotFoundError:
         pass
-
-
-def _release(lock: Location) -> None:
-    info = holder(lock.parent)
-    if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-        _remove(lock)

@@ -42,3 +42,20 @@ def test_prefect_deploy_creates_scheduled_deployments(prefect_api):
     nightly = made["nightly"]
     limit = nightly.concurrency_limit or getattr(nightly.global_concurrency_limit, "limit", None)
     assert limit == 1, "the nightly pipeline runs one at a time"
+
+
+def test_prefect_yaml_is_what_xlmflow_deployments_writes(tmp_path):
+    """The committed file is generated from the registry: adding a stage is its package, its flow, one registry
+    line and `xlmflow deployments --run-dir runs/scheduled --output deployments/prefect.yaml`."""
+    from xlmflow.flows.cli import main
+
+    out = tmp_path / "prefect.yaml"
+    assert main(["deployments", "--run-dir", "runs/scheduled", "--output", str(out)]) == 0
+    committed = (ROOT / "deployments" / "prefect.yaml").read_text()
+    assert out.read_text() == committed, "deployments/prefect.yaml is not current: regenerate it (command above)"
+    spec = yaml.safe_load(committed)
+    from xlmflow.flows.registry import STAGES
+
+    assert [d["name"] for d in spec["deployments"]] == ["nightly", *(s.name for s in STAGES)]
+    for s, d in zip(STAGES, spec["deployments"][1:]):
+        assert all(r in d["description"] for r in s.reads), f"{s.name}: its description names what it reads"

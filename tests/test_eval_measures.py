@@ -12,8 +12,8 @@ import pytest
 import torch
 from shard_fixtures import TAGS, tiny_tokenizer
 
+from xlmflow.tasks.common import model as M
 from xlmflow.tasks.evaluate import measures as E
-from xlmflow.tasks.train import model as M
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The ingest flow under a real (temporary) Prefect API: exact caching, rebuilds, kills, the CLI."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -122,9 +123,11 @@ def test_cli_reports_bad_source_in_one_line_and_debug_shows_the_traceback(tmp_pa
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 1
     line = f"xlmflow ingest: error: source {str(tmp_path / 'missing.jsonl')!r}: no such file or folder; check the path"
-    assert [x for x in out.splitlines() if x.strip()] == [
+    events = re.compile(r"\d\d:\d\d:\d\d ")  # plain progress lines (the output is not a terminal)
+    assert [x for x in out.splitlines() if x.strip() and not events.match(x)] == [
         line + " (relative paths start from the current folder) or the fsspec URL"
     ]
+    assert "ingest: failed after" in out
     p = _cli("ingest", "--debug", "--run-dir", str(tmp_path / "r"), "--source", str(tmp_path / "missing.jsonl"))
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 1 and "Traceback (most recent call last)" in out and "InputError" in out

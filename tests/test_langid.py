@@ -1,6 +1,7 @@
 """Langid as plain functions: labels, thresholds, the zh/ja fix, mismatches, quality, dedup, bad input, parallel."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import polars as pl
@@ -213,32 +214,49 @@ def test_stage_partitions_stats_and_same_bytes(tmp_path):
 
 
 def test_bad_input_never_crashes_and_every_document_ends_somewhere(tmp_path):
+    """Every document, however bad, ends in clean or rejected with the one reason the rules give it.
+
+    Length is judged before LID, LID before the other quality rules, so each input is built to break exactly
+    one rule at its place in that order (and LID-dependent ones sit far from the 0.5 threshold)."""
     huge = "lorem ipsum dolor sit amet " * 800_000  # ~21 MB on one line
-    bad = [
-        ("", "en"),
-        ("@#$%^&* ~~~ |||| <<>> ^^^ ***", "en"),
-        (huge, "en"),
-        ("a" * 5_000_000, None),
-        ("Hello world, Привет мир, 你好世界, مرحبا بالعالم and some more words here", "en"),
-        ("ꙮꙮꙮ ꙮꙮ ᚠᚢᚦᚨ ᚱᚲᚷ ᚹᚺᚾ ᛁᛃᛇ ᛈᛉᛊ", None),
-        ("zxqv pqrk vvtl mmnx gdrz kwpl", "xx"),
-        *[(t, "en") for t in EN],
+    kernel, backups = EN[0], EN[1]
+    cases = [
+        ("", "en", "empty"),
+        ("a" * 5_000_000, None, "too_short"),  # one word
+        (huge, "en", "too_long"),  # 4M words
+        ("@@@ ### $$$ %%% ^^^ &&& *** ~~~ ||| <<< >>> +++ === @@@ ### $$$", "en", "lid_low_confidence"),  # p ~ 0.23
+        ("ꙮꙮꙮ ꙮꙮ ꙮꙮꙮꙮ ꙮ ꙮꙮ ꙮꙮꙮ", None, "lid_low_confidence"),  # a letter the model does not know, p ~ 0.12
+        ("Hello world, Привет мир, 你好世界, مرحبا بالعالم and some more words here", "en", "lid_low_confidence"),
+        ("zxqv pqrk vvtl mmnx gdrz kwpl", "xx", "lid_low_confidence"),  # p ~ 0.15
+        # confidently English (p >= 0.8), each breaking one quality rule
+        (kernel + " " + " ".join(c * 5 for c in "+=*#@$%^&~|<>"), "en", "symbol_ratio"),  # 0.45 > 0.3
+        (kernel + " " + " ".join("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"), "en", "mean_word_length"),
+        (
+            "Order 123456789012345 was shipped to the customer on 20240101 with tracking number "
+            "98765432109876543 and invoice 5551234567890.",
+            "en",
+            "digit_ratio",  # 0.47 > 0.4
+        ),
+        (
+            "In 1999, 2000, 2001... the values were 12, 34, 56... and 78, 90, 11... then 22, 33, 44... !!! ??? ... ...",
+            "en",
+            "alpha_ratio",  # letters 0.25 < 0.4, digits 0.34, no symbols
+        ),
+        ("\n".join([backups, backups, backups, kernel]), "en", "duplicate_lines"),  # 0.5 > 0.3
+        (" ".join([kernel] * 4), "en", "repeated_ngrams"),  # one line, 0.74 > 0.3
+        *[(t, "en", None) for t in EN],
     ]
-    make_ingest(str(tmp_path / "r"), tmp_path, {"bad": bad})
+    make_ingest(str(tmp_path / "r"), tmp_path, {"bad": [(t, claimed) for t, claimed, _ in cases]})
     run_langid(str(tmp_path / "r"))
-    docs = outcome(str(tmp_path / "r")).with_columns(pl.col("text").str.len_chars().alias("n"))
-    assert docs.height == len(bad)  # JSONL keeps an empty text as a document: langid must judge it
+    docs = outcome(str(tmp_path / "r"))
+    assert docs.height == len(cases)  # JSONL keeps an empty text as a document: langid must judge it
     assert docs["doc_id"].is_unique().all()
-
-    def reason(prefix):
-        return docs.filter(pl.col("text").str.starts_with(prefix))["reason"].to_list()
-
-    assert reason("lorem ipsum") == ["too_long"] and reason("aaaa") == ["too_short"]
-    assert docs.filter(pl.col("n") == 0)["reason"].to_list() == ["empty"]
-    assert reason("@#$")[0] in ("too_short", "symbol_ratio", "alpha_ratio", "lid_low_confidence")
-    assert reason("ꙮ") == ["lid_low_confidence"]  # a script the model does not know
-    assert len(reason("Hello world, Привет")) == 1 and len(reason("zxqv")) == 1  # kept or rejected, once
-    assert set(EN) <= set(docs.filter(pl.col("reason").is_null())["text"])
+    got = dict(docs.select("text", "reason").rows())
+    assert [(t[:40], got[t]) for t, _, _ in cases] == [(t[:40], reason) for t, _, reason in cases]
+    stats = json.loads((tmp_path / "r" / "langid" / "stats.json").read_text())
+    expected = Counter(reason for _, _, reason in cases if reason)
+    assert stats["rejected_by_reason"] == dict(sorted(expected.items()))
+    assert stats["documents"]["rejected"] == sum(expected.values()) and stats["documents"]["clean"] == len(EN)
 
 
 # ---------------------------------------------------------------- the bundled parallel sets
@@ -270,19 +288,36 @@ def test_parallel_sets_labels_agree_with_column_language(name, split):
 
 
 def test_documents_repeating_a_held_out_eval_segment_are_rejected(tmp_path):
-    """Evaluation stays unseen: a document equal (up to case/punctuation) to an eval segment never reaches clean."""
+    """Evaluation stays unseen: a document whose whole text equals an eval segment once both are normalised as
+    exact dedup normalises (case folded, punctuation and symbols dropped, white space collapsed) is rejected as
+    ``eval_holdout``, before any other rule, and counted. Train segments and other texts are kept."""
     held = tmp_path / "parallel"
     held.mkdir()
-    pl.DataFrame({"id": ["a"], "en": [EN[0]], "fr": [FR[0]]}).write_parquet(held / "toy.eval.parquet")
-    pl.DataFrame({"id": ["b"], "en": [EN[1]], "fr": [FR[1]]}).write_parquet(held / "toy.train.parquet")
-    run_dir = str(tmp_path / "run")
-    make_ingest(
-        run_dir,
-        tmp_path,
-        {"en": [(EN[0].upper() + "!!", "en"), (EN[1], "en"), (EN[2], "en")], "fr": [(FR[0], "fr"), (FR[1], "fr")]},
+    short = ("Save it.", "Enregistrez-le.")  # too short for the quality rules: the holdout still names it
+    pl.DataFrame({"id": ["a", "b"], "en": [EN[0], short[0]], "fr": [FR[0], short[1]]}).write_parquet(
+        held / "toy.eval.parquet"
     )
+    pl.DataFrame({"id": ["c"], "en": [EN[1]], "fr": [FR[1]]}).write_parquet(held / "toy.train.parquet")
+    fragment = "The kernel provides a block device file"  # 7 of the 17 words of the eval segment EN[0]
+    cases = {
+        "en": [
+            (EN[0], "eval_holdout"),  # an exact copy
+            (EN[0].upper() + "!!", "eval_holdout"),  # case and punctuation
+            ("  " + EN[0].replace(" ", " \t\n ").replace("RAID", "«RAID»") + "  ", "eval_holdout"),  # space, «»
+            ("SAVE IT!", "eval_holdout"),  # two words: too_short, were it not held out
+            (EN[1], None),  # a train segment: not held out
+            (EN[2], None),  # another text
+            (fragment, None),  # part of a segment is not the segment
+        ],
+        "fr": [(FR[0], "eval_holdout"), (FR[1], None)],
+    }
+    run_dir = str(tmp_path / "run")
+    make_ingest(run_dir, tmp_path, {lang: [(t, lang) for t, _ in docs] for lang, docs in cases.items()})
     run_langid(run_dir, LangidParams(min_lang_docs=1, holdout=str(held)))
-    got = outcome(run_dir)
-    held_out = got.filter(pl.col("reason") == "eval_holdout")["text"].to_list()
-    assert sorted(held_out) == sorted([EN[0].upper() + "!!", FR[0]])  # train segments are not held out
-    assert set(got.filter(pl.col("reason").is_null())["text"]) == {EN[1], EN[2], FR[1]}
+    got = dict(outcome(run_dir).select("text", "reason").rows())
+    assert len(got) == sum(map(len, cases.values()))
+    for lang, docs in cases.items():
+        assert [(t, got[t]) for t, _ in docs] == docs, lang
+    stats = json.loads((tmp_path / "run" / "langid" / "stats.json").read_text())
+    assert stats["rejected"] == {"eval_holdout": {"en": 4, "fr": 1}}  # nothing else rejected, nothing dropped
+    assert stats["documents"] == {"scored": 9, "clean": 4, "rejected": 5}

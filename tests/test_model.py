@@ -11,7 +11,7 @@ import pytest
 import torch
 from shard_fixtures import TAGS, tiny_tokenizer
 
-from xlmflow.tasks.train import model as M
+from xlmflow.tasks.common import model as M
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ PARAMS = train.TrainParams(
     checkpoint_every=4,
     lr=5e-3,
 )
+ALIGNED = {"Ġchat": "Ġcat", "Ġchien": "Ġdog"}  # French token -> its English anchor (byte-level: Ġ is a space)
 
 
 def build_inputs(run_dir: str):
@@ -43,9 +44,10 @@ def build_inputs(run_dir: str):
     vocab = run.stage("vocab")
     n = tok.get_vocab_size()
     anchors = np.arange(n, dtype=np.int32)
-    en, fr = tok.token_to_id("cat"), tok.token_to_id("chat")
-    if en is not None and fr is not None:
-        anchors[fr] = en
+    for fr, en in ALIGNED.items():
+        ids = tok.token_to_id(fr), tok.token_to_id(en)
+        assert None not in ids, f"the fixture's aligned pair {fr}/{en} is not in the vocabulary"
+        anchors[ids[0]] = ids[1]
     table = pa.table({"token_id": pa.array(np.arange(n, dtype=np.int32)), "anchor_id": pa.array(anchors)})
 
     def build(aside):
@@ -193,17 +195,77 @@ def test_two_processes_train_on_disjoint_documents(inputs, tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu(inputs, tmp_path):
-    """The GPU path's precision, exercised on the CPU: bf16 autocast, fp32 weights saved."""
-    root, _ = inputs
+    """The GPU path's precision, exercised on the CPU: bf16 autocast, fp32 weights saved; with ``align = "tie"``
+    the aligned token reads its anchor's input row, after training too."""
+    import torch
+    import transformers
+
+    import xlmflow  # noqa: F401  (registers the model class with the Auto classes)
+
+    root, tok = inputs
     run_dir = tmp_path / "run"
     shutil.copytree(root, run_dir)
     params = PARAMS.model_copy(update={"precision": "bf16", "max_steps": 3, "align": "tie"})
     unit = train.plan(RunDir.of(str(run_dir)), params)
     train.train_unit(unit)
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
-    assert np.isfinite(summary["loss_last"])
+    assert np.isfinite(summary["loss_last"]) and summary["loss_last"] != summary["loss_first"], "it did not train"
     config = json.loads((run_dir / "train" / "config.json").read_text())
     assert config["dtype"] == "float32" and len(config["anchor_ids"]) == config["vocab_size"]
+
+    cat, chat, tag = tok.token_to_id("Ġcat"), tok.token_to_id("Ġchat"), tok.token_to_id("<lang:fr>")
+    model = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "train").eval()
+    assert model.anchor_map[chat] == cat and config["anchor_ids"][chat] == cat, "chat does not read cat's row"
+    with torch.no_grad():
+        ids = torch.tensor([[tag, chat], [tag, cat]])
+        first = model(ids, output_hidden_states=True).hidden_states[0]  # the embeddings the blocks see
+        assert torch.equal(first[0, 1], first[1, 1]), "tie is not active: chat and cat enter the model differently"
+        wte = model.transformer.wte.weight
+        assert not torch.equal(wte[chat], wte[cat]), "their output rows (the tied head) stay their own"
+    assert (model.anchor_map != torch.arange(len(model.anchor_map))).sum() >= 1
+
+
+def test_gradient_accumulation_equals_one_batch_four_times_the_size():
+    """``grad_accum = 4`` through the loop's own step gives the loss and gradients of one batch of all the rows
+    (CPU, fp32), micro-batches holding different numbers of targets (a mean of means would differ)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from xlmflow.tasks.common.model import XlmGPT2Config, XlmGPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = XlmGPT2Config(
+        vocab_size=60,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        lang_token_ids=[3, 4],
+        langs=["en", "fr"],
+        **train.DROPOUT_OFF,  # as training runs: no dropout, so both passes see the same network
+    )
+    model = XlmGPT2LMHeadModel(config).train()
+    ids = torch.randint(5, 60, (16, 16))
+    labels = ids.masked_fill(torch.rand(16, 16) < torch.linspace(0.05, 0.8, 16)[:, None], train_loop.IGNORE)
+    big = {"input_ids": ids, "lang_ids": torch.ones_like(ids), "labels": labels}
+    parts = [{k: v[i * 4 : (i + 1) * 4] for k, v in big.items()} for i in range(4)]
+    accelerator = Accelerator(cpu=True)
+    try:
+        got = []
+        for batches in ([big], parts):
+            model.zero_grad(set_to_none=True)
+            loss_sum, targets = train_loop.accumulate(accelerator, model, batches)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            got.append((float(loss_sum / targets), int(targets), grads))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    (one, n1, g1), (four, n4, g4) = got
+    assert n1 == n4 == int((labels[:, 1:] != train_loop.IGNORE).sum())
+    assert one == pytest.approx(four, rel=1e-6)
+    assert g1.keys() == g4.keys() and len(g1) == len(list(model.parameters()))
+    for name in g1:
+        assert torch.allclose(g1[name], g4[name], rtol=1e-4, atol=1e-7), name
 
 
 def test_launch_commands(inputs, tmp_path):

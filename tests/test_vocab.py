@@ -233,12 +233,32 @@ def test_same_inputs_same_bytes_and_rerun_is_a_no_op(tmp_path, parallel):
 
 
 def test_dictionary_pairs_and_bad_dictionary(run_dir, parallel, tmp_path):
+    """A dictionary pair ties its source token to its target, a tie no other evidence makes: nothing else
+    in the table changes. ``Sie`` (de) and ``the`` (en) are single word tokens of this vocabulary, share no
+    form and never meet in the parallel segments, so without the dictionary both are their own anchors."""
     write_langid_stage(run_dir, corpus())
+    run, _, _ = built(run_dir, parallel)
+    loc = run.stage("vocab")
+    tok = Tokenizer.from_file(loc.child("tokenizer.json").path)
+    (src,), (tgt,) = tok.encode(" Sie").ids, tok.encode(" the").ids  # dictionary words are single tokens
+    plain = pl.from_arrow(read_table(loc.child("alignment.parquet")))
+    assert plain.row(src, named=True)["anchor_id"] == src and plain.row(tgt, named=True)["anchor_id"] == tgt
+    assert not plain["evidence"].str.contains("dictionary").any()
+
     d = tmp_path / "dict.tsv"
-    d.write_text("Tabelle\ttable\nDokument\tdocument\n", encoding="utf-8")
+    d.write_text("# de\ten\nSie\tthe\n", encoding="utf-8")
     run, _, _ = built(run_dir, parallel, dictionary=str(d))
-    df = pl.from_arrow(read_table(run.stage("vocab").child("alignment.parquet")))
-    assert df.filter(pl.col("evidence").str.contains("dictionary|translation")).height > 0
+    tied = pl.from_arrow(read_table(loc.child("alignment.parquet")))
+    row = tied.row(src, named=True)
+    assert (row["anchor_id"], row["evidence"], row["score"], row["anchor_lang"]) == (tgt, "dictionary", 1.0, "en")
+    changed = plain.join(tied, on="token_id", suffix="_dict").filter(
+        (pl.col("anchor_id") != pl.col("anchor_id_dict")) | (pl.col("evidence") != pl.col("evidence_dict"))
+    )
+    # only the source's form cluster moves (here: ĠSie alone), and it moves to the target
+    same_form = [i for i in range(tok.get_vocab_size()) if tok.decode([i]).strip().casefold() == "sie"]
+    assert src in same_form and changed["token_id"].to_list() == same_form
+    assert set(changed["anchor_id_dict"]) == {tgt}
+
     d.write_text("only one column\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"dict\.tsv: line 1 is not src<TAB>tgt"):
         built(run_dir, parallel, dictionary=str(d))

@@ -4,18 +4,18 @@ Every stage's artifact is made from its *committed* output, after the stage comm
 (built or cached alike), so a cached rerun shows the same content. Keys name the stage and the run
 directory (``langid-demo-3f2a9c``: Prefect keys allow lowercase letters, digits and dashes), so two
 run directories never overwrite each other's. Charts are mermaid ``xychart-beta`` blocks, which the
-Prefect UI renders inside markdown.
+Prefect UI renders inside markdown. Each stage's own report is ``report`` in its ``tasks/<stage>/ui.py``;
+this module holds what they share: :class:`Report`, publishing, tables, charts and the summary.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from xlmflow.storage import Location, RunDir, read_manifest
+from xlmflow.storage import Location, RunDir
 from xlmflow.tasks.common.runtime import logger, plain_step
 
 
@@ -122,146 +122,3 @@ def publish_summary(run_dir: str, stages: list[tuple[str, Callable[[RunDir], Rep
 
 publish_task = plain_step("publish-artifact")(publish)
 summary_task = plain_step("publish-summary")(publish_summary)
-
-
-# ---------------------------------------------------------------- the stages' reports
-def ingest_report(run: RunDir) -> Report:
-    loc = run.stage("ingest")
-    m = read_manifest(loc)
-    rows = []
-    for unit in sorted({f.path.split("/")[1] for f in m.files if f.path.startswith("parts/")}):
-        u = read_manifest(loc.child("parts", unit))
-        rows.append([unit, u.stats.get("documents", 0), u.stats.get("quarantined", 0)])
-    docs, bad = m.stats.get("documents", 0), m.stats.get("quarantined", 0)
-    md = (
-        f"# Ingest\n\n{docs:,} documents from {len(rows)} input files; {bad:,} records quarantined "
-        f"(their reasons in `ingest/parts/*/quarantine-*.parquet`).\n\n"
-        + table(["input", "documents", "quarantined"], rows)
-    )
-    return Report(md, f"ingest: {docs:,} documents, {bad:,} quarantined", {"documents": docs, "quarantined": bad})
-
-
-def langid_report(run: RunDir) -> Report:
-    with run.stage("langid").child("stats.json").open("rb") as f:
-        s = json.loads(f.read())
-    clean = sorted(s["clean"].items(), key=lambda kv: (-kv[1], kv[0]))
-    kept = [(lang, n) for lang, n in clean if n > 0]
-    reasons = [r for r, n in sorted(s["rejected_by_reason"].items(), key=lambda kv: -kv[1])][:5]
-    rows = [[lang, n, *(s["per_language"][lang]["rejected"].get(r, 0) for r in reasons)] for lang, n in kept]
-    others = [lang for lang in s["per_language"] if lang not in dict(kept)]
-    if others:
-        rows.append(
-            [
-                f"{len(others)} other languages (none kept)",
-                0,
-                *(sum(s["per_language"][x]["rejected"].get(r, 0) for x in others) for r in reasons),
-            ]
-        )
-    pairs = sorted(((c, d, n) for c, per in s["mismatch"].items() for d, n in per.items()), key=lambda x: -x[2])[:15]
-    d = s["documents"]
-    md = "\n\n".join(
-        [
-            f"# Language ID and filtering\n\n{d['scored']:,} documents scored, {d['clean']:,} kept in {len(kept)} "
-            f"languages, {d['rejected']:,} rejected (every one with its reason under `langid/`).",
-            bars("clean documents per language", [x for x, _ in kept], [n for _, n in kept], "documents"),
-            table(["language", "clean", *(f"rejected: {r}" for r in reasons)], rows),
-            "## Claimed vs detected language (documents relabelled or dropped)",
-            table(["claimed", "detected", "documents"], [list(p) for p in pairs]) if pairs else "none",
-            "All rejection reasons: " + ", ".join(f"{r} {n:,}" for r, n in s["rejected_by_reason"].items()),
-        ]
-    )
-    return Report(
-        md,
-        f"langid: {d['clean']:,} of {d['scored']:,} documents kept in {len(kept)} languages",
-        {"kept": d["clean"], "languages": len(kept)},
-    )
-
-
-def vocab_report(run: RunDir) -> Report:
-    from xlmflow.tasks.vocab.fairness import markdown
-
-    with run.stage("vocab").child("report.json").open("rb") as f:
-        r = json.loads(f.read())
-    langs = sorted(r["languages"])
-    md = (
-        markdown(r)
-        + "\n\n"
-        + bars(
-            "fertility (tokens per word; zh/ja per character)",
-            langs,
-            [r["languages"][x].get("fertility") or 0 for x in langs],
-            "fertility",
-        )
-    )
-    return Report(
-        md,
-        f"vocab: {r['vocab_size']:,} ids for {len(langs)} languages",
-        {"vocab_size": r["vocab_size"], "languages": len(langs)},
-    )
-
-
-def shard_report(run: RunDir) -> Report:
-    m = read_manifest(run.stage("shard"))
-    totals = m.stats["totals"]
-    langs = sorted(totals["train"])
-    rows = [
-        [lang, *(totals[s].get(lang, {}).get(k, 0) for s in ("train", "valid") for k in ("documents", "tokens"))]
-        for lang in langs
-    ]
-    md = (
-        f"# Token shards\n\n{m.stats['tokens_total']:,} tokens in {m.stats['units']} shards.\n\n"
-        + bars("train tokens per language", langs, [totals["train"][x]["tokens"] for x in langs], "tokens")
-        + "\n\n"
-        + table(["language", "train docs", "train tokens", "valid docs", "valid tokens"], rows)
-    )
-    return Report(
-        md,
-        f"shard: {m.stats['tokens_total']:,} tokens, {len(langs)} languages",
-        {"tokens": m.stats["tokens_total"], "shards": m.stats["units"]},
-    )
-
-
-def train_report(run: RunDir) -> Report:
-    loc = run.stage("train")
-    with loc.child("metrics.jsonl").open("rb") as f:
-        rows = [json.loads(x) for x in f.read().decode().splitlines() if x.strip()]
-    with loc.child("summary.json").open("rb") as f:
-        s = json.loads(f.read())
-    losses = [r for r in rows if "loss" in r]
-    valid = sorted(s["valid_loss"].items())
-    md = "\n\n".join(
-        [
-            f"# Training\n\n{s['steps']} steps, {s['tokens']:,} tokens, {s['parameters']:,} parameters on "
-            f"{s['world_size']} process(es); train loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}.",
-            lines("train loss", [r["step"] for r in losses], [r["loss"] for r in losses], "nats/token"),
-            bars("validation loss per language", [x for x, _ in valid], [v for _, v in valid], "nats/token"),
-            table(
-                ["language", "valid loss", "effective epochs"],
-                [[x, f"{v:.3f}", f"{s['effective_epochs'].get(x, 0):.2f}"] for x, v in valid],
-            ),
-        ]
-    )
-    return Report(
-        md,
-        f"train: loss {s['loss_first']:.2f} -> {s['loss_last']:.2f} in {s['steps']} steps",
-        {"loss": round(s["loss_last"], 3), "steps": s["steps"]},
-    )
-
-
-def evaluate_report(run: RunDir) -> Report:
-    loc = run.stage("evaluate")
-    with loc.child("metrics.json").open("rb") as f:
-        m = json.loads(f.read())
-    with loc.child("report.md").open("rb") as f:
-        md = f.read().decode()
-    bpb = sorted(m["bits_per_byte"].items())
-    chart = bars("bits per byte per language (lower is better)", [x for x, _ in bpb], [v for _, v in bpb], "bits/byte")
-    md = md.replace("## Bits per byte and generation\n", "## Bits per byte and generation\n\n" + chart + "\n", 1)
-    md = md.split("\n## Plots", 1)[0]  # report.md's PNGs lie in the run directory: the UI cannot show them
-    mean = sum(v for _, v in bpb) / max(len(bpb), 1)
-    retrieval = {s: round(r["mean_acc_at_1"], 3) for s, r in m["retrieval"].items() if r.get("mean_acc_at_1")}
-    return Report(
-        md,
-        f"evaluate: {mean:.3f} bits/byte on average over {len(bpb)} languages",
-        {"bits_per_byte": round(mean, 3), "retrieval_acc_at_1": retrieval},
-    )

@@ -39,7 +39,8 @@ def install(reporter: Reporter | None) -> None:
 
 
 def stage(name: str, event: str, seconds: float = 0.0, rows: int | None = None) -> None:
-    """Stage ``name`` ``started`` or ``finished`` (after ``seconds``, its manifest holding ``rows`` rows)."""
+    """Stage ``name`` ``started``, ``finished`` (after ``seconds``, its manifest holding ``rows`` rows) or
+    ``failed`` (after ``seconds``)."""
     if _reporter is not None:
         _reporter.stage(name, event, seconds, rows)
 
@@ -154,6 +155,8 @@ class PlainProgress:
     def stage(self, name: str, event: str, seconds: float = 0.0, rows: int | None = None) -> None:
         if event == "started":
             self._line(f"{name}: started")
+        elif event == "failed":
+            self._line(f"{name}: failed after {seconds:.1f} s")
         else:
             self._line(f"{name}: finished in {seconds:.1f} s" + ("" if rows is None else f", {rows:,} rows"))
 

@@ -329,19 +329,24 @@ def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(sorted(total.items()))
 
 
-def stale_reasons(m: Manifest, code: str, params: dict[str, Any], stages: dict[str, str | None]) -> list[str]:
+def stale_reasons(
+    m: Manifest, code: str, params: dict[str, Any], stages: dict[str, str | None], section: str = ""
+) -> list[str]:
     """Why a committed stage (its manifest ``m``) would do work on the next run, as a person reads it:
     its code changed, which parameters changed, which upstream stage changed since it was built.
 
     ``code``: the stage module's current :func:`code_version`; ``params``: the configured section as JSON
-    (a key the manifest does not record, or one left to a derived default (None), is not compared);
+    (a key the manifest does not record, or one left to a derived default (None), is not compared), named
+    ``section.key`` when ``section`` (the stage's config table) is given;
     ``stages``: every stage's current manifest fingerprint (None: not committed). Empty: current. Inputs
     outside the run directory (a source file's bytes) are not looked at: ``xlmflow run`` hashes those.
     """
     reasons = []
     if m.code_version != code:
         reasons.append("code changed")
-    changed = [k for k in sorted(m.params) if k in params and _differs(m.params[k], params[k])]
+    changed = [
+        f"{section}.{k}" if section else k for k in sorted(m.params) if k in params and _differs(m.params[k], params[k])
+    ]
     if changed:
         reasons.append(f"params changed ({', '.join(changed)})")
     for key, fingerprint in sorted(m.upstream.items()):

@@ -170,10 +170,24 @@ def _f(x, digits: int = 3) -> str:
 
 def markdown(metrics: dict, images: list[str] | None = None) -> str:
     """The report: tables of every measure, the plots, generated and translated texts."""
-    lines = ["# Evaluation", ""]
     models = list(metrics["models"])
+    lines = ["# Evaluation", ""]
     lines += [f"Models: {', '.join(models)}. Lower bits per byte is better; accuracies are beside chance.", ""]
-    lines += [
+    lines += _bits_per_byte_section(metrics, models)
+    for m in models:
+        mm = metrics["models"][m]
+        lines += ["", f"## Cross-lingual retrieval ({m})", ""]
+        lines += _retrieval_section(mm) + _transfer_section(mm) + _translation_section(mm)
+        lines += _contamination_section(mm) + _generations_section(m, mm)
+    if "comparison" in metrics:
+        lines += ["", "## Comparison", "", "```json", json.dumps(metrics["comparison"], indent=1)[:4000], "```"]
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in images or []]
+    return "\n".join(lines) + "\n"
+
+
+def _bits_per_byte_section(metrics: dict, models: list[str]) -> list[str]:
+    """Bits per byte, token perplexity and generation per language and model, beside the tokenizer's figures."""
+    lines = [
         "## Bits per byte and generation",
         "",
         "| language | "
@@ -195,74 +209,93 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
             f"| {lang} | " + " | ".join(cells) + f" | {_f(t.get('fertility'), 2)} | "
             f"{_f(t.get('token_premium'), 2) if t.get('token_premium') else 'n/a (pivot or no set)'} |"
         )
-    for m in models:
-        mm = metrics["models"][m]
-        lines += ["", f"## Cross-lingual retrieval ({m})", ""]
-        for s, r in mm["retrieval"].items():
-            if not r.get("acc_at_1"):
-                lines.append(f"- {s}: no language pair with two usable rows")
-                continue
-            lines += [
-                f"**{s}**: best layer {r['best_layer']} of {len(r['per_layer_mean']) - 1}, mean acc@1 "
-                f"{r['mean_acc_at_1']:.3f} vs chance {r['chance']:.3f} ({r['pairs']} pairs). Per layer: "
-                + ", ".join(f"{x:.3f}" for x in r["per_layer_mean"]),
-                "",
-                "| pair | acc@1 | rows | dropped: empty / identical / wrong language |",
-                "|---|---|---|---|",
-            ]
-            for k, v in sorted(r["acc_at_1"].items()):
-                d = r["dropped"][k]
-                lines.append(
-                    f"| {k} | {v:.3f} | {r['rows'][k]} | {d['empty']} / {d['identical']} / {d['wrong_language']} |"
-                )
-            lines.append("")
-        for s, t in mm["transfer"].items():
-            if "accuracy" not in t:
-                continue
-            lines += [
-                f"**Transfer probe on {s}** (logistic regression on English layer-{t['layer']} features of "
-                f"{t['train_rows']} train rows, {t['classes']} classes; train accuracy "
-                f"{t['train_accuracy']:.3f}):",
-                "",
-                "| language | accuracy | majority baseline |",
-                "|---|---|---|",
-            ]
-            lines += [
-                f"| {lang} | {acc:.3f} | {t['majority_baseline'][lang]:.3f} |"
-                for lang, acc in sorted(t["accuracy"].items())
-            ]
-            lines.append("")
-        for s, tr in mm["translation"].items():
-            lines += [
-                f"**Translation on {s}** (few-shot; prompt: `{tr['prompt_format']}`): chrF++ "
-                + ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in mm["chrf"].items() if k.startswith(s + "/"))
-                + "; BLEU "
-                + ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in mm["bleu"].items() if k.startswith(s + "/")),
-                "",
-            ]
-            for pair, ex in list(tr["examples"].items())[:2]:
-                for e in ex[:1]:
-                    lines += [
-                        f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} "
-                        f"(reference {_code(e['reference'])})"
-                    ]
-            lines.append("")
-        lines += ["**Contamination** (segments sharing an n-gram with the train shards):", ""]
-        for s, c in mm["contamination"].items():
+    return lines
+
+
+def _retrieval_section(mm: dict) -> list[str]:
+    """One model's retrieval per parallel set: the best layer, every layer's mean, acc@1 per pair."""
+    lines = []
+    for s, r in mm["retrieval"].items():
+        if not r.get("acc_at_1"):
+            lines.append(f"- {s}: no language pair with two usable rows")
+            continue
+        lines += [
+            f"**{s}**: best layer {r['best_layer']} of {len(r['per_layer_mean']) - 1}, mean acc@1 "
+            f"{r['mean_acc_at_1']:.3f} vs chance {r['chance']:.3f} ({r['pairs']} pairs). Per layer: "
+            + ", ".join(f"{x:.3f}" for x in r["per_layer_mean"]),
+            "",
+            "| pair | acc@1 | rows | dropped: empty / identical / wrong language |",
+            "|---|---|---|---|",
+        ]
+        for k, v in sorted(r["acc_at_1"].items()):
+            d = r["dropped"][k]
             lines.append(
-                f"- {s} ({c['ngram']}-grams): "
-                + ", ".join(f"{lang} {v['share']:.3f}" for lang, v in sorted(c["per_language"].items()))
+                f"| {k} | {v:.3f} | {r['rows'][k]} | {d['empty']} / {d['identical']} / {d['wrong_language']} |"
             )
-        lines += ["", f"**Generations** ({m}; first prompt per language):", ""]
-        for lang, gens in sorted(mm.get("generations", {}).items()):
-            g = gens[0]
-            lines.append(
-                f"- {lang}: {_code(g['prompt'])} -> greedy {_code(g['greedy'])}; sampled {_code(g['sampled'])}"
-            )
-    if "comparison" in metrics:
-        lines += ["", "## Comparison", "", "```json", json.dumps(metrics["comparison"], indent=1)[:4000], "```"]
-    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in images or []]
-    return "\n".join(lines) + "\n"
+        lines.append("")
+    return lines
+
+
+def _transfer_section(mm: dict) -> list[str]:
+    """One model's transfer probe per parallel set: accuracy per language beside the majority baseline."""
+    lines = []
+    for s, t in mm["transfer"].items():
+        if "accuracy" not in t:
+            continue
+        lines += [
+            f"**Transfer probe on {s}** (logistic regression on English layer-{t['layer']} features of "
+            f"{t['train_rows']} train rows, {t['classes']} classes; train accuracy "
+            f"{t['train_accuracy']:.3f}):",
+            "",
+            "| language | accuracy | majority baseline |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {lang} | {acc:.3f} | {t['majority_baseline'][lang]:.3f} |"
+            for lang, acc in sorted(t["accuracy"].items())
+        ]
+        lines.append("")
+    return lines
+
+
+def _translation_section(mm: dict) -> list[str]:
+    """One model's few-shot translation per parallel set: chrF++ and BLEU per pair, an example or two."""
+    lines = []
+    for s, tr in mm["translation"].items():
+        lines += [
+            f"**Translation on {s}** (few-shot; prompt: `{tr['prompt_format']}`): chrF++ "
+            + ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in mm["chrf"].items() if k.startswith(s + "/"))
+            + "; BLEU "
+            + ", ".join(f"{k.split('/')[1]} {v:.1f}" for k, v in mm["bleu"].items() if k.startswith(s + "/")),
+            "",
+        ]
+        for pair, ex in list(tr["examples"].items())[:2]:
+            for e in ex[:1]:
+                lines += [
+                    f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} (reference {_code(e['reference'])})"
+                ]
+        lines.append("")
+    return lines
+
+
+def _contamination_section(mm: dict) -> list[str]:
+    """One model's contamination: per parallel set, each language's share of segments seen in training."""
+    lines = ["**Contamination** (segments sharing an n-gram with the train shards):", ""]
+    for s, c in mm["contamination"].items():
+        lines.append(
+            f"- {s} ({c['ngram']}-grams): "
+            + ", ".join(f"{lang} {v['share']:.3f}" for lang, v in sorted(c["per_language"].items()))
+        )
+    return lines
+
+
+def _generations_section(m: str, mm: dict) -> list[str]:
+    """Model ``m``'s greedy and sampled continuation of its first prompt per language."""
+    lines = ["", f"**Generations** ({m}; first prompt per language):", ""]
+    for lang, gens in sorted(mm.get("generations", {}).items()):
+        g = gens[0]
+        lines.append(f"- {lang}: {_code(g['prompt'])} -> greedy {_code(g['greedy'])}; sampled {_code(g['sampled'])}")
+    return lines
 
 
 def _code(text: str) -> str:

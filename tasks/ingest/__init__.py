@@ -18,13 +18,12 @@ import hashlib
 import os
 import posixpath
 import re
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 from fsspec.core import url_to_fs
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xlmflow.storage import (
     Aside,
@@ -37,13 +36,15 @@ from xlmflow.storage import (
     resolve,
     tree_sha256,
 )
-from xlmflow.tasks.common.parallel_sets import check_lang_code
+from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 from xlmflow.tasks.ingest import readers
+from xlmflow.tasks.ingest.params import IngestParams, Source
 from xlmflow.tasks.ingest.readers import Batch, InputError
+from xlmflow.tasks.ingest.zstd import ZstdReader
 
 STAGE = "ingest"
-Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]
+READS: tuple[str, ...] = ()  # the first stage: it reads sources, no stage
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
 
@@ -61,40 +62,6 @@ QUARANTINE_SCHEMA = pa.schema(
     [("source", pa.string()), ("record", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
 )
 CONTROL_CHARS = r"[\p{Cc}--[\t\n]]"
-
-
-class Source(BaseModel):
-    """One input: a file, folder, glob or fsspec URL, or ``hf:NAME`` for ``datasets.load_dataset``."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    path: str
-    format: Format = "auto"
-    text_field: str = "text"
-    lang_field: str | None = "lang"
-    lang: str | None = Field(None, description="claimed language for records that carry none")
-    paragraphs: bool = Field(False, description="text files: one document per blank-line paragraph, not per line")
-    split: str | None = None
-    config: str | None = None
-    revision: str | None = Field(
-        None, description="hf: the dataset's commit, tag or branch; None = its current commit, resolved when planning"
-    )
-
-    @field_validator("lang")
-    @classmethod
-    def _lang_code(cls, v: str | None) -> str | None:
-        """A claimed language is compared with detected labels: 'english' or 'EN' would never match one."""
-        if v is not None and (problem := check_lang_code(v)):
-            raise ValueError(problem)
-        return v
-
-
-class IngestParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    sources: list[Source] = Field(default_factory=list, description="inputs to read; at least one")
-    part_mb: int = Field(256, ge=1, description="roll over to a new Parquet part after this many MB of Arrow data")
-    bad_records: Literal["quarantine", "fail"] = "quarantine"
 
 
 # ---------------------------------------------------------------- planning: inputs -> units
@@ -313,6 +280,7 @@ def ingest_unit(unit: Unit) -> Ref:
             )
         if n_bad:
             logger().warning("%s: quarantined %d bad records (first: %s)", uri, n_bad, first_reason)
+            progress.note(f"ingest: {uri}: quarantined {n_bad} bad records (first: {first_reason})")
         return {"documents": n_docs, "quarantined": n_bad, "claimed_lang": dict(sorted(per_lang.items()))}
 
     return ensure(unit, build)
@@ -338,10 +306,10 @@ def batches(uri: str, fmt: str, source: Source, batch_rows: int) -> Iterator[Bat
         yield from _dataset_batches(uri, fmt, source, batch_rows)
         return
     loc = Location(uri)
-    zst = loc.path.lower().endswith(".zst")  # read by readers.ZstdReader, which notices a truncated file
+    zst = loc.path.lower().endswith(".zst")  # read by ZstdReader, which notices a truncated file
     try:
         with loc.fs.open(loc.path, "rb", compression=None if zst else "infer") as raw:
-            f = readers.ZstdReader(raw, uri) if zst else raw
+            f = ZstdReader(raw, uri) if zst else raw
             if fmt == "text":
                 yield from readers.read_text(f, uri, source.paragraphs, batch_rows)
             elif fmt == "jsonl":

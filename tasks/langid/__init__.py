@@ -24,20 +24,21 @@ threshold or set of kept languages re-runs only the cheap steps, never the model
 * ``clean/lang=<xx>/part-NNNNN.parquet`` the contract for later stages.
 * ``stats.json`` counts per language and reason, and per (claimed, detected) pair.
 
-This module is the stage: its parameters, planning, unit bodies and commit. The parts
-live apart: the model in :mod:`.lid`, the rules in :mod:`.decide`, the quality signals
-in :mod:`.quality`, dedup in :mod:`.dedup`, the counts and artifact in :mod:`.langid_stats`.
+This module is the stage: its planning, unit bodies and commit. The parts live apart:
+its parameters in :mod:`.params`, output schemas in :mod:`.schemas`, one batch's scores and
+signals in :mod:`.score`, the model in :mod:`.lid`, the rules in :mod:`.decide`, the quality
+signals in :mod:`.quality`, dedup in :mod:`.dedup`, the counts in :mod:`.stats`, the UI report
+in :mod:`.ui`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from typing import Annotated, Any, Iterator, Literal
+from typing import Any, Iterator
 
 import orjson
 import polars as pl
 import pyarrow as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from xlmflow.storage import (
     Aside,
@@ -54,7 +55,7 @@ from xlmflow.storage import (
     read_table,
     split_path,
 )
-from xlmflow.tasks.common.parallel_sets import Paths, check_lang_code, parallel_files
+from xlmflow.tasks.common.parallel_sets import parallel_files
 from xlmflow.tasks.common.runtime import (
     Input,
     Ref,
@@ -68,121 +69,26 @@ from xlmflow.tasks.common.runtime import (
     sum_stats,
     unit_manifest,
 )
-from xlmflow.tasks.langid import dedup, dedup_buckets, quality
+from xlmflow.tasks.langid import dedup, dedup_buckets
 from xlmflow.tasks.langid import stats as langid_stats
 from xlmflow.tasks.langid.decide import decide, holdout_segments
 from xlmflow.tasks.langid.dedup import DedupParams
-from xlmflow.tasks.langid.lid import load_model, model_file, model_fingerprint, predict
-from xlmflow.tasks.langid.quality import QualityParams
+from xlmflow.tasks.langid.lid import load_model, model_file, model_fingerprint
+from xlmflow.tasks.langid.params import LangidParams
+from xlmflow.tasks.langid.schemas import KEPT_SCHEMA, REJECTED, REJECTED_SCHEMA, SCORES_SCHEMA, SIGNALS_SCHEMA
+from xlmflow.tasks.langid.score import label_texts as label_texts  # the stage on texts in memory
+from xlmflow.tasks.langid.score import score_batch, signals_batch
 
 STAGE = "langid"
-
-SIGNAL_FIELDS = [
-    ("n_chars", pa.int64()),
-    ("n_words", pa.int64()),
-    ("unspaced", pa.bool_()),
-    ("mean_word_len", pa.float32()),
-    ("symbol_ratio", pa.float32()),
-    ("digit_ratio", pa.float32()),
-    ("alpha_ratio", pa.float32()),
-    ("dup_line_frac", pa.float32()),
-    ("has_kana", pa.bool_()),
-    ("rep_ngram_frac", pa.float32()),
-]
-SCORES_SCHEMA = pa.schema(
-    [("doc_id", pa.string()), ("lid_labels", pa.list_(pa.string())), ("lid_probs", pa.list_(pa.float32()))]
-)
-SIGNALS_SCHEMA = pa.schema([("doc_id", pa.string()), *SIGNAL_FIELDS])
-KEPT_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("text", pa.large_string()),
-        ("lang", pa.string()),
-        ("lid_prob", pa.float32()),
-        ("claimed_lang", pa.string()),
-        ("source", pa.string()),
-    ]
-)
-REJECTED_SCHEMA = pa.schema([*KEPT_SCHEMA, ("reason", pa.string()), ("dup_of", pa.string())])
-REJECTED = "rejected"  # the filter's rejected documents: filter/<part>/rejected/part-NNNNN.parquet
-
-
-def _probability(value: float) -> float:
-    if not 0 <= value <= 1:
-        raise ValueError("a probability, between 0 and 1")
-    return value
-
-
-Probability = Annotated[float, AfterValidator(_probability)]
-
-
-class LangidParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    model_path: str | None = Field(None, description="fastText LID model (.ftz/.bin); default: bundled lid.176.ftz")
-    top_k: int = Field(3, ge=1, description="labels and probabilities stored per document")
-    lid_max_chars: int = Field(4096, ge=1, description="LID reads this prefix of each document")
-    threshold: Probability = Field(0.5, description="least top-1 probability to accept a label")
-    thresholds: dict[str, Probability] = Field(
-        default_factory=lambda: {"hr": 0.25, "bs": 0.25, "sr": 0.25, "sh": 0.25},
-        description="per-language overrides; Croatian/Bosnian/Serbian split their mass, so FineWeb-2-style lower bars",
-    )
-    keep_langs: list[str] | None = Field(None, description="languages to keep (ISO codes); None keeps all")
-    mismatch: Literal["relabel", "drop"] = Field("relabel", description="claimed != detected: relabel, or drop")
-    fix_zh_ja: bool = Field(True, description="a `ja` label on text without kana becomes `zh`")
-    min_lang_docs: int = Field(100, ge=0, description="languages with fewer clean documents are dropped")
-    holdout: Paths = Field(
-        default_factory=list,
-        description="parallel sets (folders of NAME.eval.parquet, or files) whose eval segments are held out: "
-        "documents repeating one are rejected (eval_holdout); empty = off. The pipeline's parallel setting fills it",
-    )
-    quality: QualityParams = Field(default_factory=QualityParams)
-    dedup: DedupParams = Field(default_factory=DedupParams)
-
-    @field_validator("keep_langs", "thresholds")
-    @classmethod
-    def _codes(cls, value):
-        """A code no LID label can equal ('english', 'xx') would silently keep or drop nothing."""
-        for code in sorted(value or []):
-            if problem := check_lang_code(code):
-                raise ValueError(problem)
-        return value
-
-
-def score_batch(model, doc_id: pa.Array, text: pl.Series, params: LangidParams) -> pa.RecordBatch:
-    """LID scores of one batch: doc_id, top-k labels, top-k probabilities."""
-    model = load_model(model_file(params.model_path)) if model is None else model
-    labels, probs = predict(model, text, params.top_k, params.lid_max_chars)
-    return pa.RecordBatch.from_arrays([pa.array(doc_id, pa.string()), labels, probs], schema=SCORES_SCHEMA)
-
-
-def signals_batch(doc_id: pa.Array, text: pl.Series) -> pa.RecordBatch:
-    """Quality signals of one batch (vectorised polars expressions)."""
-    signals = quality.signals(text)
-    cols = [pa.array(doc_id, pa.string())] + [signals[name].to_arrow().cast(t) for name, t in SIGNAL_FIELDS]
-    return pa.RecordBatch.from_arrays(cols, schema=SIGNALS_SCHEMA)
-
-
-def label_texts(
-    texts: list[str] | pl.Series, params: LangidParams | None = None, claimed: list[str | None] | None = None
-) -> pl.DataFrame:
-    """The stage's LID and filtering on plain texts, in memory: lang, lid_prob, reason (null = kept)."""
-    params = params or LangidParams()
-    text = pl.Series("text", texts, dtype=pl.String)
-    ids = pa.array([str(i) for i in range(len(text))], pa.string())
-    scores = pl.from_arrow(pa.Table.from_batches([score_batch(None, ids, text, params)]))
-    signals = pl.from_arrow(pa.Table.from_batches([signals_batch(ids, text)])).drop("doc_id")
-    scores = scores.hstack(signals).with_columns(
-        pl.Series("claimed_lang", claimed if claimed is not None else [None] * len(text), dtype=pl.String)
-    )
-    return decide(scores, params).select("lang", "lid_prob", "reason", "mismatched")
+INGEST = "ingest"
+READS = (INGEST,)  # the stages whose committed output it reads
 
 
 # ---------------------------------------------------------------- planning
 def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], list[Unit]]:
     """(scores units, signals units, filter units): one each per ingest unit, fingerprinted by content."""
-    ingest_loc = run.stage("ingest")
-    ingest = load_output(ingest_loc, "ingest")
+    ingest_loc = run.stage(INGEST)
+    ingest = load_output(ingest_loc, INGEST)
     parts: dict[str, dict[str, Input]] = {}
     for f in ingest.files:
         group, unit, name = split_path(f.path, 2)
@@ -453,7 +359,7 @@ def clean_unit(unit: Unit) -> Ref:
 
 # ---------------------------------------------------------------- the stage
 def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
-    ingest = load_output(run.stage("ingest"), "ingest")
+    ingest = load_output(run.stage(INGEST), INGEST)
     return stage_unit(
         run.stage(STAGE).uri,
         STAGE,
@@ -461,7 +367,7 @@ def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
         code_version(__name__),
         params.model_dump(exclude={"model_path", "holdout"})
         | {"model": model_fingerprint(model_file(params.model_path))},
-        inputs={"ingest": {"stage": Input(run.stage("ingest").uri, ingest.fingerprint)}},
+        inputs={"ingest": {"stage": Input(run.stage(INGEST).uri, ingest.fingerprint)}},
     )
 
 

@@ -33,7 +33,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from xlmflow.storage import (
@@ -49,7 +48,6 @@ from xlmflow.storage import (
     relative,
     stable_hashes,
 )
-from xlmflow.storage.fingerprint import HASH_BITS
 from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
 from xlmflow.tasks.common.runtime import (
     Input,
@@ -64,25 +62,12 @@ from xlmflow.tasks.common.runtime import (
     unit_manifest,
 )
 from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.shard.params import ShardParams
+from xlmflow.tasks.shard.split import check_ids, file_ranges, split_language, train_cuts, valid_cuts
 
+LANGID, VOCAB = "langid", "vocab"
+READS = (LANGID, VOCAB)  # the stages whose committed output it reads
 UINT16_VOCAB = 1 << 16
-
-
-class ShardParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    valid_fraction: float = Field(0.01, ge=0.0, le=0.5, description="share of each language's documents held out")
-    min_valid_docs: int = Field(
-        100,
-        ge=0,
-        description="at least this many validation documents per language (never more than half of a language)",
-    )
-    seed: int = Field(0, description="seeds the document-id hash that picks the split")
-    shard_docs: int = Field(
-        100_000, ge=1, description="documents per shard (the last shard of a language holds the rest)"
-    )
-    row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
-    batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
 
 
 def shard_schema(ids_type: pa.DataType) -> pa.Schema:
@@ -96,29 +81,12 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= UINT16_VOCAB else pa.uint32()
 
 
-# ---------------------------------------------------------------- split: a seeded hash of the document id
-def valid_threshold(hashes_below: np.ndarray, n_docs: int, params: ShardParams) -> int:
-    """Hashes below the returned value are validation documents.
-
-    ``hashes_below`` must hold every hash under the fraction's threshold plus the
-    ``min_valid_docs`` smallest (what :func:`split_language` keeps).
-    """
-    by_fraction = int(params.valid_fraction * (1 << HASH_BITS))
-    n_fraction = int((hashes_below < by_fraction).sum())
-    n_valid = min(max(n_fraction, params.min_valid_docs), n_docs // 2)
-    if n_valid == n_fraction:
-        return by_fraction
-    if n_valid == 0:
-        return 0
-    return int(np.sort(hashes_below)[n_valid - 1]) + 1
-
-
 # ---------------------------------------------------------------- planning: langid manifest -> one unit per shard
 def plan(run: RunDir, params: ShardParams) -> list[Unit]:
     """Split every language by doc-id hash and cut each split into shards of ``shard_docs`` documents."""
     code = code_version(__name__)
-    langid_loc = run.stage("langid")
-    langid = load_output(langid_loc, "langid")
+    langid_loc = run.stage(LANGID)
+    langid = load_output(langid_loc, LANGID)
     tok_sha, tok = _tokenizer_of(run)
     ids_type = str(token_type(tok.get_vocab_size(with_added_tokens=True)))
     units: list[Unit] = []
@@ -136,11 +104,11 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
         threshold, valid_pos = split_language(langid_loc, [f.path for f in files], sum(sizes), params)
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         for split, cuts in (
-            ("train", _train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
-            ("valid", _valid_cuts(valid_pos, params.shard_docs)),
+            ("train", train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
+            ("valid", valid_cuts(valid_pos, params.shard_docs)),
         ):
             for number, (lo, hi, docs) in enumerate(cuts):
-                ranges = _file_ranges(files, starts, lo, hi)
+                ranges = file_ranges(files, starts, lo, hi)
                 name = shard_name(lang, number)
                 unit_params = {
                     "split": split,
@@ -154,7 +122,7 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
                     "row_group_tokens": params.row_group_tokens,
                 }
                 inputs = {
-                    "tokenizer": {TOKENIZER_FILE: Input(run.stage("vocab").child(TOKENIZER_FILE).uri, tok_sha)},
+                    "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
                     "langid": {p: Input(langid_loc.child(p).uri, langid.file(p).sha256) for p, _, _ in ranges},
                 }
                 units.append(
@@ -176,77 +144,9 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
     return units
 
 
-def split_language(langid_loc: Location, paths: list[str], n_docs: int, params: ShardParams) -> tuple[int, np.ndarray]:
-    """(threshold, sorted positions of the validation documents within the language's row sequence).
-
-    Streams the ``doc_id`` column; keeps only candidates (hashes under the fraction's
-    threshold, and the running ``min_valid_docs`` smallest), so memory follows the
-    validation set, not the corpus.
-    """
-    by_fraction = int(params.valid_fraction * (1 << HASH_BITS))
-    keep_h, keep_pos = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    k = min(params.min_valid_docs, n_docs // 2)
-    row = 0
-    for path in paths:
-        for batch in read_batches(langid_loc.child(path), ["doc_id"], 1 << 16):
-            h = stable_hashes(batch.column(0), params.seed) if batch.num_rows else np.zeros(0, np.int64)
-            _check_ids(batch.column(0), langid_loc.child(path), row)
-            keep_h = np.concatenate([keep_h, h])
-            keep_pos = np.concatenate([keep_pos, np.arange(row, row + len(h), dtype=np.int64)])
-            cutoff = by_fraction
-            if k and len(keep_h) > k:
-                cutoff = max(cutoff, int(np.partition(keep_h, k - 1)[k - 1]) + 1)
-            elif k:
-                cutoff = 1 << HASH_BITS
-            mask = keep_h < cutoff
-            keep_h, keep_pos = keep_h[mask], keep_pos[mask]
-            row += len(h)
-    threshold = valid_threshold(keep_h, row, params)
-    return threshold, np.sort(keep_pos[keep_h < threshold])
-
-
-def _check_ids(ids: pa.Array, loc: Location, first_row: int) -> None:
-    if ids.null_count:
-        bad = first_row + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{loc}: row {bad} has no doc_id; the langid stage must give every document an id")
-
-
-def _train_cuts(valid_pos: np.ndarray, n_rows: int, per_shard: int) -> list[tuple[int, int, int]]:
-    """(first row, end row, documents) of each train shard: ``per_shard`` train documents each."""
-    n_train = n_rows - len(valid_pos)
-    # train document j sits at row j + (number of validation rows before it)
-    before = valid_pos - np.arange(len(valid_pos))
-    starts = [j + int(np.searchsorted(before, j, side="right")) for j in range(0, n_train, per_shard)]
-    return [
-        (lo, starts[i + 1] if i + 1 < len(starts) else n_rows, min(per_shard, n_train - i * per_shard))
-        for i, lo in enumerate(starts)
-    ]
-
-
-def _valid_cuts(valid_pos: np.ndarray, per_shard: int) -> list[tuple[int, int, int]]:
-    return [
-        (
-            int(valid_pos[i]),
-            int(valid_pos[min(i + per_shard, len(valid_pos)) - 1]) + 1,
-            min(per_shard, len(valid_pos) - i),
-        )
-        for i in range(0, len(valid_pos), per_shard)
-    ]
-
-
-def _file_ranges(files, starts: np.ndarray, lo: int, hi: int) -> list[list]:
-    """Rows [lo, hi) of the language's row sequence as [path, first row, end row] per file."""
-    out = []
-    for f, s, e in zip(files, starts[:-1], starts[1:]):
-        a, b = max(lo, int(s)), min(hi, int(e))
-        if a < b:
-            out.append([f.path, a - int(s), b - int(s)])
-    return out
-
-
 def _tokenizer_of(run: RunDir) -> tuple[str, Tokenizer]:
-    vocab_loc = run.stage("vocab")
-    vocab = load_output(vocab_loc, "vocab")
+    vocab_loc = run.stage(VOCAB)
+    vocab = load_output(vocab_loc, VOCAB)
     try:
         entry = vocab.file(TOKENIZER_FILE)
     except KeyError:
@@ -372,7 +272,7 @@ def _documents(unit: Unit, batch_docs: int) -> Iterator[pa.RecordBatch]:
     for path, start, stop in p["ranges"]:
         loc = Location(files[path].uri)
         for batch in read_batches(loc, ["doc_id", "text"], batch_docs, start, stop):
-            _check_ids(batch.column(0), loc, start)
+            check_ids(batch.column(0), loc, start)
             is_valid = stable_hashes(batch.column(0), p["seed"]) < p["threshold"]
             batch = batch.filter(pa.array(is_valid if p["split"] == "valid" else ~is_valid))
             pending.append(batch)
@@ -387,7 +287,7 @@ def _documents(unit: Unit, batch_docs: int) -> Iterator[pa.RecordBatch]:
 # ---------------------------------------------------------------- the stage commit: manifest, index, totals
 def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
     """The stage unit: its units' fingerprints plus the vocabulary's and the clean corpus's."""
-    vocab, langid = read_manifest(run.stage("vocab")), read_manifest(run.stage("langid"))
+    vocab, langid = read_manifest(run.stage(VOCAB)), read_manifest(run.stage(LANGID))
     tok_sha = vocab.file(TOKENIZER_FILE).sha256 if vocab else ""
     return stage_unit(
         run.stage(STAGE).uri,
@@ -396,9 +296,9 @@ def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
         code_version(__name__),
         params.model_dump(exclude={"batch_docs"}),
         inputs={
-            "vocab": {"stage": Input(run.stage("vocab").uri, vocab.fingerprint if vocab else "")},
-            "tokenizer": {TOKENIZER_FILE: Input(run.stage("vocab").child(TOKENIZER_FILE).uri, tok_sha)},
-            "langid": {"stage": Input(run.stage("langid").uri, langid.fingerprint if langid else "")},
+            "vocab": {"stage": Input(run.stage(VOCAB).uri, vocab.fingerprint if vocab else "")},
+            "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
+            "langid": {"stage": Input(run.stage(LANGID).uri, langid.fingerprint if langid else "")},
         },
     )
 

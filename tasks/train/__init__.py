@@ -3,11 +3,16 @@
 The stage is one unit whose fingerprint covers the shard stage, the tokenizer (and the
 alignment table when it is used), the fingerprinted parameters, this code (model, data,
 loop) and the torch/transformers/accelerate versions. The work runs in a subprocess (or
-several: torchrun / ``accelerate launch``), :mod:`.train_loop`, whose log this task streams;
+several: torchrun / ``accelerate launch``), :mod:`.loop`, whose log this task streams;
 only this process commits. Checkpoints live outside the stage folder, keyed by the unit's
 fingerprint (``<run>/.checkpoints/train/<fingerprint>``), so a failed or killed attempt,
 retried by Prefect or started again by hand, resumes from its last checkpoint, and a
 changed configuration never resumes from a stale one.
+
+A configuration no attempt can train (a model shape GPT-2 cannot have, an unknown model key, a run
+directory on a remote store) is refused at planning, before any process starts; one that still reaches the
+training processes stops them with a configuration error (:data:`.loop.CONFIG_ERROR`), which this task
+raises as :class:`TrainingConfigError`, a ValueError, so Prefect does not retry it.
 
 The committed folder is a Hugging Face model folder: ``model.safetensors``, ``config.json``,
 ``generation_config.json``, ``modeling_xlmflow.py`` (for ``trust_remote_code``), the
@@ -28,91 +33,74 @@ import subprocess
 import sys
 from collections import deque
 from dataclasses import replace
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
 from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.train import loop as train_loop
+from xlmflow.tasks.train.params import (  # noqa: F401  (TRAINING, DROPOUT_OFF: re-exported)
+    DROPOUT_OFF,
+    PRESETS,
+    TRAINING,
+    TrainParams,
+    build_config,
+    check_model,
+    is_preset,
+)
 
+SHARD, VOCAB = "shard", "vocab"
+READS = (VOCAB, SHARD)  # the stages whose committed output training reads
 STAGE = "train"
 ALIGNMENT = "alignment.parquet"  # the vocab stage's alignment table
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU: ~3M parameters (most in the 16k x 128 embedding), a few minutes on 2 cores
-    "demo": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": 128},
-    # GPT-2 small, 124M with a 50k vocabulary (fewer with a smaller one), for a GPU
-    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
-}
-DROPOUT_OFF = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # pretraining on fresh tokens: no dropout
 #: what changes speed or bookkeeping, not the weights: kept out of the fingerprint
 OPTIONS = ("log_every", "checkpoint_every", "keep_checkpoints", "launcher", "accelerate_config", "record_documents")
 
 
-class TrainParams(BaseModel):
-    """Defaults train the ``demo`` preset on a CPU in a few minutes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Literal["demo", "gpt2-small"] = Field("demo", description="model size: demo (CPU) or gpt2-small (GPU)")
-    model: dict[str, Any] = Field(default_factory=dict, description="GPT2Config fields over the preset's")
-    align: Literal["none", "init", "tie"] = Field(
-        "init",
-        description="aligned vocabulary: none; init (aligned tokens start from their anchor's row); "
-        "tie (aligned tokens share their anchor's input row)",
-    )
-    max_steps: int = Field(300, ge=1, description="optimiser steps")
-    batch_size: int = Field(16, ge=1, description="blocks per micro-batch and process")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    block_size: int | None = Field(None, ge=8, description="tokens per block; None = the model's context")
-    lr: float = Field(2e-3, gt=0, description="peak learning rate")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
-    warmup_steps: int = Field(30, ge=0)
-    schedule: Literal["cosine", "linear"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
-    grad_clip: float = Field(1.0, gt=0)
-    alpha: float | None = Field(None, gt=0, le=1, description="language mixture exponent; None = the vocab stage's")
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
-    eval_every: int = Field(100, ge=1, description="per-language validation loss every N steps (and at the end)")
-    eval_blocks: int = Field(16, ge=1, description="validation blocks per language")
-    num_processes: int = Field(1, ge=1, description="processes (CPU: torchrun; GPUs: accelerate launch)")
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    launcher: Literal["auto", "python", "torchrun", "accelerate"] = Field(
-        "auto", description="auto: python for one CPU process, torchrun for several, accelerate launch on GPUs"
-    )
-    accelerate_config: str | None = Field(None, description="an accelerate config file (multi-GPU, multi-node)")
-    record_documents: bool = Field(
-        False,
-        description="each rank writes which documents it read (documents-rank-R.json "
-        "beside the checkpoints), to check a distributed run's data split",
+def check_run_dir(run: RunDir, params: TrainParams | None = None) -> None:
+    """Refuse, at planning, a run directory training cannot use: the training processes write their checkpoints
+    and the model with plain file operations (torch, safetensors, Accelerate), so the run directory must be on
+    a local or mounted (shared) file system, not an fsspec URL (``s3://``, ``memory://``...). The pipeline calls
+    this before any stage runs, so a remote run directory fails at once, not after every data stage."""
+    if run.root.is_local:
+        return
+    raise ValueError(
+        f"{run.root.uri}: training needs a local run directory (or a mounted, shared file system): its processes "
+        "write checkpoints and the model with plain file operations; run the data stages (ingest to shard) on "
+        "the remote one, copy it to a local folder and train with --run-dir the local copy"
     )
 
-    def model_fields_resolved(self) -> dict[str, Any]:
-        return {**PRESETS[self.preset], **DROPOUT_OFF, **self.model}
+
+def _checked_model(params: TrainParams) -> dict[str, Any]:
+    """The model configuration of ``params``, checked here (see :func:`check_model`) before any process starts."""
+    model = params.model_fields_resolved()
+    try:
+        check_model(model, params.model)
+    except ValueError as e:
+        raise ValueError(f"train.model: {e}") from e
+    return model
 
 
 def plan(run: RunDir, params: TrainParams) -> Unit:
-    """The one unit of the stage, fingerprinted by the shards, the tokenizer (and alignment) and the parameters."""
-    shard_loc, vocab_loc = run.stage("shard"), run.stage("vocab")
-    shards = load_output(shard_loc, "shard")
-    vocab = load_output(vocab_loc, "vocab")
+    """The one unit of the stage, fingerprinted by the shards, the tokenizer (and alignment) and the parameters.
+
+    The run directory and the model configuration are checked first: a configuration no attempt can train is a
+    ValueError here, in one line, before any training process starts."""
+    check_run_dir(run, params)
+    model = _checked_model(params)
+    shard_loc, vocab_loc = run.stage(SHARD), run.stage(VOCAB)
+    shards = load_output(shard_loc, SHARD)
+    vocab = load_output(vocab_loc, VOCAB)
     langs = sorted(shards.stats["totals"]["train"])
     if not langs:
         raise ValueError(f"{shard_loc}: no train shards; run the shard stage on a corpus with documents")
-    model = params.model_fields_resolved()
     block = params.block_size or model["n_positions"]
     if block > model["n_positions"]:
         raise ValueError(f"block_size {block} is longer than the model's context n_positions={model['n_positions']}")
     inputs = {
-        "shard": {"stage": Input(shard_loc.uri, shards.fingerprint)},
+        SHARD: {"stage": Input(shard_loc.uri, shards.fingerprint)},
         "tokenizer": {TOKENIZER_FILE: Input(vocab_loc.child(TOKENIZER_FILE).uri, vocab.file(TOKENIZER_FILE).sha256)},
     }
     if params.align != "none":
@@ -120,7 +108,10 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
     if params.accelerate_config:
         loc = Location.of(params.accelerate_config)
         inputs["accelerate_config"] = {loc.name: Input(loc.uri, file_sha256(loc.fs, loc.path)[0])}
+    tokens = sum(n.get("tokens", 0) for n in shards.stats["totals"]["train"].values())
+    resolved = params.training_resolved(train_tokens=tokens, block_size=block)  # the preset's where unset
     train = params.model_dump(exclude={"preset", "model", *OPTIONS}) | {"block_size": block}
+    train |= {k: v for k, v in resolved.items() if k in train}
     train["alpha"] = params.alpha if params.alpha is not None else vocab.params.get("alpha", 0.3)
     libraries = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")}
     unit = Unit(
@@ -130,11 +121,9 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
         code_version=code_version(__name__),
         params={"model": model, "train": train, "langs": langs, "align": params.align, "libraries": libraries},
         inputs=inputs,
-        options=params.model_dump(include=set(OPTIONS)),
+        options=params.model_dump(include=set(OPTIONS)) | {k: v for k, v in resolved.items() if k in OPTIONS},
     )
     ckpt = run.checkpoints(STAGE, unit.fingerprint)
-    if not ckpt.is_local:
-        raise ValueError(f"{run.root}: training needs the run directory on a local or mounted (shared) file system")
     return replace(unit, options=unit.options | {"checkpoints": ckpt.path})
 
 
@@ -143,7 +132,7 @@ def spec_of(unit: Unit) -> dict[str, Any]:
     ckpt = unit.options["checkpoints"]
     p = unit.params
     return {
-        "shards": unit.input("shard").uri,
+        "shards": unit.input(SHARD).uri,
         "vocab": Location(unit.input("tokenizer").uri).parent.uri,
         "alignment": unit.input("alignment").uri if "alignment" in unit.inputs else None,
         "langs": p["langs"],
@@ -183,6 +172,13 @@ def train_unit(unit: Unit) -> Ref:
     """Train (or resume) in subprocesses, then commit the final model folder as the stage."""
     ckpt = Location(unit.options["checkpoints"])
     spec = spec_of(unit)
+    if not is_preset(unit.params["model"]):  # the configured model's values, checked here before any launch
+        build_config(unit.params["model"])
+    attempt, retries = _attempt()
+    if attempt > 1:  # a Prefect retry: say so, also in a plain-text log
+        progress.note(
+            f"train: retry {attempt - 1} of {retries} (attempt {attempt}): resuming from the last checkpoint in {ckpt}"
+        )
 
     def build(aside: Aside) -> dict[str, Any]:
         final = ckpt.child("final")
@@ -223,14 +219,25 @@ def launch(cmd: list[str], ckpt: Location) -> None:
     }
     tail: deque[str] = deque(maxlen=20)
     shown = Progress()
+    config_error = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             if line.startswith(train_loop.PROGRESS):
                 shown.update(json.loads(line[len(train_loop.PROGRESS) :]))
+            elif train_loop.CONFIG_ERROR in line:  # any rank's, whatever the launcher prefixes
+                config_error = config_error or line.split(train_loop.CONFIG_ERROR, 1)[1]
+                log.error("train: configuration error: %s", config_error)
             elif line:
                 tail.append(line)
                 log.info("train: %s", line)
+                if line.startswith(train_loop.RESUMED):
+                    progress.note(f"train: {line}")
+    if proc.returncode and (config_error is not None or proc.returncode == train_loop.CONFIG_EXIT):
+        raise TrainingConfigError(
+            f"training stopped on a configuration error: {config_error or 'see the log'}; fix the train "
+            "configuration (another attempt would fail the same way)"
+        )
     if proc.returncode:
         raise TrainingFailed(
             f"training exited with code {proc.returncode}; a retry resumes from the last checkpoint "
@@ -242,6 +249,23 @@ class TrainingFailed(RuntimeError):
     """The training processes failed; their checkpoints stay for the next attempt."""
 
 
+class TrainingConfigError(ValueError):
+    """The training processes stopped on their configuration: permanent (a ValueError, so not retried)."""
+
+
+def _attempt() -> tuple[int, int]:
+    """(this attempt, retries allowed) of the Prefect task run this is called in; (1, 0) outside one."""
+    try:
+        from prefect.context import TaskRunContext
+
+        ctx = TaskRunContext.get()
+        if ctx is not None:
+            return max(1, ctx.task_run.run_count), ctx.task.retries
+    except Exception:  # the note is a convenience: never fail training for it
+        pass
+    return 1, 0
+
+
 class Progress:
     """Training progress to the log and, inside a Prefect run, a progress artifact."""
 
@@ -250,7 +274,7 @@ class Progress:
 
     def update(self, row: dict[str, Any]) -> None:
         log = logger()
-        progress.training(row["step"], row["max_steps"], row.get("loss"))
+        progress.training(row["step"], row["max_steps"], row.get("loss"), row.get("tokens_per_s"))
         if "loss" in row:
             log.info(
                 "train: step %d/%d loss %.4f lr %.2e grad-norm %.2f %.0f tokens/s",

@@ -8,15 +8,16 @@ written aside and renamed, the last ``keep_checkpoints`` kept) and ``final`` (th
 process that finds a checkpoint resumes from it (model, optimiser, scheduler, RNG, data position),
 so a killed or failed job started again continues where it was and ends with the same weights.
 
-Nothing in a checkpoint is unpickled: the model is ``model.safetensors``; optimiser and RNG states
-load with ``torch.load(weights_only=True)``; the scheduler and data position are JSON in
-``xlmflow_state.json`` (Accelerate's ``register_for_checkpointing`` would pickle them and load
-them with ``weights_only=False``). That file also holds the unit's fingerprint: a checkpoint of
-another configuration (copied, or a fingerprint-prefix clash) is never resumed.
+Nothing in a checkpoint is unpickled, and a checkpoint of another configuration is never resumed
+(:mod:`.checkpoints`).
 
 One optimiser step = ``grad_accum`` micro-batches per rank. The loss is the sum of token losses
 divided by the number of target tokens of the whole step over all ranks (not a mean of means,
 transformers#34191), so accumulation and world size do not change what is optimised.
+
+A configuration that cannot train (a ValueError, TypeError or KeyError while setting up: a model shape,
+an unknown activation, bf16 on a GPU without it) prints ``XLMFLOW-CONFIG-ERROR <error>`` and exits with
+:data:`CONFIG_EXIT`; the parent raises a permanent error, not retried.
 
 Rank 0 prints one ``XLMFLOW-PROGRESS {json}`` line every ``log_every`` steps (the Prefect task reads
 them) and appends the deterministic metrics (loss, lr, grad norm, valid loss per language) to
@@ -32,13 +33,14 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xlmflow.storage import Location, read_table
-from xlmflow.tasks.common.specials import EOS, PAD, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.train.build import build_model
+from xlmflow.tasks.train.checkpoints import STATE, STEP_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401
 from xlmflow.tasks.train.data import IGNORE, BlockLoader, BlockSpec, valid_blocks
 
 if TYPE_CHECKING:  # torch and the model are imported where used: the CLI imports this module for its constants
@@ -47,8 +49,15 @@ if TYPE_CHECKING:  # torch and the model are imported where used: the CLI import
 PROGRESS = "XLMFLOW-PROGRESS "
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-STEP_PREFIX = "step-"
-STATE = "xlmflow_state.json"  # per checkpoint: fingerprint, scheduler and loader state (JSON, never pickled)
+RESUMED = "resumed from checkpoint"  # how a process that resumes says so (the parent notes it)
+#: a process whose configuration cannot train prints this and the error, then exits with CONFIG_EXIT; the parent
+#: reads the line (launchers exit 1 whatever their processes exited with) and does not retry
+CONFIG_ERROR = "XLMFLOW-CONFIG-ERROR "
+CONFIG_EXIT = 3
+
+
+class ConfigError(ValueError):
+    """Setting up training failed on the configuration (model shape or keys, precision...): no retry can mend it."""
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -58,62 +67,6 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
-
-
-def latest_checkpoint(folder: Path, fingerprint: str | None = None) -> Path | None:
-    """The last complete checkpoint in ``folder``; with ``fingerprint``, the last one written by that
-    configuration (others, or ones without an :data:`STATE`, are passed over with a message)."""
-    done = sorted(p for p in folder.glob(f"{STEP_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp"))
-    if fingerprint is None:
-        return done[-1] if done else None
-    for p in reversed(done):
-        owner = checkpoint_owner(p)
-        if owner == fingerprint:
-            return p
-        whose = f"it was written by configuration {owner[:16]}" if owner else "it records no configuration"
-        print(f"not resuming from {p}: {whose}, not {fingerprint[:16]}")
-    return None
-
-
-def checkpoint_owner(path: Path) -> str | None:
-    """The fingerprint recorded in a checkpoint (None: none, or unreadable)."""
-    try:
-        return json.loads((path / STATE).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def build_model(spec: dict):
-    """The model of the spec: GPT-2 sized by the preset/overrides, language tags, alignment mode."""
-    from tokenizers import Tokenizer
-
-    from xlmflow.tasks.train.model import XlmGPT2Config, XlmGPT2LMHeadModel
-
-    with Location(spec["vocab"]).child(TOKENIZER_FILE).open("rb") as f:
-        tok = Tokenizer.from_str(f.read().decode("utf-8"))
-    tag_ids = [tok.token_to_id(lang_tag(lang)) for lang in spec["langs"]]
-    if None in tag_ids:
-        raise ValueError(f"{spec['vocab']}: the tokenizer has no tag for {spec['langs'][tag_ids.index(None)]!r}")
-    anchors = None
-    if spec["align"] != "none":
-        table = read_table(Location(spec["alignment"]), ["token_id", "anchor_id"])
-        anchors = np.arange(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
-        anchors[table.column("token_id").to_numpy()] = table.column("anchor_id").to_numpy()
-    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
-    config = XlmGPT2Config(
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        lang_token_ids=tag_ids,
-        langs=spec["langs"],
-        anchor_ids=anchors.tolist() if spec["align"] == "tie" else None,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        **spec["model"],
-    )
-    model = XlmGPT2LMHeadModel(config)
-    if spec["align"] == "init":
-        model.init_aligned(anchors.tolist())
-    return model
 
 
 def token_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -127,20 +80,84 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int
     return loss, int((targets != IGNORE).sum())
 
 
+@dataclass
+class Trainer:
+    """One process's training: what :func:`setup` builds and every later step reads."""
+
+    t: dict  # the spec's hyper-parameters
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: BlockLoader
+    valid: dict[str, dict[str, np.ndarray]]  # per language: the validation blocks
+    ckdir: Path
+    final: Path
+    fingerprint: str | None
+    bf16: bool
+    start: int = 0  # the step this process starts (or resumes) from
+
+    @property
+    def metrics(self) -> Path:
+        return self.ckdir / METRICS
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.t
+        return t["batch_size"] * t["block_size"] * t["grad_accum"] * self.accelerator.num_processes
+
+    def to_device(self, b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        import torch
+
+        return {k: torch.from_numpy(v).to(self.accelerator.device) for k, v in b.items()}
+
+
+@dataclass
+class Clock:
+    """Wall-clock bookkeeping of the progress lines: tokens per second since the previous line."""
+
+    began: float
+    window: int  # the step of the previous line
+    window_start: float
+
+
 def run(spec: dict) -> dict:
+    """Train (or resume) to ``max_steps``, then save the final model; returns the summary (rank 0's)."""
+    tr = setup(spec)
+    tr.start = resume(tr)
+    tr.model.train()
+    clock = Clock(time.perf_counter(), tr.start, time.perf_counter())
+    for step in range(tr.start, tr.t["max_steps"]):
+        loss_sum, total, grad_norm, lr = train_step(tr)
+        done = step + 1
+        row = metrics_row(tr, done, loss_sum, total, grad_norm, lr)
+        if row and tr.accelerator.is_main_process:
+            report(tr, row, clock)
+        if done % tr.t["checkpoint_every"] == 0 and done < tr.t["max_steps"]:
+            checkpoint(tr, done)
+    return finish(tr)
+
+
+def setup(spec: dict) -> Trainer:
+    """Accelerator, seed, model, AdamW, schedule, data: everything a step needs. A ValueError, TypeError or
+    KeyError here comes from the configuration and becomes a :class:`ConfigError` (no retry can mend it)."""
+    try:
+        return _setup(spec)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+
+
+def _setup(spec: dict) -> Trainer:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-
-    from xlmflow.tasks.train.model import save_with_code
 
     t = spec["train"]
     gpu = torch.cuda.is_available()
     bf16 = t["precision"] == "bf16" or (t["precision"] == "auto" and gpu and torch.cuda.is_bf16_supported())
     # cpu=True also makes Accelerate see a torchrun job on CPUs (gloo); without it each process runs alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not gpu)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(t["seed"])
     ckdir, final = Path(spec["checkpoints"]), Path(spec["final"])
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -170,108 +187,149 @@ def run(spec: dict) -> dict:
     # checkpointing (Accelerate pickles registered objects): it is saved with the loader in STATE
     model, optimizer = accelerator.prepare(model, optimizer)
     fingerprint = spec.get("fingerprint")
+    return Trainer(t, accelerator, model, optimizer, scheduler, loader, valid, ckdir, final, fingerprint, bf16)
 
+
+def resume(tr: Trainer) -> int:
+    """Load the last checkpoint of this configuration, if any, and keep the metrics rows up to it; returns the
+    step training starts from."""
+    t, accelerator = tr.t, tr.accelerator
     start = 0
-    last = latest_checkpoint(ckdir, fingerprint)
+    last = latest_checkpoint(tr.ckdir, tr.fingerprint)
     if last is not None:
-        load_checkpoint(accelerator, last, scheduler, loader)
-        start = loader.step // t["grad_accum"]
-        accelerator.print(f"resumed from checkpoint {last.name} at step {start}")
-    metrics = ckdir / METRICS
-    if main:
-        kept = [r for r in _read_rows(metrics) if r["step"] <= start]
-        metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        load_checkpoint(accelerator, last, tr.scheduler, tr.loader)
+        start = tr.loader.step // t["grad_accum"]
+        accelerator.print(f"{RESUMED} {last.name} at step {start}")
+    if accelerator.is_main_process:
+        kept = [r for r in _read_rows(tr.metrics) if r["step"] <= start]
+        tr.metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     accelerator.print(
-        f"training {sum(p.numel() for p in model.parameters()):,} parameters on {world} x {device}, "
-        f"{'bf16' if bf16 else 'fp32'}, steps {start} -> {t['max_steps']}, mixture "
-        + ", ".join(f"{k}={v:.3f}" for k, v in loader.probs.items())
+        f"training {sum(p.numel() for p in tr.model.parameters()):,} parameters on {accelerator.num_processes} x "
+        f"{accelerator.device}, {'bf16' if tr.bf16 else 'fp32'}, steps {start} -> {t['max_steps']}, mixture "
+        + ", ".join(f"{k}={v:.3f}" for k, v in tr.loader.probs.items())
     )
+    return start
 
-    def to_device(b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v).to(device) for k, v in b.items()}
 
-    def evaluate() -> dict[str, float]:
-        plain = accelerator.unwrap_model(model)
-        plain.eval()
-        out = {}
-        with torch.no_grad(), accelerator.autocast():
-            for lang, blocks in valid.items():
-                total = torch.zeros(2, dtype=torch.float64, device=device)
-                mine = np.arange(rank, len(blocks["input_ids"]), world)
-                for lo in range(0, len(mine), t["batch_size"]):
-                    rows = mine[lo : lo + t["batch_size"]]
-                    loss, n = token_loss(plain, to_device({k: v[rows] for k, v in blocks.items()}))
-                    total += torch.tensor([loss.item(), n], dtype=torch.float64, device=device)
-                total = accelerator.reduce(total, "sum")
-                out[lang] = float(total[0] / total[1]) if total[1] else float("nan")
-        plain.train()
-        return out
+def train_step(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One optimiser step: ``grad_accum`` micro-batches, clip, AdamW, schedule. Returns (sum of this rank's token
+    losses, targets of the step over all ranks, gradient norm, the learning rate the step used)."""
+    batches = [tr.to_device(tr.loader.next_batch()) for _ in range(tr.t["grad_accum"])]
+    loss_sum, total = accumulate(tr.accelerator, tr.model, batches)
+    grad_norm = tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.t["grad_clip"])
+    lr = tr.scheduler.get_last_lr()[0]
+    tr.optimizer.step()
+    tr.scheduler.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, total, grad_norm, lr
 
-    model.train()
-    tokens_per_step = t["batch_size"] * t["block_size"] * t["grad_accum"] * world
-    began, window, window_start = time.perf_counter(), start, time.perf_counter()
-    for step in range(start, t["max_steps"]):
-        batches = [to_device(loader.next_batch()) for _ in range(t["grad_accum"])]
-        targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        total = accelerator.reduce(torch.tensor(float(targets), device=device), "sum")
-        loss_sum = torch.zeros((), device=device)
-        for i, b in enumerate(batches):
-            with accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext():
-                loss, _ = token_loss(model, b)
-                accelerator.backward(loss * world / total)
-            loss_sum += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t["grad_clip"])
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        row = None
-        if done % t["log_every"] == 0 or done == t["max_steps"] or done == 1:
-            train_loss = float(accelerator.reduce(loss_sum, "sum") / total)
-            row = {
-                "step": done,
-                "loss": train_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens": done * tokens_per_step,
-            }
-        if done % t["eval_every"] == 0 or done == t["max_steps"]:
-            row = (row or {"step": done}) | {"valid_loss": evaluate()}
-        if row and main:
-            with metrics.open("a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-            now = time.perf_counter()
-            speed = (done - window) * tokens_per_step / max(now - window_start, 1e-9)
-            window, window_start = done, now
-            progress = row | {"max_steps": t["max_steps"], "tokens_per_s": speed, "elapsed_s": now - began}
-            progress["effective_epochs"] = loader.effective_epochs()
-            print(PROGRESS + json.dumps(progress), flush=True)
-        if done % t["checkpoint_every"] == 0 and done < t["max_steps"]:
-            state = {"fingerprint": fingerprint, "scheduler": scheduler.state_dict(), "loader": loader.state_dict()}
-            save_checkpoint(accelerator, ckdir, done, t["keep_checkpoints"], state)
 
-    if record:  # which documents each rank read (tests check that ranks are disjoint)
-        (ckdir / f"documents-rank-{rank}.json").write_text(json.dumps(loader.documents_read()))
+def accumulate(accelerator, model, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one step's micro-batches: the gradients of (sum of token losses) / (targets of the
+    whole step over all ranks), so accumulation and world size do not change what is optimised (not a mean of
+    means, transformers#34191). Returns (sum of this rank's token losses, targets over all ranks)."""
+    import torch
+
+    world, device = accelerator.num_processes, accelerator.device
+    targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    total = accelerator.reduce(torch.tensor(float(targets), device=device), "sum")
+    loss_sum = torch.zeros((), device=device)
+    for i, b in enumerate(batches):
+        with accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext():
+            loss, _ = token_loss(model, b)
+            accelerator.backward(loss * world / total)
+        loss_sum += loss.detach()
+    return loss_sum, total
+
+
+def metrics_row(tr: Trainer, done: int, loss_sum, total, grad_norm, lr: float) -> dict | None:
+    """The metrics of step ``done`` when it logs (every ``log_every`` steps, the first and the last) or evaluates
+    (every ``eval_every`` steps and the last); None otherwise. Every rank calls it (the reductions are collective)."""
+    t = tr.t
+    row = None
+    if done % t["log_every"] == 0 or done == t["max_steps"] or done == 1:
+        train_loss = float(tr.accelerator.reduce(loss_sum, "sum") / total)
+        row = {
+            "step": done,
+            "loss": train_loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": done * tr.tokens_per_step,
+        }
+    if done % t["eval_every"] == 0 or done == t["max_steps"]:
+        row = (row or {"step": done}) | {"valid_loss": evaluate(tr)}
+    return row
+
+
+def evaluate(tr: Trainer) -> dict[str, float]:
+    """Validation loss per language (nats per target token), the blocks split over the ranks."""
+    import torch
+
+    accelerator, t = tr.accelerator, tr.t
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    plain = accelerator.unwrap_model(tr.model)
+    plain.eval()
+    out = {}
+    with torch.no_grad(), accelerator.autocast():
+        for lang, blocks in tr.valid.items():
+            total = torch.zeros(2, dtype=torch.float64, device=device)
+            mine = np.arange(rank, len(blocks["input_ids"]), world)
+            for lo in range(0, len(mine), t["batch_size"]):
+                rows = mine[lo : lo + t["batch_size"]]
+                loss, n = token_loss(plain, tr.to_device({k: v[rows] for k, v in blocks.items()}))
+                total += torch.tensor([loss.item(), n], dtype=torch.float64, device=device)
+            total = accelerator.reduce(total, "sum")
+            out[lang] = float(total[0] / total[1]) if total[1] else float("nan")
+    plain.train()
+    return out
+
+
+def report(tr: Trainer, row: dict, clock: Clock) -> None:
+    """Rank 0: append ``row`` to the metrics file and print it as a progress line, with the speed."""
+    with tr.metrics.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+    done, now = row["step"], time.perf_counter()
+    speed = (done - clock.window) * tr.tokens_per_step / max(now - clock.window_start, 1e-9)
+    clock.window, clock.window_start = done, now
+    progress = row | {"max_steps": tr.t["max_steps"], "tokens_per_s": speed, "elapsed_s": now - clock.began}
+    progress["effective_epochs"] = tr.loader.effective_epochs()
+    print(PROGRESS + json.dumps(progress), flush=True)
+
+
+def checkpoint(tr: Trainer, done: int) -> None:
+    """Save the state after step ``done``: model, optimiser and RNG (Accelerate), scheduler and data position."""
+    state = {"fingerprint": tr.fingerprint, "scheduler": tr.scheduler.state_dict(), "loader": tr.loader.state_dict()}
+    save_checkpoint(tr.accelerator, tr.ckdir, done, tr.t["keep_checkpoints"], state)
+
+
+def finish(tr: Trainer) -> dict:
+    """After the last step: the documents each rank read (when asked), then rank 0 saves the model folder
+    (written aside, renamed to ``final``) with the metrics and the summary."""
+    from xlmflow.tasks.common.model import save_with_code
+
+    accelerator, t, loader = tr.accelerator, tr.t, tr.loader
+    if t.get("record_documents", False):  # which documents each rank read (tests check that ranks are disjoint)
+        (tr.ckdir / f"documents-rank-{accelerator.process_index}.json").write_text(json.dumps(loader.documents_read()))
     accelerator.wait_for_everyone()
     summary = {}
-    if main:
-        rows = _read_rows(metrics)
+    if accelerator.is_main_process:
+        rows = _read_rows(tr.metrics)
         losses = [r for r in rows if "loss" in r]
         summary = {
             "steps": t["max_steps"],
-            "tokens": t["max_steps"] * tokens_per_step,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "tokens": t["max_steps"] * tr.tokens_per_step,
+            "parameters": sum(p.numel() for p in tr.model.parameters()),
             "loss_first": losses[0]["loss"],
             "loss_last": losses[-1]["loss"],
             "valid_loss": rows[-1]["valid_loss"],
             "effective_epochs": loader.effective_epochs(),
-            "world_size": world,
+            "world_size": accelerator.num_processes,
         }
+        final = tr.final
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_with_code(accelerator.unwrap_model(model), tmp)
-        shutil.copyfile(metrics, tmp / METRICS)
+        save_with_code(accelerator.unwrap_model(tr.model), tmp)
+        shutil.copyfile(tr.metrics, tmp / METRICS)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -279,36 +337,6 @@ def run(spec: dict) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
-
-
-def save_checkpoint(accelerator, ckdir: Path, step: int, keep: int, state: dict) -> None:
-    """``accelerator.save_state`` (model as safetensors) and ``state`` as JSON into ``step-N.tmp``,
-    renamed to ``step-N`` once every rank has written."""
-    name = f"{STEP_PREFIX}{step:07d}"
-    tmp = ckdir / f"{name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        (tmp / STATE).write_text(json.dumps(state, sort_keys=True))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(ckdir / name, ignore_errors=True)  # one not resumed (another configuration's) gives way
-        tmp.rename(ckdir / name)
-        done = sorted(p for p in ckdir.glob(f"{STEP_PREFIX}*") if not p.name.endswith(".tmp"))
-        for old in done[: max(0, len(done) - keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(accelerator, path: Path, scheduler, loader) -> None:
-    """Model (safetensors), optimiser and RNG (``weights_only=True``: tensors and plain values only, no
-    code run while loading), then the scheduler and data position from :data:`STATE`."""
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
-    state = json.loads((path / STATE).read_text())
-    scheduler.load_state_dict(state["scheduler"])
-    loader.load_state_dict(state["loader"])
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -329,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m xlmflow.tasks.train.loop SPEC.json", file=sys.stderr)
         return 2
-    run(json.loads(Path(args[0]).read_text()))
+    try:
+        run(json.loads(Path(args[0]).read_text()))
+    except ConfigError as e:
+        print(f"{CONFIG_ERROR}{e}", flush=True)
+        return CONFIG_EXIT
     return 0
 
 

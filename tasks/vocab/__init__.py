@@ -25,13 +25,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from xlmflow.storage import (
@@ -46,61 +45,26 @@ from xlmflow.storage import (
     read_batches,
     stable_uniform,
 )
-from xlmflow.tasks.common.parallel_sets import Paths, parallel_files
+from xlmflow.tasks.common.parallel_sets import parallel_files
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
+from xlmflow.tasks.vocab.params import VocabParams
 
 STAGE = "vocab"
+LANGID = "langid"
+READS = (LANGID,)  # the stages whose committed output it reads
 ALIGNMENT = "alignment.parquet"
 REPORT = "report.json"
 CJK_RUN = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
 
 
-class VocabParams(BaseModel):
-    """Demo defaults: 16k ids (25 languages incl. zh/ja/ko; a 256-wide embedding is ~4M parameters on CPU)."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    vocab_size: int = Field(16000, ge=300, description="ids in all: 256 bytes + specials + merges")
-    alpha: float = Field(0.3, gt=0, le=1, description="sampling temperature exponent: 1 = natural mix, ->0 = uniform")
-    seed: int = 0
-    sample_chars: int | None = Field(
-        None, ge=1, description="characters in the training sample; None = as many as the corpus"
-    )
-    min_frequency: int = Field(2, ge=1, description="a merge needs a pair seen this often")
-    cjk_chunk: int = Field(
-        4, ge=0, description="cut Han/kana runs into pieces of at most this many characters (0 = off)"
-    )
-    parallel: Paths = Field(
-        default_factory=list,
-        description="parallel sets (folders of NAME.train.parquet / NAME.eval.parquet, or eval files; one column "
-        "per language): train parts teach translation pairs, eval parts measure premiums; empty = neither. "
-        "The pipeline's parallel setting fills it",
-    )
-    dictionary: str | None = Field(
-        None, description="TSV file of word translations (source, a tab, target per line) to add as alignment evidence"
-    )
-    align_min_df: int = Field(3, ge=1, description="a translation pair needs both tokens in this many train segments")
-    align_min_dice: float = Field(0.3, ge=0, le=1, description="minimum Dice coefficient of a translation pair")
-    report_docs: int = Field(
-        2000, ge=1, description="documents per language (hash-sampled) measured for usage and the report"
-    )
-    batch_rows: int = Field(4096, ge=1)
-
-    def fingerprinted(self) -> dict[str, Any]:
-        """Parameters that shape the bytes; input locations are covered by content hashes instead."""
-        return self.model_dump(exclude={"parallel", "dictionary", "batch_rows"}) | {
-            "dictionary": self.dictionary is not None
-        }
-
-
 # ---------------------------------------------------------------- planning
 def plan(run: RunDir, params: VocabParams) -> Unit:
     """The one unit of the stage: fingerprinted by the langid stage, the parallel files and the dictionary."""
-    langid = load_output(run.stage("langid"), "langid")
+    langid = load_output(run.stage(LANGID), LANGID)
     if not partitions(langid, "clean"):
-        raise ValueError(f"{run.stage('langid')}: no clean/lang=xx documents; the langid stage kept no language")
-    inputs: dict[str, dict[str, Input]] = {"langid": {"stage": Input(run.stage("langid").uri, langid.fingerprint)}}
+        raise ValueError(f"{run.stage(LANGID)}: no clean/lang=xx documents; the langid stage kept no language")
+    inputs: dict[str, dict[str, Input]] = {"langid": {"stage": Input(run.stage(LANGID).uri, langid.fingerprint)}}
     for split, loc in parallel_files(params.parallel):
         inputs.setdefault(f"parallel_{split}", {})[loc.name] = Input(loc.uri, file_sha256(loc.fs, loc.path)[0])
     if params.dictionary:
@@ -242,7 +206,7 @@ def build_vocab(unit: Unit) -> Ref:
 
     def build(aside: Aside) -> dict:
         log = logger()
-        manifest = load_output(langid_loc, "langid")
+        manifest = load_output(langid_loc, LANGID)
         files = partitions(manifest, "clean")
         totals = language_chars(langid_loc, files, params.batch_rows)
         mix = sampling_rates({lang: c for lang, (c, _) in totals.items()}, params.alpha, params.sample_chars)

@@ -195,5 +195,5 @@ def save_with_code(model: XlmGPT2LMHeadModel, folder) -> Path:
     return folder
 
 
-if __name__ == "xlmflow.tasks.train.model":  # imported as part of xlmflow (not as a model folder's remote code)
+if __name__ == "xlmflow.tasks.common.model":  # imported as part of xlmflow (not as a model folder's remote code)
     register()

@@ -1,0 +1,22 @@
+"""The shard stage's parameters: the validation split, shard and row-group sizes, the encode batch."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ShardParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
+    valid_fraction: float = Field(0.01, ge=0.0, le=0.5, description="share of each language's documents held out")
+    min_valid_docs: int = Field(
+        100,
+        ge=0,
+        description="at least this many validation documents per language (never more than half of a language)",
+    )
+    seed: int = Field(0, description="seeds the document-id hash that picks the split")
+    shard_docs: int = Field(
+        100_000, ge=1, description="documents per shard (the last shard of a language holds the rest)"
+    )
+    row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
+    batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
