@@ -179,3 +179,41 @@ def test_canonical_code_ignores_docstrings_and_layout():
     assert fpmod._code_hash("PRESENTATION_ONLY: bool = True\n")[1]
     assert not fpmod._code_hash("PRESENTATION_ONLY = False\n")[1]
     assert not fpmod._code_hash("def f():\n    PRESENTATION_ONLY = True\n")[1]
+
+
+def test_the_real_stages_ignore_the_progress_display_and_ui_reports_and_see_their_code(monkeypatch):
+    """On xlmflow itself: a code edit to the progress display or a stage's UI report, or a docstring edit to a
+    stage module, leaves every stage's version as it was (``xlmflow status`` stays current); a body edit to
+    a stage's own submodule changes that stage's version only."""
+    from xlmflow.flows.registry import STAGES
+
+    cached = fpmod._module_source
+
+    def versions():
+        cached.cache_clear()
+        fpmod.code_version.cache_clear()
+        return {s.name: fpmod.code_version(f"xlmflow.tasks.{s.name}") for s in STAGES}
+
+    real = fpmod._module_source.__wrapped__
+    before = versions()
+
+    def edited(changes):
+        def source(name):
+            src = real(name)
+            return changes[name](src) if src is not None and name in changes else src
+
+        return source
+
+    cosmetic = {
+        "xlmflow.tasks.common.progress": lambda s: s + "\nBAR_WIDTH = 99\n",
+        **{f"xlmflow.tasks.{s.name}.ui": (lambda s: s + "\nEXTRA = 1\n") for s in STAGES},
+        "xlmflow.tasks.train.loop": lambda s: s.replace('"""', '"""Edited. ', 1),
+    }
+    monkeypatch.setattr(fpmod, "_module_source", edited(cosmetic))
+    assert versions() == before
+    monkeypatch.setattr(fpmod, "_module_source", edited({"xlmflow.tasks.train.loop": lambda s: s + "\nX = 1\n"}))
+    after = versions()
+    assert after["train"] != before["train"]
+    assert {k: v for k, v in after.items() if k != "train"} == {k: v for k, v in before.items() if k != "train"}
+    monkeypatch.undo()
+    versions()

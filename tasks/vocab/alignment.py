@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from xlmflow.storage import Location, write_table
 from xlmflow.tasks.common.parallel_sets import PIVOT, Parallel
+from xlmflow.tasks.common.runtime import logger
 from xlmflow.tasks.common.tokens import is_cjk, surfaces
 from xlmflow.tasks.vocab.fairness import Usage
 
@@ -173,6 +174,16 @@ def dictionary_edges(tok: Tokenizer, loc: Location) -> Edges:
     src = [tok.encode(" " + s.strip()).ids for s, _ in rows]
     tgt = [tok.encode(" " + t.strip()).ids for _, t in rows]
     pairs = [(s[0], t[0]) for s, t in zip(src, tgt) if len(s) == 1 and len(t) == 1 and s[0] != t[0]]
+    split = [f"{a.strip()}/{b.strip()}" for (a, b), s, t in zip(rows, src, tgt) if len(s) != 1 or len(t) != 1]
+    if split:  # said, never silently dropped: such a word has no single row to tie
+        logger().warning(
+            "%s: %d of %d dictionary pairs are not one token on each side in this vocabulary and tie nothing "
+            "(first: %s)",
+            loc,
+            len(split),
+            len(rows),
+            ", ".join(split[:5]),
+        )
     arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
     return Edges(arr[:, 0], arr[:, 1], np.ones(len(arr)), ["dictionary"] * len(arr), [("", "")] * len(arr))
 
