@@ -117,6 +117,8 @@ def test_plain_progress_writes_one_line_per_event(tmp_path):
         shown.units("langid-score", 2, 0)
         shown.unit_done("langid-score", 10)
         shown.unit_done("langid-score", 5)
+        shown.units("train-model", 1, 0)
+        shown.unit_done("train-model", 0)
         shown.stage("train", "finished", 2.5, 42)
     lines = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
     assert lines == [
@@ -128,6 +130,8 @@ def test_plain_progress_writes_one_line_per_event(tmp_path):
         "train: step 130/130, loss 3.7000, 1,234 tokens/s",
         "langid-score: 2 units, 0 current, 2 to run",
         "langid-score: 2 units done, 15 rows in " + lines[7].split(" rows in ")[1],
+        "train-model: 1 units, 0 current, 1 to run",
+        "train-model: 1 units done in " + lines[9].split(" done in ")[1],
         "train: finished in 2.5 s, 42 rows",
     ]
 

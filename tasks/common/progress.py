@@ -158,7 +158,7 @@ class PlainProgress:
         elif event == "failed":
             self._line(f"{name}: failed after {seconds:.1f} s")
         else:
-            self._line(f"{name}: finished in {seconds:.1f} s" + ("" if rows is None else f", {rows:,} rows"))
+            self._line(f"{name}: finished in {seconds:.1f} s" + (f", {rows:,} rows" if rows else ""))
 
     def units(self, step: str, total: int, done: int) -> None:
         with self.lock:
@@ -175,7 +175,8 @@ class PlainProgress:
             if state[1] < state[0]:
                 return
             total, _, rows, start = state
-        self._line(f"{step}: {total} units done, {rows:,} rows in {time.monotonic() - start:.1f} s")
+        rows_part = f", {rows:,} rows" if rows else ""
+        self._line(f"{step}: {total} units done{rows_part} in {time.monotonic() - start:.1f} s")
 
     def training(self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None) -> None:
         if loss is None or (step - self.last_train < self.every and step != total):

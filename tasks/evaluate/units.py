@@ -47,6 +47,7 @@ def _load_model(uri: str, fingerprint: str):
     from xlmflow.tasks.common.model import register
 
     register()  # transformers' Auto classes know xlmflow-gpt2 however transformers was first imported
+    transformers.utils.logging.disable_progress_bar()  # a bar per load would litter plain-text run logs
 
     loc = Location(uri)
     # safetensors only: a pickled .bin in a model folder (a --model given by a user) is never unpickled
