@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from xlmflow.flows.registry import STAGES
+from xlmflow.storage.fingerprint import _presentation_only  # the very check code versions make
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("tasks", "flows", "storage")
@@ -22,20 +23,6 @@ def sources(*folders: str) -> list[Path]:
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
-
-
-def presentation_only(tree: ast.Module) -> bool:
-    """A top-level ``PRESENTATION_ONLY = True`` (what storage.fingerprint.code_version looks for)."""
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        if any(isinstance(t, ast.Name) and t.id == "PRESENTATION_ONLY" for t in targets):
-            return isinstance(value, ast.Constant) and value.value is True
-    return False
 
 
 def test_no_module_over_400_lines():
@@ -65,7 +52,7 @@ def test_each_stage_package_holds_its_params_and_a_presentation_only_ui(name):
     assert (package / "params.py").is_file(), f"tasks/{name}/params.py is missing"
     ui = package / "ui.py"
     assert ui.is_file(), f"tasks/{name}/ui.py is missing"
-    assert presentation_only(ast.parse(ui.read_text(encoding="utf-8"))), (
+    assert _presentation_only(ast.parse(ui.read_text(encoding="utf-8"))), (
         f"tasks/{name}/ui.py does not declare PRESENTATION_ONLY = True at its top level"
     )
 
