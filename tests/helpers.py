@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 
 
-def task_states(flow_state, timeout: float = 30) -> Counter:
+def task_states(flow_state, timeout: float = 30, settle: float = 0.6) -> Counter:
     """Counter of (task name prefix, final state name) for one flow run.
 
-    The API records task-run states asynchronously, so this polls until every task run
-    of the flow run has a final state (or ``timeout`` seconds pass).
+    The API records task runs and their states asynchronously (from events), so this polls until every task
+    run of the flow run has a final state and none was added or changed for ``settle`` seconds (the last task
+    run of a flow, its commit, can be recorded after the others are final), or ``timeout`` seconds pass.
     """
     import time
 
@@ -18,10 +19,15 @@ def task_states(flow_state, timeout: float = 30) -> Counter:
 
     flow_run_id = flow_state.state_details.flow_run_id
     deadline = time.time() + timeout
+    seen, since = None, time.time()
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(r.state is not None and r.state.is_final() for r in runs) or time.time() > deadline:
+            now, key = time.time(), sorted((str(r.id), r.state.name if r.state else "") for r in runs)
+            if key != seen:
+                seen, since = key, now
+            final = all(r.state is not None and r.state.is_final() for r in runs)
+            if (final and now - since >= settle) or now > deadline:
                 return Counter((task_name(r.name), r.state.name if r.state else "Pending") for r in runs)
             time.sleep(0.2)
 

@@ -58,7 +58,7 @@ def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
         assert nightly.concurrency_limit == 1 or nightly.global_concurrency_limit.limit == 1
         assert nightly.parameters["run_dir"] == run_dir
         assert made["ingest"].parameters["params"]["sources"][0]["path"] == str(corpus)
-        flow_run = run_deployment("ingest/ingest", timeout=120)
+        flow_run = run_deployment("ingest/ingest", timeout=120, poll_interval=0.5)  # default: every 5 s
         assert flow_run.state.is_completed(), flow_run.state
         assert (tmp_path / "run" / "ingest" / "_manifest.json").exists()
     finally:
