@@ -1,11 +1,9 @@
-"""Tests for tasks/eval_measures.py (tiny tokenizer and model, CPU only, no network).
+"""Tests for tasks/evaluate/measures.py and embeddings.py (tiny tokenizer and model, CPU only, no network).
 
 Expected values are computed by hand (plain forward passes, Python sets, explicit sums) wherever possible.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -13,6 +11,8 @@ import torch
 from shard_fixtures import TAGS, tiny_tokenizer
 
 from xlmflow.tasks.common import model as M
+from xlmflow.tasks.common.ngrams import NgramIndex
+from xlmflow.tasks.evaluate import embeddings
 from xlmflow.tasks.evaluate import measures as E
 
 
@@ -52,50 +52,14 @@ def doc(tok, *parts: str) -> np.ndarray:
     return np.array(ids + [tok.token_to_id("<|endoftext|>")])
 
 
-@torch.no_grad()
-def window_nll(model, ids: np.ndarray, tags: set[int]) -> tuple[float, int]:
-    """NLL (nats) of one window by a plain forward pass, tag targets skipped."""
-    x = torch.as_tensor(ids)[None]
-    logp = torch.log_softmax(model(x, lang_ids=torch.ones_like(x)).logits[0, :-1], -1)
-    keep = [i for i in range(1, len(ids)) if int(ids[i]) not in tags]
-    return -float(sum(logp[i - 1, int(ids[i])] for i in keep)), len(keep)
-
-
-def test_bits_per_byte_short_and_windowed(tok, model):
-    tags = set(model.config.lang_token_ids)
-    short = doc(tok, "the cat")
-    assert len(short) <= 16
-    nll, n = window_nll(model, short, tags)
-    got = E.bits_per_byte(model, tok, [short], lang_id=1)
-    assert got["targets"] == n == len(short) - 1
-    assert got["bytes"] == len(b"the cat")
-    assert got["bits_per_byte"] == pytest.approx(nll / (math.log(2) * 7), rel=1e-5)
-    assert got["token_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
-
-    text = "the cat sat on a mat and the dog ran far away from home"
-    long = doc(tok, text, "<lang:fr>", "le chat est sur le tapis et le chien")
-    assert len(long) > 32  # three windows at least
-    by_hand, targets = 0.0, 0
-    for k in range(math.ceil((len(long) - 1) / 15)):  # window k covers ids[15k : 15k + 16]
-        w_nll, w_n = window_nll(model, long[15 * k : 15 * k + 16], tags)
-        by_hand, targets = by_hand + w_nll, targets + w_n
-    both = E.bits_per_byte(model, tok, [short, long], lang_id=1, batch_size=3)  # padded batches
-    assert targets == len(long) - 1 - 1  # one tag after position 0
-    assert both["targets"] == n + targets
-    assert both["nll_nats"] == pytest.approx(nll + by_hand, rel=1e-5)
-    n_bytes = 7 + len((text + "le chat est sur le tapis et le chien").encode())
-    assert both["bytes"] == n_bytes and both["docs"] == 2
-    assert both["bits_per_byte"] == pytest.approx((nll + by_hand) / (math.log(2) * n_bytes), rel=1e-5)
-
-
 def test_embed(tok, model):
     texts = ["the cat sat", "", "le chien court loin de la maison et le chat est sur le tapis " * 3]
     tag = tok.token_to_id("<lang:en>")
-    got = E.embed(model, tok, texts, tag, 1, batch_size=2)
+    got = embeddings.embed(model, tok, texts, tag, 1, batch_size=2)
     assert got.shape == (3, 3, 32) and got.dtype == np.float32
     norms = np.linalg.norm(got, axis=-1)
     assert np.allclose(norms[:, [0, 2]], 1, atol=1e-5) and np.all(norms[:, 1] == 0)
-    alone = E.embed(model, tok, texts[:1], tag, 1)
+    alone = embeddings.embed(model, tok, texts[:1], tag, 1)
     assert np.allclose(alone[:, 0], got[:, 0], atol=1e-5)  # padding next to a longer text changes nothing
     # layer 0 by hand: token + position + language embeddings, averaged over the text tokens (not the tag)
     ids = torch.tensor([tag, *tok.encode(texts[0], add_special_tokens=False).ids])
@@ -104,17 +68,17 @@ def test_embed(tok, model):
         h = (h + model.lang_embeddings.weight[1])[1:].mean(0)
     assert np.allclose(got[0, 0], (h / h.norm()).numpy(), atol=1e-5)
     cut = tok.encode(texts[2], add_special_tokens=False).ids[:15]  # cut to the context
-    assert np.allclose(got[:, 2], E.embed(model, tok, [tok.decode(cut)], tag, 1)[:, 0], atol=1e-5)
+    assert np.allclose(got[:, 2], embeddings.embed(model, tok, [tok.decode(cut)], tag, 1)[:, 0], atol=1e-5)
 
 
 def test_retrieval_accuracy():
     a = np.eye(4, dtype=np.float32)[None].repeat(2, 0)
     b = a.copy()
     b[1] = b[1][[1, 0, 2, 3]]  # layer 1: two segments swapped
-    assert np.allclose(E.retrieval_accuracy(a, b), [[1, 1], [0.5, 0.5]])
+    assert np.allclose(embeddings.retrieval_accuracy(a, b), [[1, 1], [0.5, 0.5]])
     c = np.eye(3, dtype=np.float32)[None]
     tied = c[:, [0, 0, 2]]  # b0 == b1: a0 ties between them and takes b0; a1 ties everywhere and takes b0
-    assert np.allclose(E.retrieval_accuracy(c, tied), [[2 / 3, 2 / 3]])
+    assert np.allclose(embeddings.retrieval_accuracy(c, tied), [[2 / 3, 2 / 3]])
     rng = np.random.default_rng(0)  # noisy pairs: both directions by a plain loop
     a = rng.normal(size=(2, 6, 4))
     b = a + rng.normal(scale=1.5, size=a.shape)
@@ -124,7 +88,7 @@ def test_retrieval_accuracy():
         for l in range(2)
     ]
     assert not np.allclose(np.array(loop)[:, 0], np.array(loop)[:, 1])  # the directions differ here
-    assert np.allclose(E.retrieval_accuracy(a, b), loop)
+    assert np.allclose(embeddings.retrieval_accuracy(a, b), loop)
 
 
 def test_probe_accuracy():
@@ -135,7 +99,7 @@ def test_probe_accuracy():
     yt = ["pos"] * 30 + ["neg"] * 70
     xt = np.where(np.array(yt)[:, None] == "pos", 2.0, -2.0) * np.r_[1, 1, np.zeros(6)] + rng.normal(size=(100, 8))
     tests = {"fr": (xt + 0.3, yt), "xx": (xt, ["new"] * 50 + yt[50:]), "none": (xt[:0], [])}
-    got = E.probe_accuracy(x, y, tests)
+    got = embeddings.probe_accuracy(x, y, tests)
     assert got["classes"] == 2 and got["train_accuracy"] > 0.95
     assert got["accuracy"]["fr"] > 0.9
     assert got["majority_baseline"] == {"fr": 0.3, "xx": 0.0, "none": 0.0}  # "pos" is the train majority
@@ -226,9 +190,9 @@ def test_ngram_index():
     a, b, c = (rng.integers(0, 5000, size=k) for k in (30, 20, 12))
     indexed = [a, b, c, a]  # a twice: dedup; c is shorter than n
     flat, starts = np.concatenate(indexed), np.cumsum([0, 30, 20, 12])
-    whole = E.NgramIndex(13)
+    whole = NgramIndex(13)
     whole.add(flat, starts)
-    chunked = E.NgramIndex(13)
+    chunked = NgramIndex(13)
     chunked.add(np.concatenate([a, b]), np.array([0, 30]))  # same stream, cut at a document boundary
     chunked.add(np.concatenate([c, a]), np.array([0, 12]))
     assert whole.size == chunked.size == len(ngrams(indexed)) == 18 + 8
@@ -248,4 +212,4 @@ def test_ngram_index():
     assert expected == [True, False, False, False, False, True, False, False]
     assert whole.hits(queries).tolist() == expected
     assert chunked.hits(queries).tolist() == expected
-    assert E.NgramIndex(13).hits(queries).tolist() == [False] * len(queries)  # empty index
+    assert NgramIndex(13).hits(queries).tolist() == [False] * len(queries)  # empty index

@@ -14,6 +14,7 @@ from xlmflow.storage import Location, RunDir, load_output
 from xlmflow.tasks import evaluate, train
 from xlmflow.tasks.common.parallel_sets import read_set
 from xlmflow.tasks.evaluate import EvalParams
+from xlmflow.tasks.evaluate import ui as evaluate_ui
 
 EN = ["the cat sat on a mat", "the dog ran far away", "a cat and a dog", "the mat and the home", "far from home"]
 FR = ["le chat est sur le tapis", "le chien court loin", "un chat et un chien", "le tapis de la maison", "loin de la"]
@@ -62,7 +63,9 @@ def trained_model(run_dir):
 def hand_bits_per_byte(run_dir, lang: str, n_docs: int) -> float:
     """Bits per byte of the trained model on the first ``n_docs`` valid documents of ``lang``, by hand: summed
     NLL (nats) of every token after the document's tag but the tags, one document at a time in windows of the
-    context overlapping by one token, over ln 2 x the UTF-8 bytes of the document's text as langid kept it."""
+    context moved by half of it (the last one ending at the document's end), each token scored in the first window
+    holding it after its first position, over ln 2 x (the UTF-8 bytes of the document's text as langid kept it,
+    plus one for its end-of-text token)."""
     import torch
     import torch.nn.functional as F
 
@@ -77,35 +80,51 @@ def hand_bits_per_byte(run_dir, lang: str, n_docs: int) -> float:
     for doc_id, ids in docs.rows():
         assert ids[0] in tags and ids[-1] == model.config.eos_token_id
         language = tags.index(ids[0]) + 1
-        for start in range(0, len(ids) - 1, context - 1):
+        start, done = 0, 1  # done: the first position not scored yet
+        while done < len(ids):
+            start = min(start, max(len(ids) - context, 0))
             window = torch.tensor([ids[start : start + context]])
             with torch.no_grad():
-                logits = model(window, lang_ids=torch.full_like(window, language)).logits[0, :-1]
-            target = window[0, 1:]
-            scored = ~torch.isin(target, torch.tensor(tags))
-            nll += F.cross_entropy(logits[scored], target[scored], reduction="sum").item()
-        n_bytes += len(text[doc_id].encode("utf-8"))
+                logits = model(window, lang_ids=torch.full_like(window, language)).logits[0]
+            for pos in range(max(done, start + 1), start + window.shape[1]):
+                if ids[pos] not in tags:
+                    nll += F.cross_entropy(logits[pos - start - 1], torch.tensor(ids[pos])).item()
+            done, start = start + window.shape[1], start + context // 2
+        n_bytes += len(text[doc_id].encode("utf-8")) + 1
     return nll / (np.log(2) * n_bytes)
 
 
-def hand_retrieval(run_dir, a: list[str], b: list[str], langs=("en", "fr")) -> np.ndarray:
-    """acc@1 [layers, (a->b, b->a)] by hand: each text fed after its language tag alone (the model derives the
-    language from it), every layer's hidden states averaged over the text's tokens, cosine nearest neighbour."""
+def hand_embed(run_dir, texts: list[str], lang: str) -> np.ndarray:
+    """[layers, texts, width] by hand: each text fed after its language tag alone (the model derives the language
+    from it), every layer's hidden states averaged over the text's tokens (the tag left out), L2-normalised."""
     import torch
 
     model, tok = trained_model(run_dir)
+    rows = []
+    for t in texts:
+        ids = [tok.token_to_id(f"<lang:{lang}>"), *tok.encode(t, add_special_tokens=False).ids]
+        with torch.no_grad():
+            states = model(torch.tensor([ids[: model.config.n_positions]]), output_hidden_states=True).hidden_states
+        mean = torch.stack([h[0, 1:].mean(0) for h in states])  # [layers, width]
+        rows.append((mean / mean.norm(dim=-1, keepdim=True)).numpy())
+    return np.stack(rows, axis=1)
 
-    def embed(texts, lang):
-        rows = []
-        for t in texts:
-            ids = [tok.token_to_id(f"<lang:{lang}>"), *tok.encode(t, add_special_tokens=False).ids]
-            with torch.no_grad():
-                states = model(torch.tensor([ids[: model.config.n_positions]]), output_hidden_states=True).hidden_states
-            mean = torch.stack([h[0, 1:].mean(0) for h in states])  # [layers, width], the tag left out
-            rows.append((mean / mean.norm(dim=-1, keepdim=True)).numpy())
-        return np.stack(rows, axis=1)  # [layers, texts, width]
 
-    ea, eb = embed(a, langs[0]), embed(b, langs[1])
+def hand_valid_mean(run_dir, lang: str, n_docs: int) -> np.ndarray:
+    """[layers, width]: the mean embedding of the first ``n_docs`` valid documents of ``lang``, as text."""
+    _, tok = trained_model(run_dir)
+    files = sorted((Path(run_dir) / "shard" / "valid").glob(f"{lang}-*/*.parquet"))
+    docs = pl.concat([pl.read_parquet(f, columns=["input_ids"]) for f in files]).head(n_docs)["input_ids"].to_list()
+    return hand_embed(run_dir, [tok.decode(d) for d in docs], lang).mean(axis=1)
+
+
+def hand_retrieval(run_dir, a: list[str], b: list[str], langs=("en", "fr"), means=None) -> np.ndarray:
+    """acc@1 [layers, (a->b, b->a)] by hand: cosine nearest neighbour of :func:`hand_embed` vectors; with
+    ``means`` (one [layers, width] per language), of the vectors minus their language's mean."""
+    ea, eb = hand_embed(run_dir, a, langs[0]), hand_embed(run_dir, b, langs[1])
+    if means is not None:
+        ea, eb = ea - means[0][:, None], eb - means[1][:, None]
+        ea, eb = ea / np.linalg.norm(ea, axis=2, keepdims=True), eb / np.linalg.norm(eb, axis=2, keepdims=True)
     sims = ea @ eb.transpose(0, 2, 1)
     gold = np.arange(len(a))
     return np.stack([(sims.argmax(2) == gold).mean(1), (sims.argmax(1) == gold).mean(1)], axis=1)
@@ -131,23 +150,41 @@ def test_metrics_report_and_plots(trained, tmp_path):
         assert m["bits_per_byte"][lang] == pytest.approx(hand_bits_per_byte(run_dir, lang, SMALL.max_docs), rel=1e-4)
     assert sorted(m["generation_language_rate"]) == langs
     assert set(m["retrieval"]) == {"toy", "mine"}
-    r = m["retrieval"]["mine"]
+    r = m["retrieval"]["mine"]  # a file: no train part, so the fixed rule (middle layer, centred on valid shards)
     assert r["dropped"]["en-fr"] == {"empty": 1, "identical": 1, "wrong_language": 0}
-    assert r["rows"]["en-fr"] == len(LONG_EN) and r["chance"] == pytest.approx(1 / len(LONG_EN))
+    pair = r["pairs"]["en-fr"]
+    assert pair["rows"] == len(LONG_EN) and r["chance"] == pytest.approx(1 / len(LONG_EN))
     acc = hand_retrieval(run_dir, LONG_EN, LONG_FR)  # [embeddings + one block, 2 directions]
-    assert r["per_layer_mean"] == pytest.approx(acc.mean(axis=1).tolist(), abs=1e-9)
-    best = int(np.argmax(acc.mean(axis=1)))
-    assert r["best_layer"] == best and r["acc_at_1"]["en-fr"] == pytest.approx(acc[best].mean(), abs=1e-9)
-    assert (r["directions"]["en-fr"]["forward"], r["directions"]["en-fr"]["backward"]) == pytest.approx(
-        tuple(acc[best]), abs=1e-9
-    )
+    assert r["per_layer"]["raw"] == pytest.approx(acc.mean(axis=1).tolist(), abs=1e-9)
+    means = [hand_valid_mean(run_dir, lang, SMALL.max_segments) for lang in ("en", "fr")]
+    centred = hand_retrieval(run_dir, LONG_EN, LONG_FR, means=means)
+    assert r["per_layer"]["centred"] == pytest.approx(centred.mean(axis=1).tolist(), abs=1e-9)
+    assert (r["layer"], r["centred"], r["layer_rule"], r["centring"]) == (1, True, "fixed_middle", "valid shards")
+    assert r["acc_at_1"] == pytest.approx(centred[1].mean(), abs=1e-9)
+    assert (pair["forward"], pair["backward"]) == pytest.approx(tuple(centred[1]), abs=1e-9)
+    assert r["embedding_acc_at_1"] == pytest.approx(centred[0].mean(), abs=1e-9)
+    assert r["beats_baselines"] == (r["acc_at_1"] > max(r["baselines"].values()))
+    toy = m["retrieval"]["toy"]  # a folder set: its train part chooses
+    assert toy["layer_rule"] == "train_argmax" and toy["centring"] == "train part"
+    score = np.array([toy["train_per_layer"]["raw"], toy["train_per_layer"]["centred"]])
+    assert (int(toy["centred"]), toy["layer"]) == np.unravel_index(np.argmax(score), score.shape)
     assert "toy" in m["chrf"] and "toy/en-fr" in m["bleu"] and "mine" in m["chrf"]
     assert set(m["contamination"]["toy"]["per_language"]) == {"en", "fr"}
     t = m["transfer"]["toy"]
     assert set(t["accuracy"]) == {"en", "fr"} and t["classes"] == 2
+    assert (t["layer"], t["centred"]) == (toy["layer"], toy["centred"])  # the probe uses retrieval's choice
     folder = Path(run_dir) / "evaluate"
     report = (folder / "report.md").read_text()
+    assert report.index("## Retrieval on mine") < report.index("## Retrieval on toy") < report.index("## Bits per")
+    assert "| beats lexical overlap |" in report
+    ui = evaluate_ui.report(RunDir.of(str(run_dir)))  # the Prefect artifact: report.md led the same way, charts added
+    assert ui.markdown.index("## Retrieval on mine") < ui.markdown.index('title "mine: retrieval per layer"')
+    assert ui.headline["beats_lexical_overlap"] == {
+        s: "yes" if r["beats_baselines"] else "no" for s, r in m["retrieval"].items()
+    }
     for png in ("bits_per_byte.png", "loss_curves.png", "retrieval_toy.png", "retrieval_mine.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
+    for png in ("retrieval_layers_toy.png", "retrieval_layers_mine.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     manifest = load_output(RunDir.of(str(run_dir)).stage("evaluate"), "evaluate")
     assert {"metrics.json", "report.md", "bits_per_byte.png"} <= {f.path for f in manifest.files}
@@ -157,8 +194,10 @@ def test_retrieval_on_embeddings_whose_answer_is_known(trained, tmp_path, monkey
     """The set unit's retrieval figures on embeddings given in place of the model's, whose answers are known.
     Row i of the set (after two dropped rows: an empty side, an untranslated copy) is e_i on the en side; on the
     fr side it is e_(i+1) at layer 0 (no row finds its own: 0 both ways) and e_i + e_0 at layer 1 (row 0 alone
-    is e_0): en->fr finds every row, fr->en finds row 0 for every row (ties go to the lowest index): 1/n."""
-    from xlmflow.tasks.evaluate import measures
+    is e_0): en->fr finds every row, fr->en finds row 0 for every row (ties go to the lowest index): 1/n. The file
+    has no train part: the fixed middle layer (1 of 1), centred on the valid shards' mean, which is zero here (the
+    fake embeds every other text as zero), so centred equals raw."""
+    from xlmflow.tasks.evaluate import embeddings
 
     run_dir, _ = trained
     copy = tmp_path / "run"
@@ -179,15 +218,16 @@ def test_retrieval_on_embeddings_whose_answer_is_known(trained, tmp_path, monkey
                 out[1, k, [0, i]] = 1
         return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
 
-    monkeypatch.setattr(measures, "embed", embed)
+    monkeypatch.setattr(embeddings, "embed", embed)
     _, units = evaluate.plan(RunDir.of(str(copy)), SMALL.model_copy(update={"parallel": [str(known)]}))
     (unit,) = units
     r = json.loads((Path(Location(evaluate.set_unit(unit).uri).path) / "metrics.json").read_text())["retrieval"]
     assert r["dropped"] == {"en-fr": {"empty": 1, "identical": 1, "wrong_language": 0}}
-    assert r["rows"] == {"en-fr": n} and r["chance"] == pytest.approx(1 / n)
-    assert r["per_layer_mean"] == pytest.approx([0.0, (1 + 1 / n) / 2])
-    assert r["best_layer"] == 1 and r["acc_at_1"] == {"en-fr": pytest.approx((1 + 1 / n) / 2)}
-    assert r["directions"] == {"en-fr": {"forward": 1.0, "backward": pytest.approx(1 / n)}}
+    pair = r["pairs"]["en-fr"]
+    assert pair["rows"] == n and r["chance"] == pytest.approx(1 / n)
+    assert r["per_layer"]["raw"] == r["per_layer"]["centred"] == pytest.approx([0.0, (1 + 1 / n) / 2])
+    assert r["layer"] == 1 and r["layer_rule"] == "fixed_middle" and r["acc_at_1"] == pytest.approx((1 + 1 / n) / 2)
+    assert (pair["forward"], pair["backward"]) == (1.0, pytest.approx(1 / n)) and r["embedding_acc_at_1"] == 0.0
 
 
 def test_adding_a_set_runs_only_its_units(trained, tmp_path, caplog):

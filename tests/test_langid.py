@@ -290,7 +290,8 @@ def test_parallel_sets_labels_agree_with_column_language(name, split):
 def test_documents_repeating_a_held_out_eval_segment_are_rejected(tmp_path):
     """Evaluation stays unseen: a document whose whole text equals an eval segment once both are normalised as
     exact dedup normalises (case folded, punctuation and symbols dropped, white space collapsed) is rejected as
-    ``eval_holdout``, before any other rule, and counted. Train segments and other texts are kept."""
+    ``eval_holdout``, before any other rule, and counted. Train segments and other texts are kept. The n-gram rule
+    is off here (``holdout_ngram=0``): a fragment of a segment is kept; tests/test_eval_overlap.py tests that rule."""
     held = tmp_path / "parallel"
     held.mkdir()
     short = ("Save it.", "Enregistrez-le.")  # too short for the quality rules: the holdout still names it
@@ -313,7 +314,7 @@ def test_documents_repeating_a_held_out_eval_segment_are_rejected(tmp_path):
     }
     run_dir = str(tmp_path / "run")
     make_ingest(run_dir, tmp_path, {lang: [(t, lang) for t, _ in docs] for lang, docs in cases.items()})
-    run_langid(run_dir, LangidParams(min_lang_docs=1, holdout=str(held)))
+    run_langid(run_dir, LangidParams(min_lang_docs=1, holdout=str(held), holdout_ngram=0))
     got = dict(outcome(run_dir).select("text", "reason").rows())
     assert len(got) == sum(map(len, cases.values()))
     for lang, docs in cases.items():

@@ -269,3 +269,58 @@ def test_missing_langid_stage_is_a_clear_error(run_dir, parallel):
 
     with pytest.raises(ManifestError, match="run the langid stage first"):
         plan(RunDir.of(run_dir), params(parallel))
+
+
+def test_fertility_is_per_character_in_unspaced_scripts(tmp_path):
+    """zh/ja/th fertility is tokens per non-space character, labelled so; a spaced language's is tokens per word.
+    Expected values by hand: every document encoded one at a time, words and characters counted by Python."""
+    import re
+
+    from xlmflow.storage import FileEntry, Location
+    from xlmflow.tasks.vocab import fairness
+    from xlmflow.tasks.vocab.fairness import language_usage
+
+    docs = {"en": EN, "zh": ZH, "th": ["สวัสดีครับ ยินดีต้อนรับ", "เปิดไฟล์และบันทึก"]}
+    tok = Tokenizer.from_str(_tiny_bpe(docs).to_str())
+    files = {}
+    for lang, texts in docs.items():
+        path = f"lang={lang}/part-0.parquet"
+        (tmp_path / f"lang={lang}").mkdir()
+        ids = [f"{lang}-{i}" for i in range(len(texts))]
+        pl.DataFrame({"doc_id": ids, "text": texts}).write_parquet(tmp_path / path)
+        files[lang] = [FileEntry(path, 0, "", len(texts))]
+    usage = language_usage(tok, Location.of(str(tmp_path)), files, docs_per_lang=100, seed=0, batch_rows=64)
+    for lang, texts in docs.items():
+        tokens = sum(len(tok.encode(t, add_special_tokens=False).ids) for t in texts)
+        s = usage.stats[lang]
+        assert s["docs"] == len(texts) and s["tokens"] == tokens
+        if lang == "en":
+            words = sum(len(re.findall(r"\w+", t)) for t in texts)
+            assert (s["fertility"], s["fertility_unit"]) == (pytest.approx(tokens / words), "tokens per word")
+        else:
+            chars = sum(len(re.sub(r"\s", "", t)) for t in texts)
+            assert (s["fertility"], s["fertility_unit"]) == (pytest.approx(tokens / chars), "tokens per character")
+            assert s["fertility"] != pytest.approx(tokens / s["words"])  # the per-word figure would differ
+    table = fairness.markdown(
+        {
+            "vocab_size": tok.get_vocab_size(),
+            "roundtrip": {"checked": 1, "failures": 0},
+            "languages": usage.stats,
+            "alignment": {"cross_language_pairs": 0, "precision": {}, "coverage": {}, "examples": {}},
+        }
+    )
+    assert f"| zh |  |  | {usage.stats['zh']['fertility']} /char |" in table
+    assert f"| en |  |  | {usage.stats['en']['fertility']} |" in table
+
+
+def _tiny_bpe(docs: dict[str, list[str]]):
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([t for texts in docs.values() for t in texts], trainer=trainer)
+    return tok

@@ -4,8 +4,8 @@ A set is a Parquet or TSV file with one column per ISO 639-1 language code and o
 segment per row (an ``id`` column and other non-language columns are ignored). A *folder*
 holds named sets split in two: ``NAME.train.parquet`` may shape the vocabulary (translation
 pairs) and train the transfer probe; ``NAME.eval.parquet`` is held out: the langid stage
-removes documents that repeat an eval segment, so evaluation on them stays unseen by
-everything trained downstream. A single *file* a user names is an eval set.
+removes documents that repeat an eval segment or share an n-gram with one, so evaluation on
+them stays unseen by everything trained downstream. A single *file* a user names is an eval set.
 """
 
 from __future__ import annotations

@@ -1,22 +1,32 @@
-"""Evaluation: how good the cross-lingual model is, per language and across languages.
+"""Evaluation: how good the cross-lingual model is, per language and across languages, each figure beside a
+baseline it must beat.
 
 Units, each cached like every stage's:
 
-* ``lm/<model>/``: bits per byte and token perplexity per language on the valid shards, and
-  generation per language (greedy and sampled continuations of valid-split prompts, with the
-  share the langid model detects as the prompted language).
-* ``sets/<model>--<set>/``: one per model and parallel set: cross-lingual retrieval (mean-pooled
-  hidden states of every layer, acc@1 both ways per language pair, beside chance; rows whose two
-  sides are empty, identical or not in their column's language are dropped and counted), the
-  transfer probe (a logistic regression on English features of the set's train part, tested
-  zero-shot on every language of its eval part; classes from the segment ``id``), few-shot
-  translation from English scored with chrF++ and BLEU, and contamination (the share of segments
-  sharing a ``ngram``-token n-gram with the train shards).
+* ``lm/<model>/``: bits per byte, bits per character and token perplexity per language on the valid
+  shards' text, re-tokenised by each model's own tokenizer (so models with different vocabularies compare),
+  beside a per-language unigram model of the train shards (:func:`.measures.unigram_baseline`: a model above
+  it has learnt less than token frequencies); and generation per language (greedy and sampled continuations of
+  valid-split prompts, with the share the langid model detects as the prompted language, degenerate texts
+  counted as misses).
+* ``sets/<model>--<set>/``: one per model and parallel set: cross-lingual retrieval (:mod:`.retrieval`:
+  mean-pooled hidden states of every layer, acc@1 both ways per language pair at the layer, raw or centred,
+  chosen on the set's train part, else fixed in advance; beside chance and two lexical baselines, a bag of
+  token ids and char 3-gram TF-IDF; rows whose two sides are empty, identical or not in their column's language
+  are dropped and counted), the transfer probe (a logistic regression on English features of the set's train
+  part at retrieval's layer, tested zero-shot on every language of its eval part; classes from the segment
+  ``id``), few-shot translation from English scored with chrF++, BLEU and ROUGE with bootstrap confidence
+  intervals, beside a copy-the-source baseline (:mod:`.scores`), and contamination (:mod:`.contamination`: the
+  share of segments sharing an ``ngram``-token n-gram with the train shards, out of the segments of at least
+  ``ngram`` tokens; shorter ones are counted apart).
 
 Adding a parallel set runs only that set's units; a new model runs all of its units. The stage
-commit merges them into ``metrics.json``, ``report.md`` and PNG plots (:mod:`.report`).
-The units' bodies are in :mod:`.units`, the measures themselves plain functions in :mod:`.measures`,
-the parameters in :mod:`.params`, the UI report in :mod:`.ui`.
+commit merges them into ``metrics.json``, ``report.md`` and PNG plots (:mod:`.report`, :mod:`.report_md`,
+:mod:`.plots`). The language-model unit and what both units share are in :mod:`.units`, the set unit in
+:mod:`.sets`; the measures are plain functions in :mod:`.measures` (bits per byte, generation, translation),
+:mod:`.embeddings` (hidden states: retrieval, centring, the probe), :mod:`.lexical` (retrieval's baselines) and
+:mod:`.scores` (ROUGE, bootstrap intervals, degenerate text); the parameters are in :mod:`.params`, the UI
+report in :mod:`.ui`.
 """
 
 from __future__ import annotations
@@ -39,8 +49,9 @@ from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, plain_s
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.evaluate import report as eval_report
 from xlmflow.tasks.evaluate.params import EvalParams
+from xlmflow.tasks.evaluate.sets import set_unit
 from xlmflow.tasks.evaluate.units import _load_model as _load_model  # re-exported: its cache, as before
-from xlmflow.tasks.evaluate.units import lm_unit, read_metrics, set_unit, write_metrics
+from xlmflow.tasks.evaluate.units import lid_model_path, lm_unit, read_metrics, tokenizer_problem, write_metrics
 from xlmflow.tasks.langid import lid
 
 STAGE = "evaluate"
@@ -50,9 +61,11 @@ READS = (VOCAB, SHARD, TRAIN)  # the stages whose committed output it reads
 
 # ---------------------------------------------------------------- models
 def models_of(run: RunDir, params: EvalParams) -> list[tuple[str, Input]]:
-    """(label, model input) for every model: the run's train stage by default."""
+    """(label, model input) for every model: the run's train stage by default. A model folder whose
+    tokenizer cannot be its model's (:func:`~.units.tokenizer_problem`) is an error now, naming it."""
     if not params.models:
         m = load_output(run.stage(TRAIN), TRAIN)
+        _check_tokenizer(run.stage(TRAIN), "train")
         return [("train", Input(run.stage(TRAIN).uri, m.fingerprint))]
     found, labels = [], set()
     for path in params.models:
@@ -64,6 +77,7 @@ def models_of(run: RunDir, params: EvalParams) -> list[tuple[str, Input]]:
                 f"model {path!r}: not a model folder (no config.json and {TOKENIZER_FILE}); give a run "
                 f"directory or its train folder"
             )
+        _check_tokenizer(loc, path)
         m = read_manifest(loc)
         fp = m.fingerprint if m is not None else tree_sha256(loc.fs, loc.path)
         label = loc.parent.name if loc.name == TRAIN else loc.name
@@ -74,12 +88,33 @@ def models_of(run: RunDir, params: EvalParams) -> list[tuple[str, Input]]:
     return found
 
 
+def _check_tokenizer(loc: Location, name: str) -> None:
+    from tokenizers import Tokenizer
+
+    with loc.child("config.json").open("rb") as f:
+        config = json.loads(f.read())
+    with loc.child(TOKENIZER_FILE).open("rb") as f:
+        tok = Tokenizer.from_str(f.read().decode("utf-8"))
+    if problem := tokenizer_problem(config, tok):
+        raise ValueError(f"model {name!r}: {problem}")
+
+
+def run_tokenizer_input(run: RunDir, shard_tokenizer: str | None) -> dict[str, Input]:
+    """The vocab stage's tokenizer file, which decodes the valid shards back to text (every model's bits per
+    byte re-tokenises that text); it must be the one the shards were encoded with."""
+    entry = load_output(run.stage(VOCAB), VOCAB).file(TOKENIZER_FILE)
+    if shard_tokenizer is not None and shard_tokenizer != entry.sha256:
+        raise ValueError(f"{run.stage(SHARD)}: encoded with another tokenizer than the vocab stage's; rerun shard")
+    return {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, entry.sha256)}
+
+
 # ---------------------------------------------------------------- planning
 def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
     """(lm units: one per model, set units: one per model and parallel set)."""
     shard = load_output(run.stage(SHARD), SHARD)
     shard_in = {"stage": Input(run.stage(SHARD).uri, shard.fingerprint)}
-    path = lid.model_file(None)
+    vocab_in = run_tokenizer_input(run, shard.stats.get("tokenizer_sha256"))
+    path = lid_model_path(run)  # the model the langid stage used
     lid_in = {Location(path).name: Input(path, lid.model_fingerprint(path))}
     code = code_version(__name__)
     sets: dict[str, dict[str, Input]] = {}
@@ -108,7 +143,7 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
                 out=run.unit(STAGE, label, group="lm").uri,
                 code_version=code,
                 params=lm_params,
-                inputs=inputs,
+                inputs=inputs | {"vocab": vocab_in},
                 options={"batch_size": params.batch_size},
             )
         )

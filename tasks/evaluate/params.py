@@ -23,11 +23,15 @@ class EvalParams(BaseModel):
     max_segments: int = Field(500, ge=2, description="rows of each parallel set used for retrieval")
     probe_rows: int = Field(2000, ge=2, description="English train rows fitting the transfer probe")
     probe_min_class_rows: int = Field(20, ge=1, description="probe classes need this many train rows (rarer: left out)")
-    prompts: int = Field(3, ge=1, description="generation prompts per language")
+    prompts: int = Field(
+        20, ge=1, description="generation prompts per language (each continued greedily and sampled: n = 2 x prompts)"
+    )
     prompt_tokens: int = Field(12, ge=2, description="tokens of a valid document used as a prompt")
     gen_tokens: int = Field(32, ge=1, description="tokens generated per prompt")
-    translate_segments: int = Field(20, ge=1, description="segments translated per language pair")
+    translate_segments: int = Field(
+        100, ge=1, description="segments translated per language pair (all usable ones where a set has fewer)"
+    )
     translate_shots: int = Field(2, ge=0, description="examples in the translation prompt")
     ngram: int = Field(13, ge=4, description="contamination: tokens in a shared n-gram")
-    seed: int = 0
+    seed: int = Field(0, description="seeds sampled generation (per language) and the bootstrap resampling")
     batch_size: int = Field(32, ge=1, description="texts per forward pass (speed only)")

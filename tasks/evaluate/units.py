@@ -1,31 +1,26 @@
-"""The evaluate stage's unit bodies: the language-model unit (one per model: bits per byte, generation) and
-the parallel-set unit (one per model and set: retrieval, transfer probe, translation, contamination), the
-model loader they share, and the ``metrics.json`` each writes. The measures themselves are in :mod:`.measures`.
-"""
+"""What the evaluate stage's units share, and the language-model unit (one per model: bits per byte beside the
+unigram baseline, generation). Shared: the model loader, each unit's ``metrics.json``, the run's tokenizer and
+valid documents, the LID model the langid stage used and its flags on a column of texts, rows spread through a
+set. The parallel-set unit is :mod:`.sets`; the measures are in :mod:`.measures`."""
 
 from __future__ import annotations
 
 import json
-import re
 import threading
+import zlib
 from functools import lru_cache
-from itertools import combinations
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from xlmflow.storage import Aside, Location, read_batches
 from xlmflow.storage import shards as shard_store
-from xlmflow.tasks.common.parallel_sets import PIVOT, languages, read_set
 from xlmflow.tasks.common.runtime import Ref, Unit, ensure, logger
 from xlmflow.tasks.common.specials import TOKENIZER_FILE, lang_tag
 from xlmflow.tasks.langid import lid
 
-if TYPE_CHECKING:  # the measures import torch: each unit body imports them, so the CLI starts without torch
-    from xlmflow.tasks.evaluate import measures
-
 METRICS = "metrics.json"
+LANGID = "langid"  # the stage whose LID model judges languages here too
 
 
 _load_lock = threading.Lock()
@@ -66,7 +61,6 @@ def read_metrics(uri: str) -> dict:
         return json.loads(f.read())
 
 
-# ---------------------------------------------------------------- the language-model unit
 def valid_docs(shard_uri: str, lang: str, limit: int) -> list[np.ndarray]:
     """The first ``limit`` validation documents of a language, as token ids (checksums verified)."""
     docs: list[np.ndarray] = []
@@ -79,56 +73,57 @@ def valid_docs(shard_uri: str, lang: str, limit: int) -> list[np.ndarray]:
     return docs
 
 
-def lm_unit(unit: Unit) -> Ref:
-    """Bits per byte and generation for every language of one model."""
-    from xlmflow.tasks.evaluate import measures
+@lru_cache(maxsize=2)
+def run_tokenizer(uri: str, sha256: str):
+    """The run's tokenizer (the vocab stage's, which encoded the shards), checked against the sha256 planned."""
+    import hashlib
 
-    ((label, model_in),) = unit.each("model")
-    p, batch = unit.params, unit.options["batch_size"]
+    from tokenizers import Tokenizer
 
-    def build(aside: Aside) -> dict:
-        model, tok = load_model(model_in.uri, model_in.fingerprint)
-        lid_model = lid.load_model(unit.input("lid").uri)
-        bpb, ppl, detail, rate, texts = {}, {}, {}, {}, {}
-        for i, lang in enumerate(model.config.langs):
-            docs = valid_docs(unit.input("shard").uri, lang, p["max_docs"])
-            if not docs:
-                continue
-            r = measures.bits_per_byte(model, tok, docs, i + 1, batch)
-            bpb[lang], ppl[lang], detail[lang] = r["bits_per_byte"], r["token_perplexity"], r
-            prompts = [d[: p["prompt_tokens"]].tolist() for d in docs[: p["prompts"]]]
-            greedy = measures.generate(model, tok, prompts, p["gen_tokens"], sample=False)
-            sampled = measures.generate(model, tok, prompts, p["gen_tokens"], sample=True, seed=p["seed"])
-            rate[lang] = measures.language_rate(lid_model, greedy + sampled, lang)
-            texts[lang] = [
-                {"prompt": tok.decode(q[1:]), "greedy": g, "sampled": s} for q, g, s in zip(prompts, greedy, sampled)
-            ]
-            logger().info(
-                "evaluate %s %s: %.3f bits/byte, generation in-language %.2f", label, lang, bpb[lang], rate[lang]
-            )
-        write_metrics(
-            aside,
-            {
-                "model": label,
-                "bits_per_byte": bpb,
-                "token_perplexity": ppl,
-                "bpb_detail": detail,
-                "generation_language_rate": rate,
-                "generations": texts,
-            },
+    with Location(uri).open("rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{uri}: changed since the evaluation was planned; rerun the evaluate stage")
+    return Tokenizer.from_str(data.decode("utf-8"))
+
+
+def tokenizer_problem(config: dict, tok) -> str | None:
+    """Why ``tok`` cannot be the tokenizer of a model with this ``config.json`` (None when it can): more ids
+    than the embedding table has rows, or its end-of-text and language tags at other ids than the model's.
+    Feeding such a model those ids would give numbers, but meaningless ones."""
+    from xlmflow.tasks.common.specials import EOS
+
+    rows, n = config.get("vocab_size"), tok.get_vocab_size(with_added_tokens=True)
+    langs, tags = config.get("langs") or [], config.get("lang_token_ids") or []
+    if not langs or len(langs) != len(tags):
+        return "config.json names no languages and their tags (langs, lang_token_ids): not an xlmflow model"
+    if rows is None or n > rows:
+        return f"its tokenizer has {n} ids but the model's embedding table {rows} rows: not the model's tokenizer"
+    if tok.token_to_id(EOS) != config.get("eos_token_id"):
+        return f"its tokenizer has {EOS} at id {tok.token_to_id(EOS)}, the model at {config.get('eos_token_id')}"
+    wrong = [f"{lang_tag(x)} {got} vs {t}" for x, t in zip(langs, tags) if (got := tok.token_to_id(lang_tag(x))) != t]
+    if wrong:
+        return f"its tokenizer's language tags are not the model's (tokenizer vs model ids: {', '.join(wrong)})"
+    return None
+
+
+def lid_model_path(run) -> str:
+    """The LID model file the run's langid stage used, so evaluation judges languages as the corpus was judged (a
+    GlotLID run must not be judged by lid.176): ``langid.model_path`` of the run's recorded configuration, else the
+    bundled model, checked against the fingerprint the committed langid stage recorded. A file that is not the one
+    langid used is an error naming both, not a silent switch of judge."""
+    from xlmflow.storage import read_manifest, read_record
+
+    configured = ((read_record(run) or {}).get("langid") or {}).get("model_path")
+    path = lid.model_file(configured)
+    langid = read_manifest(run.stage(LANGID))
+    used = (langid.params if langid is not None else {}).get("model")
+    if used is not None and used != lid.model_fingerprint(path):
+        raise ValueError(
+            f"{run.stage(LANGID)}: ran with the LID model of sha256 {used[:12]}, but {path} (langid.model_path "
+            f"{configured!r} of the run's configuration) is another file; set langid.model_path to that model"
         )
-        return {"languages": len(bpb)}
-
-    return ensure(unit, build)
-
-
-# ---------------------------------------------------------------- the parallel-set unit
-def id_class(segment_id: str) -> str:
-    """The probe's class of a segment: the LibreOffice help module (``text/<module>/...``), else the
-    handbook chapter (``<chapter>.html#...``), else what comes before the first ``#``."""
-    if segment_id.startswith("text/") and segment_id.count("/") >= 2:
-        return segment_id.split("/")[1]
-    return re.split(r"\.html|#", segment_id, maxsplit=1)[0]
+    return path
 
 
 def detected(lid_model, texts: list[str | None], lang: str) -> np.ndarray:
@@ -142,169 +137,120 @@ def detected(lid_model, texts: list[str | None], lang: str) -> np.ndarray:
     return ((top == lang) & (s.str.len_chars() > 0)).fill_null(False).to_numpy()
 
 
-def set_unit(unit: Unit) -> Ref:
-    """Retrieval, transfer probe, translation and contamination of one model on one parallel set."""
-    from xlmflow.tasks.evaluate import measures
-
-    ((label, model_in),) = unit.each("model")
-    p, batch, name = unit.params, unit.options["batch_size"], unit.params["set"]
-    eval_loc = Location(unit.inputs["set"]["eval"].uri)
-
-    def build(aside: Aside) -> dict:
-        model, tok = load_model(model_in.uri, model_in.fingerprint)
-        lid_model = lid.load_model(unit.input("lid").uri)
-        df = spread(read_set(eval_loc), p["max_segments"])
-        langs = [lang for lang in model.config.langs if lang in languages(df)]
-        if len(langs) < 2:
-            raise ValueError(
-                f"parallel set {eval_loc}: shares {len(langs)} language(s) with model {label} "
-                f"({', '.join(model.config.langs)}); a set needs at least two of them"
-            )
-        index = {lang: model.config.langs.index(lang) + 1 for lang in langs}
-        tags = {lang: tok.token_to_id(lang_tag(lang)) for lang in langs}
-        texts = {lang: df[lang].to_list() for lang in langs}
-        ok = {lang: detected(lid_model, texts[lang], lang) for lang in langs}
-        emb = {
-            lang: measures.embed(model, tok, [t or "" for t in texts[lang]], tags[lang], index[lang], batch)
-            for lang in langs
-        }
-        retrieval = _retrieval(texts, ok, emb)
-        out = {"model": label, "set": name, "languages": langs, "retrieval": retrieval}
-        if "train" in unit.inputs["set"] and "id" in df.columns:
-            out["transfer"] = _probe(model, tok, unit, df, texts, emb, retrieval["best_layer"], tags, index, ok)
-        if PIVOT in langs:
-            out |= _translate(model, tok, unit, df, texts, ok, langs)
-        out["contamination"] = _contamination(
-            tok, unit.input("shard").uri, unit.input("shard").fingerprint, texts, p["ngram"]
-        )
-        write_metrics(aside, out)
-        return {"segments": df.height}
-
-    return ensure(unit, build)
-
-
-def _retrieval(texts: dict, ok: dict, emb: dict) -> dict:
-    from xlmflow.tasks.evaluate import measures
-
-    langs, pairs, dropped, chance, per_layer = list(texts), {}, {}, {}, []
-    for a, b in combinations(langs, 2):
-        ta, tb = texts[a], texts[b]
-        empty = np.array([not x or not y for x, y in zip(ta, tb)])
-        same = np.array([bool(x) and x == y for x, y in zip(ta, tb)])
-        wrong = ~empty & ~same & ~(ok[a] & ok[b])
-        keep = ~(empty | same | wrong)
-        key = f"{a}-{b}"
-        dropped[key] = {"empty": int(empty.sum()), "identical": int(same.sum()), "wrong_language": int(wrong.sum())}
-        if keep.sum() < 2:
-            continue
-        acc = measures.retrieval_accuracy(emb[a][:, keep], emb[b][:, keep])  # [layers, 2]
-        pairs[key], chance[key] = acc, 1.0 / int(keep.sum())
-        per_layer.append(acc.mean(axis=1))
-    if not pairs:
-        return {"chance": None, "best_layer": None, "acc_at_1": {}, "dropped": dropped, "pairs": 0}
-    layer_means = np.mean(per_layer, axis=0)
-    best = int(np.argmax(layer_means))
-    return {
-        "chance": float(np.mean(list(chance.values()))),
-        "best_layer": best,
-        "acc_at_1": {k: float(v[best].mean()) for k, v in pairs.items()},
-        "mean_acc_at_1": float(layer_means[best]),
-        "per_layer_mean": [float(x) for x in layer_means],
-        "directions": {k: {"forward": float(v[best, 0]), "backward": float(v[best, 1])} for k, v in pairs.items()},
-        "chance_per_pair": chance,
-        "rows": {k: round(1 / c) for k, c in chance.items()},
-        "dropped": dropped,
-        "pairs": len(pairs),
-    }
-
-
-def _probe(model, tok, unit, df, texts, emb, layer, tags, index, ok) -> dict:
-    from xlmflow.tasks.evaluate import measures
-
-    p = unit.params
-    train = read_set(Location(unit.inputs["set"]["train"].uri))
-    if PIVOT not in train.columns or "id" not in train.columns:
-        return {"skipped": "the train part has no en or id column"}
-    train = train.filter(pl.col(PIVOT).is_not_null() & (pl.col(PIVOT) != "")).with_columns(
-        pl.col("id").map_elements(id_class, return_dtype=pl.String).alias("class")
-    )
-    counts = train["class"].value_counts()
-    common = set(counts.filter(pl.col("count") >= p["probe_min_class_rows"])["class"])  # a rarer class is not learnt
-    train = spread(train.filter(pl.col("class").is_in(sorted(common))), p["probe_rows"])
-    if train["class"].n_unique() < 2:
-        return {"skipped": f"fewer than two classes with {p['probe_min_class_rows']}+ train rows"}
-    x = measures.embed(model, tok, train[PIVOT].to_list(), tags[PIVOT], index[PIVOT], unit.options["batch_size"])
-    classes = [id_class(i) for i in df["id"].to_list()]
-    tests = {}
-    for lang in texts:
-        keep = np.array([bool(t) and c in common for t, c in zip(texts[lang], classes)]) & ok[lang]
-        tests[lang] = (emb[lang][layer][keep], [c for c, k in zip(classes, keep) if k])
-    result = measures.probe_accuracy(x[layer], train["class"].to_list(), tests, p["seed"])
-    return result | {"layer": layer, "train_rows": train.height}
-
-
 def spread(df: pl.DataFrame, n: int) -> pl.DataFrame:
     """At most ``n`` rows taken evenly through the table (sets are sorted by id: the head is one module)."""
     return df if df.height <= n else df.gather_every(-(-df.height // n))
 
 
-def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
+# ---------------------------------------------------------------- the language-model unit
+@lru_cache(maxsize=16)
+def train_unigram(shard_uri: str, fingerprint: str, lang: str, vocab_size: int) -> np.ndarray:
+    """Token counts of a language's train shards (the unigram baseline's model), once per process, shard stage
+    and language: a bincount per shard batch's flat ``input_ids`` column. Read-only: the array is shared."""
     from xlmflow.tasks.evaluate import measures
 
-    p = unit.params
-    shots_from = read_set(Location(unit.inputs["set"]["train"].uri)) if "train" in unit.inputs["set"] else df
-    chrf, bleu, examples, fmt = {}, {}, {}, None
-    for tgt in [x for x in langs if x != PIVOT]:
-        usable = [i for i, (s, t) in enumerate(zip(texts[PIVOT], texts[tgt])) if s and t and s != t and ok[tgt][i]]
-        if "train" in unit.inputs["set"]:
-            pool = (
-                shots_from.filter(
-                    pl.col(PIVOT).is_not_null() & pl.col(tgt).is_not_null() & (pl.col(PIVOT) != pl.col(tgt))
-                )
-                if tgt in shots_from.columns
-                else None
-            )
-            # the shortest pairs: a small model's context must hold the examples and the source
-            pool = pool.sort(pl.col(PIVOT).str.len_chars() + pl.col(tgt).str.len_chars()) if pool is not None else None
-            shots = list(zip(pool[PIVOT], pool[tgt]))[: p["translate_shots"]] if pool is not None else []
-            test = usable[: p["translate_segments"]]
-        else:  # an eval-only set: the first usable rows are the examples
-            shots = [(texts[PIVOT][i], texts[tgt][i]) for i in usable[: p["translate_shots"]]]
-            test = usable[p["translate_shots"] : p["translate_shots"] + p["translate_segments"]]
-        if not test:
-            continue
-        sources, refs = [texts[PIVOT][i] for i in test], [texts[tgt][i] for i in test]
-        hyps, fmt = measures.translate(model, tok, shots, sources, PIVOT, tgt, min(64, model.config.n_positions // 4))
-        score = measures.chrf_bleu(hyps, refs, tgt)
-        chrf[f"{PIVOT}-{tgt}"], bleu[f"{PIVOT}-{tgt}"] = score["chrf"], score["bleu"]
-        examples[f"{PIVOT}-{tgt}"] = [
-            {"source": s, "reference": r, "hypothesis": h} for s, r, h in list(zip(sources, refs, hyps))[:3]
-        ]
-    return {"chrf": chrf, "bleu": bleu, "translation_examples": examples, "prompt_format": fmt}
-
-
-@lru_cache(maxsize=2)
-def train_ngrams(shard_uri: str, fingerprint: str, n: int) -> measures.NgramIndex:
-    """Every n-gram of the train shards (within documents), once per process and shard stage."""
-    from xlmflow.tasks.evaluate import measures
-
-    index = measures.NgramIndex(n)
-    for s in shard_store.list_shards(shard_uri, "train"):
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for s in shard_store.list_shards(shard_uri, "train", [lang]):
         shard_store.verify(s)
-        for batch in read_batches(Location(s.uri), ["input_ids"], 4096):
-            col = batch.column(0)
-            flat = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
-            index.add(flat, col.offsets.to_numpy()[:-1].astype(np.int64) - col.offsets[0].as_py())
-    index.freeze()
-    return index
+        for batch in read_batches(Location(s.uri), ["input_ids"], 65536):
+            counts += measures.unigram_counts(batch.column(0).flatten().to_numpy(zero_copy_only=False), vocab_size)
+    counts.flags.writeable = False
+    return counts
 
 
-def _contamination(tok, shard_uri: str, fingerprint: str, texts: dict, n: int) -> dict:
-    index = train_ngrams(shard_uri, fingerprint, n)
-    out = {}
-    for lang, column in texts.items():
-        segs = [t for t in column if t]
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(segs, add_special_tokens=False)]
-        hits = index.hits(ids)
-        out[lang] = {"share": float(hits.mean()) if len(hits) else 0.0, "segments": len(segs), "hits": int(hits.sum())}
-    return {"ngram": n, "per_language": out}
+def lm_unit(unit: Unit) -> Ref:
+    """Bits per byte and generation for every language of one model."""
+    from xlmflow.tasks.evaluate import measures
+
+    ((label, model_in),) = unit.each("model")
+    p, batch = unit.params, unit.options["batch_size"]
+
+    def build(aside: Aside) -> dict:
+        model, tok = load_model(model_in.uri, model_in.fingerprint)
+        lid_model = lid.load_model(unit.input("lid").uri)
+        if problem := tokenizer_problem(model.config.to_dict(), tok):
+            raise ValueError(f"model {label} ({model_in.uri}): {problem}")
+        shard_in, vocab_in = unit.input("shard"), unit.input("vocab")
+        run_tok = run_tokenizer(vocab_in.uri, vocab_in.fingerprint)  # encoded the shards: decodes them
+        run_tags = [i for i, t in run_tok.get_added_tokens_decoder().items() if t.content.startswith("<lang:")]
+        bpb, ppl, detail, rate, texts = {}, {}, {}, {}, {}
+        bpc, unigram, beats, generation = {}, {}, {}, {}
+        for i, lang in enumerate(model.config.langs):
+            run_docs = valid_docs(shard_in.uri, lang, p["max_docs"])
+            if not run_docs:
+                continue
+            # the valid text, the same for every model (so are its bytes), tokenised by the model's own tokenizer
+            plain = measures.doc_texts(run_tok, run_docs)
+            docs = measures.encode_docs(tok, plain, model.config.lang_token_ids[i], model.config.eos_token_id)
+            r = measures.bits_per_byte(model, docs, plain, i + 1, batch)
+            r["roundtrip_mismatches"] = sum(a != b for a, b in zip(measures.doc_texts(tok, docs), plain))
+            counts = train_unigram(shard_in.uri, shard_in.fingerprint, lang, run_tok.get_vocab_size())
+            base = measures.unigram_baseline(counts, run_docs, plain, run_tags)  # the run's tokens
+            bpb[lang], ppl[lang], bpc[lang] = r["bits_per_byte"], r["token_perplexity"], r["bits_per_char"]
+            detail[lang] = r
+            unigram[lang] = {k: base[k] for k in ("bits_per_byte", "bits_per_char", "nats_per_token", "targets")}
+            beats[lang] = bool(r["bits_per_byte"] < base["bits_per_byte"])
+            generation[lang], texts[lang] = _generation(model, tok, lid_model, docs, lang, p, batch)
+            rate[lang] = generation[lang]["rate"]
+            logger().info(
+                "evaluate %s %s: %.3f bits/byte, generation in-language %.2f", label, lang, bpb[lang], rate[lang]
+            )
+        write_metrics(
+            aside,
+            {
+                "model": label,
+                "bits_per_byte": bpb,
+                "token_perplexity": ppl,
+                "bpb_detail": detail,
+                "bits_per_char": bpc,
+                "unigram_baseline": unigram,
+                "beats_unigram": beats,
+                "generation_language_rate": rate,
+                "generation": generation,
+                "generations": texts,
+            },
+        )
+        return {"languages": len(bpb)}
+
+    return ensure(unit, build)
+
+
+def generation_seed(seed: int, lang: str) -> int:
+    """The sampling seed of one language: from the unit's seed and the language, so each language has its own
+    stream and no unit depends on what another thread drew."""
+    return zlib.crc32(f"{seed}/{lang}".encode())
+
+
+def _generation(
+    model, tok, lid_model, docs: list[np.ndarray], lang: str, p: dict, batch: int = 32
+) -> tuple[dict, list[dict]]:
+    """Greedy and sampled continuations of the first ``prompts`` documents long enough to continue (the prompt is
+    their first ``prompt_tokens`` tokens, tag included), scored: the share LID finds in ``lang`` with degenerate
+    texts as misses (:func:`.measures.language_hits`), degenerate count, distinct-2, and ROUGE against each
+    document's own next ``gen_tokens`` tokens (the reference a continuation has)."""
+    from xlmflow.tasks.evaluate import measures, scores
+
+    k, new = p["prompt_tokens"], p["gen_tokens"]
+    chosen = [d for d in docs if len(d) > k + 1][: p["prompts"]]
+    prompts = [d[:k].tolist() for d in chosen]
+    refs = [tok.decode(d[k : k + new].tolist(), skip_special_tokens=True) for d in chosen]
+    greedy = measures.generate(model, tok, prompts, new, sample=False, batch_size=batch)
+    seed = generation_seed(p["seed"], lang)
+    sampled = measures.generate(model, tok, prompts, new, sample=True, seed=seed, batch_size=batch)
+    both = greedy + sampled
+    hits, bad = measures.language_hits(lid_model, both, lang), scores.degenerate(both)
+    out: dict = {"prompts": len(prompts), "reference": f"the document's next {new} tokens"}
+    for mode, half in (("greedy", slice(0, len(greedy))), ("sampled", slice(len(greedy), None))):
+        out[mode] = {"rate": float(hits[half].mean()) if len(prompts) else 0.0, "degenerate": int(bad[half].sum())}
+    out |= {
+        "rate": float(hits.mean()) if len(hits) else 0.0,
+        "n": len(both),
+        "degenerate": int(bad.sum()),
+        "distinct_2": float(np.mean([scores.distinct_2(t) for t in both])) if both else 0.0,
+    }
+    out |= scores.rouge(both, refs + refs)
+    texts = [
+        {"prompt": tok.decode(q[1:]), "greedy": g, "sampled": s, "reference": r}
+        for q, g, s, r in zip(prompts, greedy, sampled, refs)
+    ]
+    return out, texts

@@ -7,7 +7,8 @@ threshold or set of kept languages re-runs only the cheap steps, never the model
   probabilities. Depends on the model's bytes, ``top_k``, ``lid_max_chars`` and the
   ingested part only: the only unit that runs the model.
 * ``signals/<part>/``  one unit per ingest unit: doc_id and the quality signals of
-  :mod:`.quality` (numbers, no decisions). Separate from the scores so the two run
+  :mod:`.quality` (numbers, no decisions), and the n-grams each document shares with
+  the held-out eval segments (:mod:`.overlap`). Separate from the scores so the two run
   side by side and neither waits for the other.
 * ``filter/<part>/``   one unit per ingest unit: applies thresholds (a global one and
   per-language overrides, as FineWeb-2), the zh-labelled-ja fix (short Simplified
@@ -69,7 +70,7 @@ from xlmflow.tasks.common.runtime import (
     sum_stats,
     unit_manifest,
 )
-from xlmflow.tasks.langid import dedup, dedup_buckets
+from xlmflow.tasks.langid import dedup, dedup_buckets, overlap
 from xlmflow.tasks.langid import stats as langid_stats
 from xlmflow.tasks.langid.decide import decide, holdout_segments
 from xlmflow.tasks.langid.dedup import DedupParams
@@ -122,7 +123,8 @@ def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], lis
             name=unit,
             out=run.unit(STAGE, unit, group="signals").uri,
             code_version=code,
-            inputs={"docs": docs},
+            params={"holdout_ngram": params.holdout_ngram} if held else {},  # n matters only with held-out sets
+            inputs={"docs": docs, "holdout": held},
         )
         scores.append(s)
         signals.append(q)
@@ -215,11 +217,13 @@ def score_unit(unit: Unit) -> Ref:
 
 def signals_unit(unit: Unit) -> Ref:
     """Quality signals of one ingest unit: a signals ``part-NNNNN.parquet`` per docs part, rows in the same order."""
+    files = tuple((i.uri, i.fingerprint) for _, i in unit.each("holdout"))
+    held = overlap.eval_index(files, unit.params.get("holdout_ngram", 0))
 
     def build(aside: Aside) -> dict:
         return {
             "signalled": _per_batch(
-                unit, aside, SIGNALS_SCHEMA, lambda b: signals_batch(b.column(0), pl.from_arrow(b.column(1)))
+                unit, aside, SIGNALS_SCHEMA, lambda b: signals_batch(b.column(0), pl.from_arrow(b.column(1)), held)
             )
         }
 

@@ -34,7 +34,10 @@ def decide(df: pl.DataFrame, params, holdout: pl.Series | None = None) -> pl.Dat
     ``params``: the langid stage's :class:`~.langid.LangidParams` (its threshold, keep_langs, mismatch, quality).
 
     ``holdout``: normalised held-out segments (see :func:`holdout_segments`); a document
-    equal to one is rejected first, as ``eval_holdout``, whatever else is true of it.
+    equal to one is rejected first, as ``eval_holdout``, whatever else is true of it. Next, one
+    sharing an n-gram with one (the ``eval_ngrams`` signal, :mod:`.overlap`) is rejected as
+    ``eval_overlap``: both keep evaluation text out of training, whatever the other rules say.
+    The exact rule stays apart: it also catches copies of segments too short to hold an n-gram.
     """
     top = pl.col("lid_labels").list.first()
     lang = pl.when(params.fix_zh_ja & (top == "ja") & ~pl.col("has_kana")).then(pl.lit("zh")).otherwise(top)
@@ -52,6 +55,8 @@ def decide(df: pl.DataFrame, params, holdout: pl.Series | None = None) -> pl.Dat
     reason = (
         pl.when(held)
         .then(pl.lit("eval_holdout"))
+        .when(pl.col("eval_ngrams") > 0)
+        .then(pl.lit("eval_overlap"))
         .when(length.is_not_null())
         .then(length)
         .when(~confident)

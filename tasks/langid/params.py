@@ -40,6 +40,13 @@ class LangidParams(BaseModel):
         description="parallel sets (folders of NAME.eval.parquet, or files) whose eval segments are held out: "
         "documents repeating one are rejected (eval_holdout); empty = off. The pipeline's parallel setting fills it",
     )
+    holdout_ngram: int = Field(
+        11,
+        ge=0,
+        description="documents sharing this many consecutive text units (~ BPE tokens: word pieces of up to 2 "
+        "capitals or 4 other letters, punctuation marks, CJK characters) with a held-out eval segment are rejected "
+        "(eval_overlap); 0 = exact copies only. Why 11: tasks/langid/overlap.py",
+    )
     quality: QualityParams = Field(default_factory=QualityParams)
     dedup: DedupParams = Field(default_factory=DedupParams)
 

@@ -15,6 +15,7 @@ SIGNAL_FIELDS = [
     ("dup_line_frac", pa.float32()),
     ("has_kana", pa.bool_()),
     ("rep_ngram_frac", pa.float32()),
+    ("eval_ngrams", pa.int32()),  # n-grams shared with held-out eval segments (:mod:`.overlap`)
 ]
 SCORES_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("lid_labels", pa.list_(pa.string())), ("lid_probs", pa.list_(pa.float32()))]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from xlmflow.tasks.langid import quality
+from xlmflow.tasks.common.ngrams import NgramIndex
+from xlmflow.tasks.langid import overlap, quality
 from xlmflow.tasks.langid.decide import decide
 from xlmflow.tasks.langid.lid import load_model, model_file, predict
 from xlmflow.tasks.langid.params import LangidParams
@@ -20,9 +21,10 @@ def score_batch(model, doc_id: pa.Array, text: pl.Series, params: LangidParams) 
     return pa.RecordBatch.from_arrays([pa.array(doc_id, pa.string()), labels, probs], schema=SCORES_SCHEMA)
 
 
-def signals_batch(doc_id: pa.Array, text: pl.Series) -> pa.RecordBatch:
-    """Quality signals of one batch (vectorised polars expressions)."""
-    signals = quality.signals(text)
+def signals_batch(doc_id: pa.Array, text: pl.Series, held: NgramIndex | None = None) -> pa.RecordBatch:
+    """Quality signals of one batch (vectorised polars expressions), and its n-grams shared with ``held``, the
+    eval segments' index (:func:`.overlap.eval_index`)."""
+    signals = quality.signals(text).with_columns(overlap.eval_ngrams(held, text))
     cols = [pa.array(doc_id, pa.string())] + [signals[name].to_arrow().cast(t) for name, t in SIGNAL_FIELDS]
     return pa.RecordBatch.from_arrays(cols, schema=SIGNALS_SCHEMA)
 

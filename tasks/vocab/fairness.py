@@ -1,7 +1,9 @@
 """How fairly the shared vocabulary serves each language, and how good the alignment is.
 
 Measured on a hash-sampled set of clean documents per language (``report_docs``):
-fertility (tokens per word; characters per token for zh/ja, which do not space words),
+fertility (tokens per word; tokens per character for zh/ja/th and the other :data:`UNSPACED` scripts, whose
+"words" are whole phrases, so a per-word figure means nothing there; ``fertility_unit`` says which), characters
+per token,
 share of words kept whole (a word preceded by a space encodes to one token), which ids
 each language uses (vocabulary overlap, the languages of tokens) and the round trip
 ``decode(encode(x)) == NFC(x)``. On the parallel ``eval`` files (never trained on):
@@ -64,7 +66,7 @@ def language_usage(
     for li, lang in enumerate(langs):
         n_docs = sum(f.rows or 0 for f in files[lang]) or 1
         keep_p = min(1.0, docs_per_lang / n_docs)
-        s = {"docs": 0, "chars": 0, "bytes": 0, "tokens": 0, "words": 0, "roundtrip_failures": 0}
+        s = {"docs": 0, "chars": 0, "bytes": 0, "tokens": 0, "words": 0, "letters": 0, "roundtrip_failures": 0}
         words: list[pl.DataFrame] = []
         for f in files[lang]:
             for batch in read_batches(stage.child(f.path), ["doc_id", "text"], batch_rows):
@@ -83,16 +85,25 @@ def language_usage(
                 )
                 s["docs"] += len(texts)
                 s["chars"] += int(texts.str.len_chars().sum())
+                s["letters"] += int(texts.str.count_matches(r"\S").sum())  # characters but whitespace
                 s["bytes"] += int(texts.str.len_bytes().sum())
                 s["tokens"] += int(lengths.sum())
                 found = texts.str.extract_all(WORD).explode().drop_nulls()
                 s["words"] += len(found)
                 words.append(found.value_counts(name="n").rename({found.name: "word"}))
         s["whole_word_share"] = whole_word_share(tok, words) if lang not in UNSPACED else None
-        s["fertility"] = (s["tokens"] / s["words"]) if s["words"] else None
+        s["fertility"], s["fertility_unit"] = fertility(lang, s["tokens"], s["words"], s["letters"])
         s["chars_per_token"] = (s["chars"] / s["tokens"]) if s["tokens"] else None
         stats[lang] = s
     return Usage(langs, counts, stats)
+
+
+def fertility(lang: str, tokens: int, words: int, letters: int) -> tuple[float | None, str]:
+    """(fertility, its unit): tokens per word, or tokens per non-space character in an unspaced script (a "word"
+    of zh/ja/th text is a run of characters up to punctuation, a phrase: tokens per such run is no measure)."""
+    if lang in UNSPACED:
+        return (tokens / letters if letters else None), "tokens per character"
+    return (tokens / words if words else None), "tokens per word"
 
 
 def whole_word_share(tok: Tokenizer, frames: list[pl.DataFrame]) -> float | None:
@@ -237,15 +248,19 @@ def markdown(report: dict) -> str:
         f"vocab size {report['vocab_size']}; round trip {report['roundtrip']['checked']} docs, "
         f"{report['roundtrip']['failures']} failures",
         "",
-        "| lang | sampled chars | q | fertility | chars/token | whole words | token premium | byte premium |",
+        "| lang | sampled chars | q | fertility (tokens/word; /char: unspaced script) | chars/token | whole words "
+        "| token premium | byte premium |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for lang, s in report["languages"].items():
         mix = report.get("sampling", {}).get(lang, {})
         whole = "n/a (unspaced script)" if s.get("whole_word_share") is None else s["whole_word_share"]
         premium = "pivot" if lang == PIVOT else "n/a (no parallel segments)"
+        fert = s.get("fertility")
+        if fert is not None and s.get("fertility_unit") == "tokens per character":
+            fert = f"{fert} /char"
         lines.append(
-            f"| {lang} | {mix.get('sampled_chars', '')} | {mix.get('q', '')} | {s.get('fertility')} | "
+            f"| {lang} | {mix.get('sampled_chars', '')} | {mix.get('q', '')} | {fert} | "
             f"{s.get('chars_per_token')} | {whole} | {s.get('token_premium', premium)} | "
             f"{s.get('byte_premium', premium)} |"
         )
