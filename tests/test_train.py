@@ -48,7 +48,8 @@ def build_inputs(run_dir: str):
         ids = tok.token_to_id(fr), tok.token_to_id(en)
         assert None not in ids, f"the fixture's aligned pair {fr}/{en} is not in the vocabulary"
         anchors[ids[0]] = ids[1]
-    table = pa.table({"token_id": pa.array(np.arange(n, dtype=np.int32)), "anchor_id": pa.array(anchors)})
+    ids = pa.array(np.arange(n, dtype=np.int32))
+    table = pa.table({"token_id": ids, "anchor_id": pa.array(anchors), "tie_id": pa.array(anchors)})
 
     def build(aside):
         with aside.path("tokenizer.json").open("wb") as f:
@@ -200,8 +201,9 @@ def test_bf16_autocast_runs_on_cpu(inputs, tmp_path):
     import torch
     import transformers
 
-    import xlmflow  # noqa: F401  (registers the model class with the Auto classes)
+    from xlmflow.tasks.common.model import register
 
+    register()  # the Auto classes know xlmflow-gpt2 whatever this process imported first (as evaluate does)
     root, tok = inputs
     run_dir = tmp_path / "run"
     shutil.copytree(root, run_dir)

@@ -194,9 +194,27 @@ def test_translation_pairs_are_learned_from_train_and_measured_on_eval(run_dir, 
         (tok.decode([t]).strip(), tok.decode([a]).strip()) for t, a in trans.select("token_id", "anchor_id").rows()
     }
     assert ("Datei", "file") in pairs or ("fichier", "file") in pairs, sorted(pairs)[:30]
+    # tie's rows: only across languages, to a partner of the same shape (word start, case)
+    moved = df.filter(pl.col("tie_id") != pl.col("token_id"))
+    assert moved.height > 0 and moved["evidence"].str.contains("translation|dictionary|transliterated").all()
+    for t, a in moved.select("token_id", "tie_id").rows():
+        assert alignment.shape(tok.decode([t])) == alignment.shape(tok.decode([a])), (tok.decode([t]), tok.decode([a]))
     prec = report["alignment"]["precision"]["translation"]
     assert prec["pairs_evaluated"] > 0 and prec["hit_rate"] > prec["chance_rate"]
     assert report["alignment"]["cross_language_pairs"] > 0 and report["alignment"]["examples"]
+
+
+def test_tie_shares_rows_across_languages_only():
+    """init folds case and word starts into one anchor; tie must not: ``The``/``the`` and ``Ġfile``/``file`` keep
+    their own input rows, while ``fichier`` reads ``file``'s (a translation edge), each of its shapes its own
+    partner's, and a transliterated ``Ġсистема`` reads ``Ġsistema``."""
+    texts = [" the", " The", "the", " file", "file", " File", " fichier", "fichier", " Fichier", " sistema", " система"]
+    rep, how = alignment.form_clusters([alignment.core(t) for t in texts])
+    assert rep[1] == rep[0] and rep[4] == rep[3] and rep[10] == rep[9]  # init's clusters: case and word start folded
+    tie = alignment.tie_rows(texts, rep, how, hops={int(rep[6]): int(rep[3])})  # the fichier -> file edge
+    assert tie[:6].tolist() == [0, 1, 2, 3, 4, 5], "same-language forms keep their own rows"
+    assert tie[6:9].tolist() == [3, 4, 5], "each fichier reads the file of its own shape"
+    assert tie[9:].tolist() == [9, 9], "the transliterated form reads its partner's row"
 
 
 def test_normalised_forms_and_transliteration_group_tokens():
@@ -258,6 +276,13 @@ def test_dictionary_pairs_and_bad_dictionary(run_dir, parallel, tmp_path):
     same_form = [i for i in range(tok.get_vocab_size()) if tok.decode([i]).strip().casefold() == "sie"]
     assert src in same_form and changed["token_id"].to_list() == same_form
     assert set(changed["anchor_id_dict"]) == {tgt}
+
+    # tie mode shares rows across languages only, with a partner of the same shape: ĠSie (word start, capital)
+    # would read ĠThe, which this small vocabulary lacks, so it keeps its own row rather than read Ġthe's
+    assert tok.token_to_id("ĠThe") is None and row["tie_id"] == src and tied.row(tgt, named=True)["tie_id"] == tgt
+    assert (
+        tied.filter(pl.col("tie_id") != pl.col("token_id"))["evidence"].str.contains("dictionary|translation|translit")
+    ).all()
 
     d.write_text("only one column\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"dict\.tsv: line 1 is not src<TAB>tgt"):

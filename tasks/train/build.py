@@ -21,10 +21,11 @@ def build_model(spec: dict):
     if None in tag_ids:
         raise ValueError(f"{spec['vocab']}: the tokenizer has no tag for {spec['langs'][tag_ids.index(None)]!r}")
     anchors = None
-    if spec["align"] != "none":
-        table = read_table(Location(spec["alignment"]), ["token_id", "anchor_id"])
+    if spec["align"] != "none":  # init copies rows from anchors; tie shares rows across languages only
+        column = "tie_id" if spec["align"] == "tie" else "anchor_id"
+        table = read_table(Location(spec["alignment"]), ["token_id", column])
         anchors = np.arange(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
-        anchors[table.column("token_id").to_numpy()] = table.column("anchor_id").to_numpy()
+        anchors[table.column("token_id").to_numpy()] = table.column(column).to_numpy()
     eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
     config = XlmGPT2Config(
         vocab_size=tok.get_vocab_size(with_added_tokens=True),

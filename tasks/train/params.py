@@ -123,7 +123,7 @@ class TrainParams(BaseModel):
     align: Literal["none", "init", "tie"] = Field(
         "init",
         description="aligned vocabulary: none; init (aligned tokens start from their anchor's row); "
-        "tie (aligned tokens share their anchor's input row)",
+        "tie (tokens aligned across languages share one input row: fichier/file, never The/the)",
     )
     max_steps: int | None = Field(None, ge=1, description=_preset_default("optimiser steps"))
     batch_size: int = Field(16, ge=1, description="blocks per micro-batch and process")

@@ -14,6 +14,12 @@ stay distinct in the tokenizer). Evidence, strongest first:
 
 Tokens grouped by form form a cluster whose representative is its smallest id;
 translation edges go from a non-en cluster to an en cluster only, so anchors never chain.
+
+``anchor_id`` (the cluster's anchor, case and word start folded in) is what ``init`` copies rows from. ``tie``
+shares one input row, so it takes ``tie_id``: only ties across languages (a translation or dictionary edge,
+a transliteration), each token to the partner of the same shape (word start, case): ``fichier`` -> ``file``,
+``ĠFichier`` -> ``ĠFile``, while ``The`` and ``the`` keep rows of their own (the model must see case and word
+starts; :func:`tie_rows`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ ALIGNMENT_SCHEMA = pa.schema(
         ("score", pa.float32()),
         ("lang", pa.string()),
         ("anchor_lang", pa.string()),
+        ("tie_id", pa.int32()),
     ]
 )
 
@@ -233,6 +240,7 @@ def build_alignment(
         elif anchor[t] == t and usage.languages_using(t) >= 2:
             evidence[t] = "shared"
             score[t] = usage.languages_using(t) / len(usage.langs)
+    tie = tie_rows(texts, rep, how, {cs: hop[0] for cs, hop in moved.items()})
     table = pa.table(
         {
             "token_id": pa.array(np.arange(v), pa.int32()),
@@ -241,10 +249,38 @@ def build_alignment(
             "score": pa.array(np.round(score, 4), pa.float32()),
             "lang": lang,
             "anchor_lang": [lang[a] for a in anchor.tolist()],
+            "tie_id": pa.array(tie, pa.int32()),
         },
         schema=ALIGNMENT_SCHEMA,
     )
     return table, edges
+
+
+def shape(surface: str) -> tuple[bool, str]:
+    """What tie mode keeps apart within a language: word start (a leading space) and case."""
+    c = surface[1:] if surface.startswith(" ") else surface
+    return surface.startswith(" "), "upper" if len(c) > 1 and c.isupper() else "title" if c[:1].isupper() else "lower"
+
+
+def tie_rows(texts: list[str | None], rep: np.ndarray, how: list[str], hops: dict[int, int]) -> np.ndarray:
+    """Tie mode's input row per id: across languages only. A token of a cluster moved by a translation or
+    dictionary edge (``hops``: source cluster -> target cluster) reads the target cluster's token of its own shape;
+    a transliterated token reads its cluster's token of its shape in the representative's script. Any other
+    token, and one whose partner has no token of its shape, reads its own row. One loop step per clustered id
+    (a vocabulary's, never a corpus's)."""
+    tie = np.arange(len(rep), dtype=np.int64)
+    by_shape: dict[tuple[int, tuple[bool, str]], int] = {}  # (cluster, shape) -> smallest id of the rep's script
+    for t, r in enumerate(rep.tolist()):  # ids ascending: the first of a key is its smallest
+        if texts[t] is not None and how[t] != "transliterated":
+            by_shape.setdefault((r, shape(texts[t])), t)
+    for t, r in enumerate(rep.tolist()):
+        if texts[t] is None:
+            continue
+        if r in hops:
+            tie[t] = by_shape.get((hops[r], shape(texts[t])), t)
+        elif how[t] == "transliterated":
+            tie[t] = by_shape.get((r, shape(texts[t])), t)
+    return tie[tie]  # a target that is itself transliterated reads its own partner: no chains
 
 
 def cluster_languages(rep: np.ndarray, usage: Usage) -> dict[int, str]:
