@@ -143,3 +143,32 @@ def test_a_broken_record_is_a_clear_error(tmp_path, bad):
     (run / "xlmflow.toml").write_text(bad)
     with pytest.raises(ValueError, match="xlmflow.toml|langid.threshold"):
         PipelineConfig.for_run(str(run))
+
+
+def test_plain_progress_lines_from_threads_never_run_together():
+    """Units run on threads and each reports its progress: every line must stay whole (a log read by tail -f,
+    grep or a CI viewer). Before, print wrote a line's text and its newline apart, and two lines could run
+    together ("1 to run09:44:46 evaluate-set: ..."). The sink here lets other threads run inside each write, as
+    a file's write does when it reaches the OS."""
+    import io
+    import re
+    import threading
+    import time
+
+    from xlmflow.tasks.common.progress import PlainProgress
+
+    class SlowFile(io.StringIO):
+        def write(self, text):
+            time.sleep(0)  # releases the GIL: another thread may write now
+            return super().write(text)
+
+    out = SlowFile()
+    plain = PlainProgress(out=out)
+    threads = [threading.Thread(target=lambda k=k: [plain.note(f"unit {k}-{i}") for i in range(200)]) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.getvalue().split("\n")
+    assert lines[-1] == "" and len(lines) == 4 * 200 + 1
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d unit \d-\d+", line) for line in lines[:-1])

@@ -141,6 +141,8 @@ class PlainProgress:
         self.steps: dict[str, list] = {}  # step -> [total, done, rows, start]
         self.last_train = -1
         self.lock = threading.Lock()
+        self._writing = threading.Lock()  # units on threads: one whole line at a time (print writes the text
+        # and its newline apart, so two threads' lines ran together)
 
     def __enter__(self) -> "PlainProgress":
         install(self)
@@ -150,7 +152,9 @@ class PlainProgress:
         install(None)
 
     def _line(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
+        with self._writing:
+            self.out.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+            self.out.flush()
 
     def stage(self, name: str, event: str, seconds: float = 0.0, rows: int | None = None) -> None:
         if event == "started":
