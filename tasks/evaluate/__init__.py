@@ -135,7 +135,7 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
     )
     lms, per_set = [], []
     for label, model in models_of(run, params):
-        inputs = {"model": {label: model}, "shard": shard_in, "lid": lid_in}
+        inputs = {"model": {label: model}, "shard": shard_in, "lid": lid_in, "vocab": vocab_in}
         lms.append(
             Unit(
                 stage=STAGE,
@@ -143,7 +143,7 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
                 out=run.unit(STAGE, label, group="lm").uri,
                 code_version=code,
                 params=lm_params,
-                inputs=inputs | {"vocab": vocab_in},
+                inputs=inputs,
                 options={"batch_size": params.batch_size},
             )
         )

@@ -26,12 +26,14 @@ def fixed_layer(n_layer: int) -> int:
     return max(1, (n_layer + 1) // 2)
 
 
-def fit_side(unit: Unit, tok, lid_model, langs: list[str], embed) -> dict:
+def fit_side(unit: Unit, run_tok, lid_model, langs: list[str], embed) -> dict:
     """What retrieval may learn from without touching the eval rows: the set's train part (``max_segments``
     rows spread through it: its texts, LID flags and embeddings, which choose the layer) and each language's
     centring mean, from those train rows, else from the run's valid shards (the set has no train part, or none
-    of that language: the first ``max_segments`` valid documents of the language, decoded)."""
+    of that language: the first ``max_segments`` valid documents of the language, decoded by ``run_tok``, the
+    tokenizer that encoded the shards)."""
     from xlmflow.tasks.evaluate import embeddings
+    from xlmflow.tasks.evaluate.measures import doc_texts
 
     p = unit.params
     texts, ok, emb = {}, {}, {}
@@ -43,7 +45,7 @@ def fit_side(unit: Unit, tok, lid_model, langs: list[str], embed) -> dict:
     means, sources = {}, {}
     rows = {lang: np.array([bool(t) for t in column]) for lang, column in texts.items()}
     valid = {
-        lang: tok.decode_batch([d.tolist() for d in valid_docs(unit.input("shard").uri, lang, p["max_segments"])])
+        lang: doc_texts(run_tok, valid_docs(unit.input("shard").uri, lang, p["max_segments"]))
         for lang in langs
         if not rows.get(lang, np.zeros(0, bool)).any()
     }

@@ -15,7 +15,7 @@ from xlmflow.tasks.common.runtime import Ref, Unit, ensure
 from xlmflow.tasks.common.specials import lang_tag
 from xlmflow.tasks.evaluate.contamination import count_contamination
 from xlmflow.tasks.evaluate.retrieval import fit_side, score_retrieval
-from xlmflow.tasks.evaluate.units import detected, load_model, spread, write_metrics
+from xlmflow.tasks.evaluate.units import detected, load_model, run_tokenizer, spread, write_metrics
 from xlmflow.tasks.langid import lid
 
 
@@ -49,7 +49,9 @@ def set_unit(unit: Unit) -> Ref:
             }
 
         emb = embed(texts)
-        fit = fit_side(unit, tok, lid_model, langs, embed)
+        vocab_in = unit.input("vocab")
+        run_tok = run_tokenizer(vocab_in.uri, vocab_in.fingerprint)  # encoded the shards (the model may not share it)
+        fit = fit_side(unit, run_tok, lid_model, langs, embed)
         retrieval = score_retrieval(tok, texts, ok, emb, fit, model.config.n_layer)
         out = {"model": label, "set": name, "languages": langs, "retrieval": retrieval}
         if "train" in unit.inputs["set"] and "id" in df.columns and retrieval["layer"] is not None:
@@ -58,7 +60,7 @@ def set_unit(unit: Unit) -> Ref:
         if PIVOT in langs:
             out |= _translate(model, tok, unit, df, texts, ok, langs)
         out["contamination"] = count_contamination(
-            tok, unit.input("shard").uri, unit.input("shard").fingerprint, texts, p["ngram"]
+            run_tok, unit.input("shard").uri, unit.input("shard").fingerprint, texts, p["ngram"]
         )
         write_metrics(aside, out)
         return {"segments": df.height}
