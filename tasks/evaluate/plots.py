@@ -45,9 +45,7 @@ def _bits_per_byte_plot(aside: Aside, plt, metrics: dict) -> str:
     ax.set_ylabel("bits per byte (valid)")
     ax.set_title("Bits per byte per language (lower is better)")
     ax.legend()
-    _png(aside, "bits_per_byte.png", fig)
-    plt.close(fig)
-    return "bits_per_byte.png"
+    return _png(aside, "bits_per_byte.png", fig)
 
 
 def _heat_map(aside: Aside, plt, s: str, r: dict) -> str:
@@ -70,9 +68,7 @@ def _heat_map(aside: Aside, plt, s: str, r: dict) -> str:
     ax.set_ylabel("query in")
     ax.set_title(f"{s}: acc@1, {layer_choice(r)}\n(chance {r['chance']:.3f})", fontsize=9)
     fig.colorbar(im, ax=ax)
-    _png(aside, f"retrieval_{s}.png", fig)
-    plt.close(fig)
-    return f"retrieval_{s}.png"
+    return _png(aside, f"retrieval_{s}.png", fig)
 
 
 def _layers_plot(aside: Aside, plt, metrics: dict, s: str) -> str | None:
@@ -100,10 +96,7 @@ def _layers_plot(aside: Aside, plt, metrics: dict, s: str) -> str | None:
     ax.set_ylabel("acc@1 (eval part, mean over pairs)")
     ax.set_title(f"{s}: translation retrieval per layer")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    name = f"retrieval_layers_{s}.png"
-    _png(aside, name, fig)
-    plt.close(fig)
-    return name
+    return _png(aside, f"retrieval_layers_{s}.png", fig)
 
 
 def _loss_plot(aside: Aside, plt, train_rows: list[dict]) -> str:
@@ -119,9 +112,7 @@ def _loss_plot(aside: Aside, plt, train_rows: list[dict]) -> str:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Training loss")
     ax.legend()
-    _png(aside, "loss_curves.png", fig)
-    plt.close(fig)
-    return "loss_curves.png"
+    return _png(aside, "loss_curves.png", fig)
 
 
 def _fertility_plot(aside: Aside, plt, tok: dict) -> str:
@@ -131,13 +122,16 @@ def _fertility_plot(aside: Aside, plt, tok: dict) -> str:
     ax.bar(tl, [tok[x].get("fertility") or 0 for x in tl])
     ax.set_ylabel("tokens per word (zh/ja: per character)")
     ax.set_title("Tokenizer fertility per language")
-    _png(aside, "fertility.png", fig)
-    plt.close(fig)
-    return "fertility.png"
+    return _png(aside, "fertility.png", fig)
 
 
-def _png(aside: Aside, name: str, fig) -> None:
+def _png(aside: Aside, name: str, fig) -> str:
+    """Write ``fig`` as ``name`` (no timestamp in the file, so the same figure gives the same bytes), close it."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
     with aside.path(name).open("wb") as f:
         f.write(buf.getvalue())
+    return name
