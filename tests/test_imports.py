@@ -64,3 +64,20 @@ def test_the_cli_and_code_versions_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_training_process_imports_no_prefect():
+    """Every training process (``python -m xlmflow.tasks.train.loop``) passes through ``xlmflow.tasks.train``;
+    Prefect (~2 s of imports per process) belongs to the stage's side (:mod:`xlmflow.tasks.train.stage`) only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xlmflow.tasks.train.loop\n"
+        "assert 'prefect' not in sys.modules, 'prefect was imported'\n"
+        "assert 'xlmflow.tasks.train.stage' not in sys.modules, 'the stage module was imported'\n"
+        "from xlmflow.tasks import train\n"
+        "assert train.STAGE == 'train' and 'prefect' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -180,7 +180,7 @@ def test_a_value_of_the_wrong_type_fails_before_any_launch(inputs, tmp_path, mon
     run_dir = tmp_path / "run"
     shutil.copytree(inputs, run_dir)
     unit = train.plan(RunDir.of(str(run_dir)), PARAMS.model_copy(update={"model": {**TINY, "layer_norm_epsilon": "x"}}))
-    monkeypatch.setattr(train, "launch", lambda *args: pytest.fail("training was launched"))
+    monkeypatch.setattr(train.stage, "launch", lambda *args: pytest.fail("training was launched"))
     with pytest.raises(ValueError, match=r"^train\.model: .*layer_norm_epsilon"):
         train.train_unit(unit)
 
@@ -274,7 +274,7 @@ def test_a_retried_training_task_says_so(prefect_api, inputs, tmp_path, monkeypa
             raise train.TrainingFailed("training exited with code 137")  # killed: retried
         raise ValueError("stop here")  # permanent: the test ends
 
-    monkeypatch.setattr(train, "launch", launch)
+    monkeypatch.setattr(train.stage, "launch", launch)
     task = train.train_task.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
 
     @flow
