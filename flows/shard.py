@@ -34,6 +34,7 @@ STAGE = Stage(
     flow=shard_flow,
     params=ShardParams,
     reads=shard.READS,
+    parallel_field="parallel",
     help="tokenise the clean corpus into train/valid Parquet token shards with a checksummed manifest",
     flags={"--valid-fraction": "valid_fraction", "--min-valid-docs": "min_valid_docs", "--shard-docs": "shard_docs"},
 )

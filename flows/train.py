@@ -35,6 +35,8 @@ STAGE = Stage(
         "--max-steps": "max_steps",
         "--num-processes": "num_processes",
         "--align": "align",
+        "--parallel-share": "parallel_share",
+        "--parallel-schedule": "parallel_schedule",
         "--batch-size": "batch_size",
         "--lr": "lr",
         "--precision": "precision",

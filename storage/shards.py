@@ -5,6 +5,7 @@ Layout (one committed unit folder per shard, so each shard is cached and rebuilt
     shard/_manifest.json             every shard file with bytes, sha256, rows; totals in stats
     shard/shards.json                the index: per shard split, lang, rows, tokens, bytes, sha256
     shard/<split>/<lang>-NNNNN/<split>-<lang>-NNNNN.parquet
+    shard/pairs/<set>/pairs-<set>.parquet   a parallel set's train part, tokenised (tasks/shard/pairs.py)
 
 The split is the folder group so ``data_files={"train": "shard/train/*/*.parquet"}`` is
 one glob per split; the language leads the shard name so one language is a glob too;
@@ -22,6 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,6 +33,7 @@ from .manifest import ManifestError, read_manifest
 
 STAGE = "shard"
 SPLITS = ("train", "valid")
+PAIRS = "pairs"  # the group of the tokenised translation pairs
 INDEX = "shards.json"
 BATCH_ROWS = 4096
 
@@ -86,6 +89,27 @@ def list_shards(stage: Location | str, split: str | None = "train", langs: list[
                 )
             )
     return found
+
+
+def list_pairs(stage: Location | str) -> list[Shard]:
+    """The committed translation-pair files, by path; ``lang`` holds the parallel set's name."""
+    loc = stage if isinstance(stage, Location) else Location.of(stage)
+    m = read_manifest(loc)
+    if m is None:
+        raise ManifestError(f"{loc} has no committed shards; run the shard stage first (xlmflow shard --run-dir ...)")
+    found = []
+    for f in m.files:
+        parts = f.path.split("/")
+        if len(parts) == 3 and parts[0] == PAIRS and f.path.endswith(".parquet"):
+            found.append(Shard(f.path, loc.child(f.path).uri, PAIRS, parts[1], f.rows or 0, f.bytes, f.sha256))
+    return sorted(found, key=lambda s: s.path)
+
+
+def usable(table: pa.Table, a: str, b: str) -> np.ndarray:
+    """Rows of a pairs file whose ``a`` and ``b`` sides make a translation example: both ``ok_`` (not empty, in
+    their column's language), and not the same text (``h_`` hashes differ)."""
+    ok = np.asarray(table[f"ok_{a}"]) & np.asarray(table[f"ok_{b}"])
+    return ok & (np.asarray(table[f"h_{a}"]) != np.asarray(table[f"h_{b}"]))
 
 
 def for_rank(shards: list[Shard], rank: int, world_size: int) -> list[Shard]:

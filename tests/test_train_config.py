@@ -31,6 +31,7 @@ DEMO_TRAINING = {
     "grad_accum": 1,
     "eval_every": 100,
     "checkpoint_every": 100,
+    "parallel_share": 0.2,  # translation-pair blocks (issue 19), where the shard stage has pairs
 }
 
 
@@ -201,9 +202,11 @@ def test_presets_carry_their_own_training_defaults(inputs):
 
     run = RunDir.of(str(inputs))
     demo = train.plan(run, TrainParams())
-    assert {k: demo.params["train"][k] for k in DEMO_TRAINING if k != "checkpoint_every"} == {
-        k: v for k, v in DEMO_TRAINING.items() if k != "checkpoint_every"
+    planned = {"checkpoint_every", "parallel_share"}  # an option; 0 where the shards have no pairs (these have none)
+    assert {k: demo.params["train"][k] for k in DEMO_TRAINING if k not in planned} == {
+        k: v for k, v in DEMO_TRAINING.items() if k not in planned
     }
+    assert demo.params["train"]["parallel_share"] == 0.0
     assert demo.options["checkpoint_every"] == 100
     gpt2 = train.plan(run, TrainParams(preset="gpt2-small"))
     tokens = sum(v["tokens"] for v in load_output(run.stage("shard"), "shard").stats["totals"]["train"].values())

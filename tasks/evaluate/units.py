@@ -18,9 +18,10 @@ from xlmflow.storage import shards as shard_store
 from xlmflow.tasks.common.runtime import Ref, Unit, ensure, logger
 from xlmflow.tasks.common.specials import TOKENIZER_FILE, lang_tag
 from xlmflow.tasks.langid import lid
+from xlmflow.tasks.langid.lid import detected  # noqa: F401  (re-exported)
+from xlmflow.tasks.langid.lid import run_model_path as lid_model_path  # noqa: F401  (re-exported)
 
 METRICS = "metrics.json"
-LANGID = "langid"  # the stage whose LID model judges languages here too
 
 
 _load_lock = threading.Lock()
@@ -105,36 +106,6 @@ def tokenizer_problem(config: dict, tok) -> str | None:
     if wrong:
         return f"its tokenizer's language tags are not the model's (tokenizer vs model ids: {', '.join(wrong)})"
     return None
-
-
-def lid_model_path(run) -> str:
-    """The LID model file the run's langid stage used, so evaluation judges languages as the corpus was judged (a
-    GlotLID run must not be judged by lid.176): ``langid.model_path`` of the run's recorded configuration, else the
-    bundled model, checked against the fingerprint the committed langid stage recorded. A file that is not the one
-    langid used is an error naming both, not a silent switch of judge."""
-    from xlmflow.storage import read_manifest, read_record
-
-    configured = ((read_record(run) or {}).get("langid") or {}).get("model_path")
-    path = lid.model_file(configured)
-    langid = read_manifest(run.stage(LANGID))
-    used = (langid.params if langid is not None else {}).get("model")
-    if used is not None and used != lid.model_fingerprint(path):
-        raise ValueError(
-            f"{run.stage(LANGID)}: ran with the LID model of sha256 {used[:12]}, but {path} (langid.model_path "
-            f"{configured!r} of the run's configuration) is another file; set langid.model_path to that model"
-        )
-    return path
-
-
-def detected(lid_model, texts: list[str | None], lang: str) -> np.ndarray:
-    """Whether the langid model detects each text as ``lang`` (one batch predict; empty texts are not;
-    a ``ja`` label on text without kana counts as ``zh``, as the langid stage decides)."""
-    s = pl.Series([t or "" for t in texts], dtype=pl.String)
-    labels, _ = lid.predict(lid_model, s, 1, 4096)
-    top = pl.from_arrow(labels).list.first()
-    kana = s.str.contains(r"[\p{Hiragana}\p{Katakana}]")
-    top = pl.select(pl.when((top == "ja") & ~kana).then(pl.lit("zh")).otherwise(top)).to_series()
-    return ((top == lang) & (s.str.len_chars() > 0)).fill_null(False).to_numpy()
 
 
 def spread(df: pl.DataFrame, n: int) -> pl.DataFrame:

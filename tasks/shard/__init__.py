@@ -1,4 +1,5 @@
-"""Shards: clean documents -> tokenised train/valid Parquet shards that training streams.
+"""Shards: clean documents -> tokenised train/valid Parquet shards that training streams; and the train parts of
+the run's parallel sets, tokenised, for the training loader's translation-pair blocks (:mod:`.pairs`).
 
 Each document becomes ``<lang:xx>`` + its tokens + ``<|endoftext|>`` in an ``input_ids``
 column (uint16 while the vocabulary fits, else uint32) next to ``n_tokens``, ``lang`` and
@@ -24,15 +25,11 @@ batches of texts; tags and end-of-text are added with numpy offsets, not per doc
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-from functools import lru_cache
 from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from xlmflow.storage import (
@@ -48,7 +45,7 @@ from xlmflow.storage import (
     relative,
     stable_hashes,
 )
-from xlmflow.storage.shards import INDEX, SPLITS, STAGE, shard_file, shard_name
+from xlmflow.storage.shards import INDEX, PAIRS, SPLITS, STAGE, shard_file, shard_name
 from xlmflow.tasks.common.runtime import (
     Input,
     Ref,
@@ -62,23 +59,13 @@ from xlmflow.tasks.common.runtime import (
     unit_manifest,
 )
 from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.shard import pairs
+from xlmflow.tasks.shard.encode import load_tokenizer, shard_schema, token_type, tokenize
 from xlmflow.tasks.shard.params import ShardParams
 from xlmflow.tasks.shard.split import check_ids, file_ranges, split_language, train_cuts, valid_cuts
 
 LANGID, VOCAB = "langid", "vocab"
 READS = (LANGID, VOCAB)  # the stages whose committed output it reads
-UINT16_VOCAB = 1 << 16
-
-
-def shard_schema(ids_type: pa.DataType) -> pa.Schema:
-    return pa.schema(
-        [("input_ids", pa.list_(ids_type)), ("n_tokens", pa.int32()), ("lang", pa.string()), ("doc_id", pa.string())]
-    )
-
-
-def token_type(vocab_size: int) -> pa.DataType:
-    """uint16 while every id fits (vocab_size <= 65536), else uint32."""
-    return pa.uint16() if vocab_size <= UINT16_VOCAB else pa.uint32()
 
 
 # ---------------------------------------------------------------- planning: langid manifest -> one unit per shard
@@ -141,7 +128,8 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
             f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
             f"check the langid and vocab stages"
         )
-    return units
+    tokenizer = Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)
+    return units + pairs.plan_pairs(run, params.parallel, tokenizer, ids_type, code)
 
 
 def _tokenizer_of(run: RunDir) -> tuple[str, Tokenizer]:
@@ -154,63 +142,12 @@ def _tokenizer_of(run: RunDir) -> tuple[str, Tokenizer]:
     return entry.sha256, load_tokenizer(vocab_loc)
 
 
-def load_tokenizer(vocab_loc: Location, sha256: str | None = None) -> Tokenizer:
-    """The vocabulary's tokenizer, with special-token strings inside texts encoded as plain text.
-
-    With ``sha256`` (the file's, from the vocab manifest) the parsed tokenizer is shared
-    by every shard of the process: parsing a large tokenizer.json costs more than a
-    small shard's tokenisation. A file that no longer matches is an error.
-    """
-    if sha256 is not None:
-        return _shared_tokenizer(vocab_loc.uri, sha256)
-    with vocab_loc.child(TOKENIZER_FILE).open("rb") as f:
-        tok = Tokenizer.from_str(f.read().decode("utf-8"))
-    tok.encode_special_tokens = True  # a document quoting "<|endoftext|>" must not end there
-    return tok
-
-
-@lru_cache(maxsize=4)
-def _shared_tokenizer(vocab_uri: str, sha256: str) -> Tokenizer:
-    loc = Location(vocab_uri).child(TOKENIZER_FILE)
-    with loc.open("rb") as f:
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{loc}: does not match the vocab manifest it was planned with; rerun the shard stage")
-    tok = Tokenizer.from_str(data.decode("utf-8"))
-    tok.encode_special_tokens = True
-    return tok
-
-
 # ---------------------------------------------------------------- one unit: read -> tokenise -> write
-def tokenize(
-    tok: Tokenizer, texts: pa.Array | pa.ChunkedArray, tag_id: int, eos_id: int, ids_type: pa.DataType
-) -> tuple[pa.ListArray, np.ndarray]:
-    """(``input_ids`` list array, token counts) for a batch of texts: tag + tokens + end-of-text.
-
-    Empty texts give 2 tokens (tag, end-of-text); the caller drops them.
-    """
-    encodings = tok.encode_batch_fast(pc.fill_null(texts, "").to_pylist(), add_special_tokens=False)
-    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
-    dtype = ids_type.to_pandas_dtype()
-    content = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, int(lengths.sum()))
-    n_tokens = lengths + 2
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(n_tokens, out=offsets[1:])
-    flat = np.empty(int(offsets[-1]), dtype)
-    is_content = np.ones(len(flat), bool)
-    flat[offsets[:-1]] = tag_id
-    flat[offsets[1:] - 1] = eos_id
-    is_content[offsets[:-1]] = False
-    is_content[offsets[1:] - 1] = False
-    flat[is_content] = content
-    if offsets[-1] >= 1 << 31:
-        raise ValueError("a tokenised batch holds over 2**31 tokens; lower batch_docs")
-    ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, ids_type))
-    return ids, n_tokens.astype(np.int32)
-
-
 def shard_unit(unit: Unit) -> Ref:
-    """Tokenise one shard's documents (its row ranges, filtered to its split) into one Parquet file."""
+    """Tokenise one shard's documents (its row ranges, filtered to its split) into one Parquet file; or, for a
+    pairs unit, one parallel set's train part (:mod:`.pairs`)."""
+    if unit.params["split"] == PAIRS:
+        return pairs.pairs_unit(unit)
     p = unit.params
     tokenizer, split, lang = unit.input("tokenizer"), p["split"], p["lang"]
     vocab_loc = Location(tokenizer.uri).parent
@@ -294,7 +231,7 @@ def stage_for(run: RunDir, params: ShardParams, refs: list[Ref]) -> Unit:
         STAGE,
         refs,
         code_version(__name__),
-        params.model_dump(exclude={"batch_docs"}),
+        params.model_dump(exclude={"batch_docs", "parallel"}),  # the pair units hash the sets' content
         inputs={
             "vocab": {"stage": Input(run.stage(VOCAB).uri, vocab.fingerprint if vocab else "")},
             "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
@@ -307,13 +244,16 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
     """Commit the stage: every shard file in the manifest, ``shards.json``, totals per split and language."""
 
     def build(aside: Aside) -> dict[str, Any]:
-        rows, token_type_name = [], None
+        rows, pair_rows, token_type_name = [], [], None
         for ref in refs:
             m = unit_manifest(ref)
             token_type_name = m.params["token_type"]
-            split, lang = m.params["split"], m.params["lang"]
             f = next(e for e in m.files if e.path.endswith(".parquet"))
             rel = relative(unit.out, Location(ref.uri).child(f.path).uri)
+            if m.params["split"] == PAIRS:
+                pair_rows.append({"path": rel, "rows": f.rows, "sha256": f.sha256, **m.stats})
+                continue
+            split, lang = m.params["split"], m.params["lang"]
             rows.append(
                 {
                     "path": rel,
@@ -334,6 +274,7 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
             "token_type": token_type_name,
             "shards": rows,
             "totals": totals,
+            "pairs": sorted(pair_rows, key=lambda r: r["path"]),
         }
         with aside.path(INDEX).open("wb") as out:
             out.write(_json(index))

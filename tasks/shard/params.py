@@ -1,8 +1,11 @@
-"""The shard stage's parameters: the validation split, shard and row-group sizes, the encode batch."""
+"""The shard stage's parameters: the validation split, shard and row-group sizes, the encode batch, the parallel
+sets whose train parts become translation pairs."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from xlmflow.tasks.common.parallel_sets import Paths
 
 
 class ShardParams(BaseModel):
@@ -20,3 +23,8 @@ class ShardParams(BaseModel):
     )
     row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
     batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
+    parallel: Paths = Field(
+        default_factory=list,
+        description="parallel sets whose train parts are tokenised for training's translation-pair blocks (eval "
+        "parts are never read); empty = none. The pipeline's parallel setting fills it",
+    )

@@ -11,6 +11,13 @@ record batch. Each block is ``block_size`` tokens of ONE language drawn with q_i
 may start mid-document (nanoGPT), so no padding. ``labels`` equal ``input_ids`` (Hugging Face's GPT-2
 shifts them itself) except ``<lang:xx>`` tags, which are inputs only: -100.
 
+Translation pairs (the shard stage's ``pairs/`` files, :mod:`xlmflow.tasks.shard.pairs`) make a block kind of their
+own: with probability ``pair_share(step)`` a block is packed from examples ``<lang:a> src <|endoftext|> <lang:b> tgt
+<|endoftext|>``, a row and an ordered language pair drawn uniformly from the usable ones this rank owns (row %
+world_size == rank), cut at ``block_size``; ``lang_ids`` follow each token's side. A pair block is a pure function of
+(seed, rank, step, block): it needs no cursor, and with a share of 0 nothing is drawn, so the batches are those of a
+run without pairs.
+
 The checkpoint state is a step count: accelerate saves a registered object's ``state_dict`` on the
 main process only and every rank loads it, so a per-rank cursor would give all ranks rank 0's. Step s
 draws its languages from a generator seeded by (seed, rank, s); replaying k draws gives each stream's
@@ -19,6 +26,7 @@ token count, and the stream seeks to it through ``n_tokens``.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xlmflow.storage import Location, read_batches, read_table
-from xlmflow.storage.shards import Shard, list_shards, verify
+from xlmflow.storage.shards import Shard, list_pairs, list_shards, usable, verify
 
 IGNORE = -100  # label ignored by the loss (torch cross_entropy's ignore_index)
 STATE_VERSION = 1
@@ -42,6 +50,16 @@ class BlockSpec:
     batch_size: int
     alpha: float = 0.3
     seed: int = 0
+    pair_share: float = 0.0  # share of blocks packed from translation pairs
+    pair_schedule: str = "constant"  # or "late": the share rises linearly to twice ``pair_share`` at ``max_steps``
+    max_steps: int = 0  # the run's length, for the late schedule
+
+    def pair_probability(self, step: int) -> float:
+        """The chance that a block of ``step`` is a pair block: the share, or under ``late`` a linear rise from 0 to
+        twice the share at the last step (the same pair blocks in all, more of them late), at most 1."""
+        if self.pair_schedule == "constant" or not self.pair_share:
+            return self.pair_share
+        return min(1.0, 2.0 * self.pair_share * (step + 0.5) / max(self.max_steps, 1))
 
 
 def mixture(tokens_per_lang: dict[str, int], alpha: float) -> dict[str, float]:
@@ -136,6 +154,62 @@ class _Stream:
         return np.concatenate(out)
 
 
+class _Pairs:
+    """This rank's translation-pair examples: every usable (row, a, b) of the pair files, both directions, of rows
+    ``row % world_size == rank`` (rows numbered through the files in path order), and their token ids."""
+
+    def __init__(self, files: list[Shard], langs: list[str], rank: int, world_size: int, seed: int):
+        self.seed, self.rank, self.langs = seed, rank, langs
+        self.ids: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (file, lang) -> (flat ids, offsets)
+        found, base = [], 0
+        for f, shard in enumerate(files):
+            verify(shard)
+            table = read_table(Location(shard.uri))
+            here = [lang for lang in langs if lang in table.column_names]
+            mine = (base + np.arange(table.num_rows)) % world_size == rank
+            for lang in here:
+                column = table[lang].combine_chunks()
+                self.ids[f, lang] = (np.asarray(column.values), np.asarray(column.offsets))
+            for a, b in itertools.permutations(here, 2):
+                rows = np.flatnonzero(mine & usable(table, a, b))
+                found.append(
+                    np.stack(
+                        [
+                            np.full(len(rows), f),
+                            rows,
+                            np.full(len(rows), langs.index(a)),
+                            np.full(len(rows), langs.index(b)),
+                        ],
+                        axis=1,
+                    )
+                )
+            base += table.num_rows
+        self.examples = np.concatenate(found) if found else np.zeros((0, 4), np.int64)
+        if not len(self.examples):
+            raise ValueError(
+                f"no usable translation pairs for rank {rank} of {world_size} in {[s.uri for s in files]} among "
+                f"languages {langs}: set train.parallel_share = 0, or give parallel sets with train parts"
+            )
+
+    def _side(self, f: int, row: int, li: int) -> np.ndarray:
+        flat, offsets = self.ids[f, self.langs[li]]
+        return flat[offsets[row] : offsets[row + 1]]
+
+    def block(self, step: int, j: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, language index + 1 per token) of pair block ``j`` of ``step``: examples drawn until the block
+        is full, the last one cut."""
+        rng = np.random.default_rng([self.seed, self.rank, step, j, 0x9A1])
+        ids, langs, n = [], [], 0
+        while n < size:
+            f, row, a, b = self.examples[rng.integers(len(self.examples))]
+            for li in (a, b):
+                side = self._side(int(f), int(row), int(li))
+                ids.append(side)
+                langs.append(np.full(len(side), li + 1))
+                n += len(side)
+        return np.concatenate(ids)[:size], np.concatenate(langs)[:size]
+
+
 class BlockLoader:
     """Batches ``{input_ids, labels, lang_ids}`` ([batch_size, block_size] int64) for one rank of a DDP job.
 
@@ -174,20 +248,35 @@ class BlockLoader:
         self.probs = mixture(self.tokens_total, spec.alpha)
         self.tag_ids = {lang: (tag_ids or {}).get(lang, st.first_token) for lang, st in self._streams.items()}
         self._tags = np.array(sorted(set(self.tag_ids.values())), dtype=np.int64)
+        self._pairs = None
+        if spec.pair_share:
+            files = list_pairs(shards_stage)
+            self._pairs = _Pairs(files, self.langs, rank, world_size, spec.seed)
         self.step = 0
         for st in self._streams.values() if record else ():
             st.loaded = []
 
     def _choices(self, step: int) -> np.ndarray:
-        """Language index of each block of ``step``: depends on (seed, rank, step) only, never on history."""
+        """Language index of each block of ``step``, or -1 for a pair block: depends on (seed, rank, step) only,
+        never on history. The pair draw has a generator of its own, so a share of 0 changes nothing."""
         rng = np.random.default_rng([self.spec.seed, self.rank, step])
-        return rng.choice(len(self.langs), size=self.spec.batch_size, p=[self.probs[lang] for lang in self.langs])
+        choice = rng.choice(len(self.langs), size=self.spec.batch_size, p=[self.probs[lang] for lang in self.langs])
+        if self._pairs is not None:
+            pair = np.random.default_rng([self.spec.seed, self.rank, step, 1]).random(self.spec.batch_size)
+            choice[pair < self.spec.pair_probability(step)] = -1
+        return choice
 
     def next_batch(self) -> dict[str, np.ndarray]:
         t, choice = self.spec.block_size, self._choices(self.step)
-        ids = np.stack([self._streams[self.langs[li]].take(t) for li in choice]).astype(np.int64)
+        blocks = []
+        for j, li in enumerate(choice):
+            if li < 0:
+                blocks.append(self._pairs.block(self.step, j, t))
+            else:
+                blocks.append((self._streams[self.langs[li]].take(t), np.full(t, li + 1)))
         self.step += 1
-        lang_ids = (choice[:, None] + 1).astype(np.int64).repeat(t, axis=1)
+        ids = np.stack([b[0] for b in blocks]).astype(np.int64)
+        lang_ids = np.stack([b[1] for b in blocks]).astype(np.int64)
         return {"input_ids": ids, "labels": np.where(np.isin(ids, self._tags), IGNORE, ids), "lang_ids": lang_ids}
 
     def batches(self, max_steps: int) -> Iterator[dict[str, np.ndarray]]:
@@ -220,7 +309,8 @@ class BlockLoader:
             raise ValueError(f"loader state {saved} does not match this loader {self._config()}: keep them on resume")
         counts = np.zeros(len(self.langs), np.int64)
         for s in range(d["step"]):
-            counts += np.bincount(self._choices(s), minlength=len(self.langs))
+            choice = self._choices(s)
+            counts += np.bincount(choice[choice >= 0], minlength=len(self.langs))
         for li, lang in enumerate(self.langs):
             self._streams[lang].seek(int(counts[li]) * self.spec.block_size)
         self.step = d["step"]

@@ -176,7 +176,15 @@ def _setup(spec: dict) -> Trainer:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t["warmup_steps"], t["max_steps"], t["schedule"], t["min_lr_ratio"])
     )
-    spec_data = BlockSpec(block_size=t["block_size"], batch_size=t["batch_size"], alpha=t["alpha"], seed=t["seed"])
+    spec_data = BlockSpec(
+        block_size=t["block_size"],
+        batch_size=t["batch_size"],
+        alpha=t["alpha"],
+        seed=t["seed"],
+        pair_share=t.get("parallel_share") or 0.0,
+        pair_schedule=t.get("parallel_schedule", "constant"),
+        max_steps=t["max_steps"],
+    )
     record = t.get("record_documents", False)
     loader = BlockLoader(spec["shards"], "train", spec_data, rank, world, spec["langs"], tag_ids, record=record)
     valid = {

@@ -42,6 +42,7 @@ TRAINING: dict[str, dict[str, Any]] = {
         "grad_accum": 1,
         "eval_every": 100,
         "checkpoint_every": 100,
+        "parallel_share": 0.2,
     },
     "gpt2-small": {  # GPT-2 / nanoGPT practice for the 124M model
         "lr": 6e-4,
@@ -54,6 +55,7 @@ TRAINING: dict[str, dict[str, Any]] = {
         "step_tokens": 2**19,
         "eval_every": 250,
         "checkpoint_every": 500,
+        "parallel_share": 0.2,
     },
 }
 #: the fields a preset fills when they are unset
@@ -67,6 +69,7 @@ PRESET_FIELDS = (
     "grad_accum",
     "eval_every",
     "checkpoint_every",
+    "parallel_share",
 )
 #: model keys the stage sets itself (from the tokenizer and the alignment table)
 DERIVED = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "lang_token_ids", "langs", "anchor_ids")
@@ -103,7 +106,8 @@ def describe_preset(name: str) -> str:
     )
     return (
         f"{name} ({SIZES[name]}: lr {t['lr']:.0e}".replace("e-0", "e-")
-        + f", {warmup}, {steps}, weight decay {t['weight_decay']}, grad clip {t['grad_clip']})"
+        + f", {warmup}, {steps}, weight decay {t['weight_decay']}, grad clip {t['grad_clip']}, "
+        + f"translation-pair blocks {t['parallel_share']:g} of all)"
     )
 
 
@@ -138,6 +142,18 @@ class TrainParams(BaseModel):
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
     grad_clip: float | None = Field(None, gt=0, description=_preset_default("gradient norm clip"))
     alpha: float | None = Field(None, gt=0, le=1, description="language mixture exponent; None = the vocab stage's")
+    parallel_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=_preset_default(
+            "share of blocks packed from translation pairs (the parallel sets' train parts, both directions); "
+            "0 = none, and none where the shard stage has no pairs"
+        ),
+    )
+    parallel_schedule: Literal["constant", "late"] = Field(
+        "constant", description="late: the pair share rises linearly to twice parallel_share at the last step"
+    )
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
     eval_every: int | None = Field(
@@ -232,6 +248,7 @@ def build_config(model: dict[str, Any]) -> None:
         raise ValueError("train.model: " + " ".join(str(e).split())) from e
 
 
-def is_preset(model: dict[str, Any]) -> bool:
-    """Whether ``model`` is one of the presets as it is (known good: nothing to build)."""
-    return any(model == {**shape, **DROPOUT_OFF} for shape in PRESETS.values())
+def checked_already(model: dict[str, Any]) -> bool:
+    """Whether :func:`check_model` has checked every value of ``model``: a preset's shape, its keys given as positive
+    integers, dropout off. Anything else (another GPT2Config key) still needs :func:`build_config`'s type checks."""
+    return all(model.get(k) == v for k, v in DROPOUT_OFF.items()) and set(model) <= {*SHAPE, *DROPOUT_OFF}

@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
+from xlmflow.storage.shards import list_pairs
 from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
@@ -47,7 +48,7 @@ from xlmflow.tasks.train.params import (  # noqa: F401  (TRAINING, DROPOUT_OFF: 
     TrainParams,
     build_config,
     check_model,
-    is_preset,
+    checked_already,
 )
 
 PACKAGE = "xlmflow.tasks.train"  # the code key covers the whole package: the training processes' modules too
@@ -114,6 +115,15 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
     train = params.model_dump(exclude={"preset", "model", *OPTIONS}) | {"block_size": block}
     train |= {k: v for k, v in resolved.items() if k in train}
     train["alpha"] = params.alpha if params.alpha is not None else vocab.params.get("alpha", 0.3)
+    if train["parallel_share"] and not list_pairs(shard_loc):
+        logger().warning(
+            "train: parallel_share %g, but the shard stage has no translation pairs (no parallel set with a train "
+            "part): training without pair blocks",
+            train["parallel_share"],
+        )
+        train["parallel_share"] = 0.0
+    if not train["parallel_share"]:
+        train["parallel_schedule"] = "constant"  # no pairs, no schedule: one key for every run without them
     libraries = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")}
     unit = Unit(
         stage=STAGE,
@@ -151,13 +161,7 @@ def command(unit: Unit, spec_path: str) -> list[str]:
     """The launch command: plain python, torchrun (CPU, several processes) or accelerate launch."""
     n, how = unit.params["train"]["num_processes"], unit.options["launcher"]
     if how == "auto":
-        import torch
-
-        how = (
-            "accelerate"
-            if torch.cuda.is_available() or unit.options["accelerate_config"]
-            else ("torchrun" if n > 1 else "python")
-        )
+        how = "accelerate" if unit.options["accelerate_config"] or _gpu() else ("torchrun" if n > 1 else "python")
     body = ["-m", train_loop.__name__, spec_path]
     if how == "python":
         if n != 1:
@@ -169,11 +173,23 @@ def command(unit: Unit, spec_path: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *cfg, f"--num_processes={n}", *body]
 
 
+def _gpu() -> bool:
+    """Whether torch sees a GPU. On Linux, asked only where a GPU driver is loaded (NVIDIA's /proc/driver/nvidia,
+    ROCm's /dev/kfd): elsewhere the answer is no, without torch's import (seconds) in this process, which only
+    launches the work."""
+    linux = sys.platform.startswith("linux")
+    if linux and not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train_unit(unit: Unit) -> Ref:
     """Train (or resume) in subprocesses, then commit the final model folder as the stage."""
     ckpt = Location(unit.options["checkpoints"])
     spec = spec_of(unit)
-    if not is_preset(unit.params["model"]):  # the configured model's values, checked here before any launch
+    if not checked_already(unit.params["model"]):  # the values planning could not check, before any launch
         build_config(unit.params["model"])
     attempt, retries = _attempt()
     if attempt > 1:  # a Prefect retry: say so, also in a plain-text log

@@ -1,0 +1,143 @@
+"""Which demo training learns most in the demo's CPU budget: train each point of a sweep on a run's shards and
+measure mean valid bits per byte beside a per-language unigram model, with the wall time it took.
+
+Each point is the demo's training (``TrainParams()``) with a few fields changed (``POINTS``), planned by the train
+stage on ``--run-dir`` (its committed vocab and shard stages: command A's ``runs/demo``) and run in this process by
+the training loop (``train_loop.run``: no subprocess, the same loop the stage launches), checkpoints and model in a
+temporary folder. Per language, on the same validation blocks the loop evaluates (the first ``eval_blocks`` blocks of
+the valid split): the model's loss at the end and a unigram model's (token counts of the language's train shards,
+add-one smoothed), both in nats per token, and in bits per byte (tokens / UTF-8 bytes of those blocks, tags left
+out). The baseline is the one the evaluate stage reports ("beats unigram"), on the loop's blocks rather than its
+half-context windows, so the two figures are close but not equal.
+
+    python bench/sweep_demo.py --run-dir runs/demo [--points today lr4e-3 ...] [--out bench/sweep_demo.json]
+
+Prints one row per point and writes them all to ``--out`` (appending to a file that exists: points run in several
+calls land in one table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from xlmflow.storage import RunDir
+from xlmflow.tasks import train
+from xlmflow.tasks.evaluate.units import train_unigram
+from xlmflow.tasks.train import loop as train_loop
+from xlmflow.tasks.train.data import IGNORE, valid_blocks
+
+#: the sweep: the demo's training (today: 4 x 128, context 128, batch 16, lr 2e-3, 300 steps) with these changes
+POINTS: dict[str, dict] = {
+    "today": {},
+    "no-pairs": {"parallel_share": 0.0},
+    "lr4e-3": {"lr": 4e-3},
+    "lr6e-3": {"lr": 6e-3, "warmup_steps": 50},
+    "ctx64-b32": {"model": {"n_positions": 64}, "batch_size": 32},
+    "2x128-600": {"model": {"n_layer": 2}, "max_steps": 600, "lr": 4e-3},
+    "4x96-450": {"model": {"n_embd": 96, "n_head": 4}, "max_steps": 450, "lr": 4e-3},
+    "4x128-450-lr4e-3": {"max_steps": 450, "lr": 4e-3},
+}
+
+
+def measure(spec: dict, model_dir: str, unigram: dict[str, np.ndarray]) -> dict:
+    """Per language: the model's and the unigram's nats per token and bits per byte on the loop's valid blocks."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+
+    import xlmflow  # noqa: F401  (registers the model class)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = Tokenizer.from_file(os.path.join(spec["vocab"], "tokenizer.json"))
+    t, out = spec["train"], {}
+    tag_ids = dict(zip(spec["langs"], model.config.lang_token_ids))
+    for i, lang in enumerate(spec["langs"]):
+        b = valid_blocks(spec["shards"], lang, t["block_size"], t["eval_blocks"], tag_ids, i + 1)
+        ids, labels = torch.from_numpy(b["input_ids"]), torch.from_numpy(b["labels"])
+        with torch.no_grad():
+            logits = model(input_ids=ids, lang_ids=torch.from_numpy(b["lang_ids"])).logits[:, :-1]
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        scored = target[target != IGNORE].numpy()
+        counts = unigram[lang].astype(np.float64) + 1.0
+        uni = float(-np.log(counts[scored] / counts.sum()).mean())
+        text_bytes = len(tok.decode(scored.tolist(), skip_special_tokens=True).encode("utf-8"))
+        per_byte = len(scored) / max(text_bytes, 1) / math.log(2)
+        out[lang] = {
+            "nats": float(nll),
+            "unigram_nats": uni,
+            "bpb": float(nll) * per_byte,
+            "unigram_bpb": uni * per_byte,
+        }
+    return out
+
+
+def run_point(run: RunDir, name: str, change: dict, work: str) -> dict:
+    base = train.TrainParams()
+    model = {**base.model, **change.get("model", {})}
+    params = base.model_copy(update={**{k: v for k, v in change.items() if k != "model"}, "model": model})
+    unit = train.plan(run, train.TrainParams.model_validate(params.model_dump()))
+    spec = train.spec_of(unit) | {"checkpoints": os.path.join(work, name), "final": os.path.join(work, name, "final")}
+    spec["train"] = spec["train"] | {"checkpoint_every": 10**9}
+    t0 = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_loop.run(spec)
+    wall = time.monotonic() - t0
+    shards = run.stage("shard").uri
+    unigram = {
+        lang: train_unigram(shards, unit.input("shard").fingerprint, lang, _vocab_size(spec)) for lang in spec["langs"]
+    }
+    per_lang = measure(spec, spec["final"], unigram)
+    t = spec["train"]
+    return {
+        "point": name,
+        "change": change,
+        "steps": t["max_steps"],
+        "tokens": t["max_steps"] * t["batch_size"] * t["block_size"],
+        "train_s": round(wall, 1),
+        "mean_bpb": round(float(np.mean([v["bpb"] for v in per_lang.values()])), 3),
+        "mean_unigram_bpb": round(float(np.mean([v["unigram_bpb"] for v in per_lang.values()])), 3),
+        "below_unigram": sum(v["nats"] < v["unigram_nats"] for v in per_lang.values()),
+        "languages": len(per_lang),
+        "per_language": per_lang,
+    }
+
+
+def _vocab_size(spec: dict) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(os.path.join(spec["vocab"], "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--points", nargs="*", default=list(POINTS))
+    ap.add_argument("--out", default="bench/sweep_demo.json")
+    a = ap.parse_args()
+    run = RunDir.of(a.run_dir)
+    rows = json.loads(open(a.out).read()) if os.path.exists(a.out) else []
+    with tempfile.TemporaryDirectory() as work:
+        for name in a.points:
+            row = run_point(run, name, POINTS[name], work)
+            rows = [r for r in rows if r["point"] != name] + [row]
+            print(
+                f"{name:>18}  {row['steps']:>4} steps  {row['train_s']:>6.1f} s  bpb {row['mean_bpb']:.3f} "
+                f"(unigram {row['mean_unigram_bpb']:.3f})  below unigram in {row['below_unigram']}/{row['languages']}",
+                flush=True,
+            )
+            with open(a.out, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
