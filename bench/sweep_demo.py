@@ -42,7 +42,12 @@ POINTS: dict[str, dict] = {
     "lr4e-3": {"lr": 4e-3},
     "lr6e-3": {"lr": 6e-3, "warmup_steps": 50},
     "ctx64-b32": {"model": {"n_positions": 64}, "batch_size": 32},
+    "b8-600": {"batch_size": 8, "max_steps": 600, "warmup_steps": 60},
+    "b4-1200": {"batch_size": 4, "max_steps": 1200, "warmup_steps": 100},
+    "b4-1200-lr3e-3": {"batch_size": 4, "max_steps": 1200, "warmup_steps": 100, "lr": 3e-3},
+    "2x128-b8-700": {"model": {"n_layer": 2}, "batch_size": 8, "max_steps": 700, "warmup_steps": 60, "lr": 4e-3},
     "2x128-600": {"model": {"n_layer": 2}, "max_steps": 600, "lr": 4e-3},
+    "2x128-400-lr4e-3": {"model": {"n_layer": 2}, "max_steps": 400, "lr": 4e-3},
     "4x96-450": {"model": {"n_embd": 96, "n_head": 4}, "max_steps": 450, "lr": 4e-3},
     "4x128-450-lr4e-3": {"max_steps": 450, "lr": 4e-3},
 }

@@ -37,6 +37,7 @@ STAGE = Stage(
         "--align": "align",
         "--parallel-share": "parallel_share",
         "--parallel-schedule": "parallel_schedule",
+        "--lang-embeddings": "lang_embeddings",
         "--batch-size": "batch_size",
         "--lr": "lr",
         "--precision": "precision",

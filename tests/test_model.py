@@ -64,6 +64,26 @@ def test_loss_depends_on_language_ids(tok):
     assert torch.all(model.lang_embeddings.weight[0] == 0)  # "no language yet" is neutral
 
 
+def test_language_embeddings_off_is_plain_gpt2_and_saves_so(tok, tmp_path):
+    """The ablation's switch: no language embedding module at all (DDP refuses parameters without gradients), the
+    loss independent of the language ids, and a saved model loads with the switch as it was."""
+    torch.manual_seed(0)
+    cfg = M.XlmGPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2, lang_token_ids=tag_ids(tok),
+        langs=["en", "fr"], use_lang_embeddings=False,
+    )  # fmt: skip
+    model = M.XlmGPT2LMHeadModel(cfg).eval()
+    ids = encode(tok, "<lang:en> the cat sat on a mat")
+    labels = M.labels_for(ids, tag_ids(tok))
+    en = model(ids, labels=labels, lang_ids=torch.full_like(ids, 1)).loss
+    assert model.lang_embeddings is None and torch.equal(
+        en, model(ids, labels=labels, lang_ids=torch.full_like(ids, 2)).loss
+    )
+    model.save_pretrained(tmp_path)
+    loaded = M.XlmGPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert loaded.lang_embeddings is None and torch.equal(en, loaded(ids, labels=labels).loss)
+
+
 def test_forward_passes_parent_arguments_through(tok):
     model = make_model(tok, lang_scale=5.0)
     ids = encode(tok, "<lang:en> the cat <lang:fr> le chat")

@@ -22,10 +22,11 @@ from xlmflow.tasks.train import TrainParams
 
 #: the demo's training today (lr, warm-up, steps...): the demo preset must keep them
 DEMO_TRAINING = {
-    "lr": 2e-3,
+    "batch_size": 16,
+    "lr": 4e-3,
     "min_lr_ratio": 0.1,
     "warmup_steps": 30,
-    "max_steps": 300,
+    "max_steps": 350,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
     "grad_accum": 1,
@@ -232,7 +233,7 @@ def test_train_help_lists_each_preset_with_its_size_and_defaults(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 2e-3", "warm-up 30", "300 steps"):
+    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 4e-3", "warm-up 30", "350 steps"):
         assert needle in text, needle
 
 

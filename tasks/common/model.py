@@ -34,6 +34,7 @@ class XlmGPT2Config(GPT2Config):
     lang_token_ids: list[int] = field(default_factory=list)  # tag token ids, language i+1 = entry i
     langs: list[str] = field(default_factory=list)  # language codes, same order
     anchor_ids: list[int] | None = None  # tie mode: input-embedding row used by each token id
+    use_lang_embeddings: bool = True  # False: no language embedding (plain GPT-2 inputs; the ablation)
 
 
 def _anchor_tensor(anchor_ids, vocab_size: int, tag_ids) -> torch.Tensor:
@@ -68,7 +69,11 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # padding_idx=0: row 0 ("no language yet") stays zero and untrained, so untagged text sees plain GPT-2
         # inputs; the other rows get the usual normal(0, initializer_range) init from _init_weights.
-        self.lang_embeddings = nn.Embedding(len(config.lang_token_ids) + 1, config.n_embd, padding_idx=0)
+        self.lang_embeddings = (  # none at all when off: a parameter without gradients would stop DDP
+            nn.Embedding(len(config.lang_token_ids) + 1, config.n_embd, padding_idx=0)
+            if config.use_lang_embeddings
+            else None
+        )
         # token id -> language index (0 for non-tags); derived from the config, hence not saved.
         self.register_buffer("lang_of_token", torch.empty(config.vocab_size, dtype=torch.long), persistent=False)
         if config.anchor_ids is not None:  # saved, so a checkpoint carries the exact map it was trained with
@@ -141,7 +146,7 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
                 lang_ids = self.lang_ids_for(input_ids)
             ids = input_ids if self.anchor_map is None else self.anchor_map[input_ids]
             inputs_embeds, input_ids = self.transformer.wte(ids), None
-        if lang_ids is not None:
+        if lang_ids is not None and self.lang_embeddings is not None:
             inputs_embeds = inputs_embeds + self.lang_embeddings(lang_ids)
         return super().forward(
             input_ids=input_ids,

@@ -35,6 +35,7 @@ def build_model(spec: dict):
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=pad,
+        use_lang_embeddings=spec["train"].get("lang_embeddings", True),
         **spec["model"],
     )
     model = XlmGPT2LMHeadModel(config)

@@ -17,13 +17,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU: ~3M parameters (most in the 16k x 128 embedding), a few minutes on 2 cores
-    "demo": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": 128},
+    # CPU: ~2.5M parameters (most in the 16k x 128 embedding), a few minutes on 2 cores. Two layers, not four: at
+    # this budget the shallower model learns more per CPU-second (bench/sweep_demo.py, bench/RESULTS.md)
+    "demo": {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 128},
     # GPT-2 small, 124M with a 50k vocabulary (fewer with a smaller one), for a GPU
     "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
 }
 SIZES = {
-    "demo": "~3M parameters with a 16k vocabulary, for a CPU",
+    "demo": "~2.5M parameters with a 16k vocabulary, for a CPU",
     "gpt2-small": "GPT-2 small, 124M parameters with a 50k vocabulary, for a GPU",
 }
 DROPOUT_OFF = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # pretraining on fresh tokens: no dropout
@@ -33,10 +34,11 @@ DROPOUT_OFF = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # pret
 #: ``warmup_fraction``: a warm-up left unset is at most that share of the steps
 TRAINING: dict[str, dict[str, Any]] = {
     "demo": {
-        "lr": 2e-3,
+        "batch_size": 16,
+        "lr": 4e-3,
         "min_lr_ratio": 0.1,
         "warmup_steps": 30,
-        "max_steps": 300,
+        "max_steps": 350,
         "weight_decay": 0.1,
         "grad_clip": 1.0,
         "grad_accum": 1,
@@ -45,6 +47,7 @@ TRAINING: dict[str, dict[str, Any]] = {
         "parallel_share": 0.2,
     },
     "gpt2-small": {  # GPT-2 / nanoGPT practice for the 124M model
+        "batch_size": 16,
         "lr": 6e-4,
         "min_lr_ratio": 0.1,
         "warmup_steps": 700,
@@ -60,6 +63,7 @@ TRAINING: dict[str, dict[str, Any]] = {
 }
 #: the fields a preset fills when they are unset
 PRESET_FIELDS = (
+    "batch_size",
     "lr",
     "min_lr_ratio",
     "warmup_steps",
@@ -72,7 +76,10 @@ PRESET_FIELDS = (
     "parallel_share",
 )
 #: model keys the stage sets itself (from the tokenizer and the alignment table)
-DERIVED = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "lang_token_ids", "langs", "anchor_ids")
+DERIVED = (
+    *("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "lang_token_ids", "langs", "anchor_ids"),
+    "use_lang_embeddings",  # from train.lang_embeddings
+)
 SHAPE = ("n_layer", "n_head", "n_embd", "n_positions")
 #: GPT2Config's fields (transformers 5) but the ones the stage sets (:data:`DERIVED`), without importing it
 #: (tests/test_train_config.py compares them with the installed transformers)
@@ -106,8 +113,8 @@ def describe_preset(name: str) -> str:
     )
     return (
         f"{name} ({SIZES[name]}: lr {t['lr']:.0e}".replace("e-0", "e-")
-        + f", {warmup}, {steps}, weight decay {t['weight_decay']}, grad clip {t['grad_clip']}, "
-        + f"translation-pair blocks {t['parallel_share']:g} of all)"
+        + f", {warmup}, {steps}, batch {t['batch_size']}, weight decay {t['weight_decay']}, "
+        + f"grad clip {t['grad_clip']}, translation-pair blocks {t['parallel_share']:g} of all)"
     )
 
 
@@ -124,13 +131,16 @@ class TrainParams(BaseModel):
         "demo", description="model size and its training defaults: " + "; ".join(map(describe_preset, PRESETS))
     )
     model: dict[str, Any] = Field(default_factory=dict, description="GPT2Config fields over the preset's")
+    lang_embeddings: bool = Field(
+        True, description="add a learned language embedding to every position's input (XLM); False: plain GPT-2 inputs"
+    )
     align: Literal["none", "init", "tie"] = Field(
         "init",
         description="aligned vocabulary: none; init (aligned tokens start from their anchor's row); "
         "tie (tokens aligned across languages share one input row: fichier/file, never The/the)",
     )
     max_steps: int | None = Field(None, ge=1, description=_preset_default("optimiser steps"))
-    batch_size: int = Field(16, ge=1, description="blocks per micro-batch and process")
+    batch_size: int | None = Field(None, ge=1, description=_preset_default("blocks per micro-batch and process"))
     grad_accum: int | None = Field(None, ge=1, description=_preset_default("micro-batches per optimiser step"))
     block_size: int | None = Field(None, ge=8, description="tokens per block; None = the model's context")
     lr: float | None = Field(None, gt=0, description=_preset_default("peak learning rate"))
@@ -195,9 +205,9 @@ class TrainParams(BaseModel):
                 out[k] = preset[k]
         block = block_size or self.block_size or self.model_fields_resolved()["n_positions"]
         if out["grad_accum"] is None:
-            out["grad_accum"] = max(1, round(preset["step_tokens"] / (self.batch_size * block * self.num_processes)))
+            out["grad_accum"] = max(1, round(preset["step_tokens"] / (out["batch_size"] * block * self.num_processes)))
         if out["max_steps"] is None and train_tokens is not None:
-            step_tokens = self.batch_size * block * out["grad_accum"] * self.num_processes
+            step_tokens = out["batch_size"] * block * out["grad_accum"] * self.num_processes
             out["max_steps"] = max(1, math.ceil(preset["epochs"] * train_tokens / step_tokens))
         if self.warmup_steps is None and "warmup_fraction" in preset and out["max_steps"] is not None:
             out["warmup_steps"] = min(out["warmup_steps"], int(out["max_steps"] * preset["warmup_fraction"]))
