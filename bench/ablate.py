@@ -77,7 +77,7 @@ def summarise(cell: str, m: dict, wall: float) -> dict:
     for name, r in m.get("retrieval", {}).items():
         if r.get("acc_at_1") is None:
             continue
-        pairs = m.get("translation", {}).get(name, {})
+        pairs = {k: v for k, v in m.get("translation", {}).get(name, {}).items() if isinstance(v, dict) and "chrf" in v}
         chrf = [p["chrf"] for p in pairs.values()]
         copy = [p["copy_baseline"]["chrf"] for p in pairs.values()]
         row["sets"][name] = {

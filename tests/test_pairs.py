@@ -25,6 +25,7 @@ EN = [
     "Debian GNU/Linux 12",  # the same in both columns: an untranslated copy
     "Each user gets a home directory where personal files and settings are stored.",
     "The firewall blocks every incoming connection except the ones listed in its rules.",
+    "As the guide puts it: nothing in the evaluation part may ever reach training, whatever the configuration says.",
 ]
 FR = [
     "L'administrateur installe le paquet sur chaque machine du réseau avant les vacances.",
@@ -34,6 +35,7 @@ FR = [
     "Debian GNU/Linux 12",
     "Chaque utilisateur reçoit un répertoire personnel où sont rangés ses fichiers et réglages.",
     "Le pare-feu bloque toutes les connexions entrantes sauf celles listées dans ses règles.",
+    "Comme le dit le guide, rien de la partie évaluation ne doit jamais atteindre l'entraînement.",
 ]
 ZH = [
     "管理员在假期之前把软件包安装到网络中的每一台机器上。",
@@ -43,6 +45,7 @@ ZH = [
     "Debian GNU/Linux 12",
     "每个用户都有一个存放个人文件和设置的主目录。",
     "防火墙阻止所有传入连接，规则中列出的除外。",
+    "正如指南所说，评估部分的任何内容都不得进入训练。",
 ]
 EVAL_ONLY = "Nothing in the evaluation part may ever reach training, whatever the configuration says."
 
@@ -72,14 +75,18 @@ def test_train_parts_only_tokenised_with_evaluations_checks(paired):
     (pairs,) = list_pairs(run.stage("shard"))
     assert pairs.path == "pairs/toy/pairs-toy.parquet" and pairs.rows == len(EN)
     table = read_table(Location(pairs.uri))
-    assert usable(table, "en", "fr").tolist() == [True, True, False, False, False, True, True]
-    assert usable(table, "en", "zh").tolist() == [True, True, True, True, False, True, True]
+    # empty, wrong language, an untranslated copy; and the last English side shares an 11-unit n-gram with an eval
+    # segment (held out, as a corpus document would be), while its French and Chinese sides still pair
+    assert usable(table, "en", "fr").tolist() == [True, True, False, False, False, True, True, False]
+    assert usable(table, "en", "zh").tolist() == [True, True, True, True, False, True, True, False]
+    assert usable(table, "fr", "zh")[-1]
     first = table["fr"][0].as_py()
     assert tok.decode(first, skip_special_tokens=False) == "<lang:fr>" + FR[0] + "<|endoftext|>"
     everything = " ".join(tok.decode(ids.as_py()) for lang in ("en", "fr", "zh") for ids in table[lang])
-    assert EN[1] in everything and EVAL_ONLY not in everything
+    assert EN[1] in everything
     index = json.loads(run.stage("shard").child("shards.json").open("rb").read())
-    assert index["pairs"][0]["usable_pairs"] == {"en-fr": 4, "en-zh": 6, "fr-zh": 4}
+    assert index["pairs"][0]["usable_pairs"] == {"en-fr": 4, "en-zh": 6, "fr-zh": 5}
+    assert index["pairs"][0]["eval_overlap"] == {"en": 1, "fr": 0, "zh": 0}
 
 
 def _loader(run, share, rank=0, world=1, schedule="constant", steps=40):
