@@ -57,9 +57,11 @@ def run_cell(src: Path, work: Path, cell: str, config: str | None) -> dict:
     cmd = [sys.executable, "-m", "xlmflow.flows.cli", "run", "--quiet", "--run-dir", str(dst)]
     cmd += ["--only", "train", "--only", "evaluate", *(["--config", config] if config else []), *CELLS[cell]]
     t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"cell {cell} failed:\n{(out.stdout + out.stderr)[-3000:]}")
+    log = dst / "ablate.log"  # a file, not a pipe: a process the run leaves behind cannot hold this one up
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"cell {cell} failed (exit {code}):\n{log.read_text()[-3000:]}")
     wall = time.monotonic() - t0
     return summarise(cell, json.loads((dst / "evaluate" / "metrics.json").read_text()), wall)
 
