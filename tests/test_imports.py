@@ -53,8 +53,6 @@ def test_the_graph_sees_imports():
 
 def test_the_cli_and_code_versions_do_not_import_torch():
     """torch takes seconds to import: planning, cache checks and `xlmflow status` must not pay for it."""
-    import subprocess
-    import sys
 
     code = (
         "import sys, xlmflow.flows.cli, xlmflow.flows.registry\n"
@@ -62,15 +60,12 @@ def test_the_cli_and_code_versions_do_not_import_torch():
         "[code_version(f'xlmflow.tasks.{m}') for m in ('train', 'evaluate', 'langid', 'vocab')]\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    _python(code)
 
 
 def test_a_training_process_imports_no_prefect():
     """Every training process (``python -m xlmflow.tasks.train.loop``) passes through ``xlmflow.tasks.train``;
     Prefect (~2 s of imports per process) belongs to the stage's side (:mod:`xlmflow.tasks.train.stage`) only."""
-    import subprocess
-    import sys
 
     code = (
         "import sys, xlmflow.tasks.train.loop\n"
@@ -79,5 +74,13 @@ def test_a_training_process_imports_no_prefect():
         "from xlmflow.tasks import train\n"
         "assert train.STAGE == 'train' and 'prefect' in sys.modules\n"
     )
+    _python(code)
+
+
+def _python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (imports counted from nothing); its assertions fail the test."""
+    import subprocess
+    import sys
+
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

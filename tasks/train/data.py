@@ -173,14 +173,8 @@ class _Pairs:
             for a, b in itertools.permutations(here, 2):
                 rows = np.flatnonzero(mine & usable(table, a, b))
                 found.append(
-                    np.stack(
-                        [
-                            np.full(len(rows), f),
-                            rows,
-                            np.full(len(rows), langs.index(a)),
-                            np.full(len(rows), langs.index(b)),
-                        ],
-                        axis=1,
+                    np.column_stack(
+                        [np.full_like(rows, f), rows] + [np.full_like(rows, langs.index(x)) for x in (a, b)]
                     )
                 )
             base += table.num_rows

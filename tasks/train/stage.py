@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
-from xlmflow.storage.shards import list_pairs
+from xlmflow.storage.shards import PAIRS
 from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
@@ -115,7 +115,7 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
     train = params.model_dump(exclude={"preset", "model", *OPTIONS}) | {"block_size": block}
     train |= {k: v for k, v in resolved.items() if k in train}
     train["alpha"] = params.alpha if params.alpha is not None else vocab.params.get("alpha", 0.3)
-    if train["parallel_share"] and not list_pairs(shard_loc):
+    if train["parallel_share"] and not any(f.path.startswith(f"{PAIRS}/") for f in shards.files):
         logger().warning(
             "train: parallel_share %g, but the shard stage has no translation pairs (no parallel set with a train "
             "part): training without pair blocks",
