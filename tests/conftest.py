@@ -12,6 +12,12 @@ import os
 import sys
 import tempfile
 
+# Bytecode is cached, as on any machine without PYTHONDONTWRITEBYTECODE (these machines' images set it, and uv,
+# unlike pip, compiles nothing at install): else every interpreter the suite starts (xdist workers, each command,
+# each training process and kill round) compiles prefect, torch and transformers from source again, ~4 s of CPU.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 _home = tempfile.mkdtemp(prefix="xlmflow-prefect-")
 os.environ["PREFECT_HOME"] = _home
 os.environ.pop("PREFECT_API_URL", None)
