@@ -6,6 +6,11 @@ parameters (a test fails when the committed file is not what the command writes)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+
 import yaml
 
 from xlmflow.flows.config import PipelineConfig
@@ -50,9 +55,48 @@ def deployments(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig
 
 
 def serve(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None) -> None:
-    import prefect
+    """Serve the deployments until SIGINT or SIGTERM, which stop this process at once: one line, exit status 0,
+    whether or not the API server is still up.
 
-    prefect.serve(*deployments(run_dir, cron, config))
+    Left to Prefect, a stop is slow or lost: a process started in the background (``xlmflow serve &``) ignores
+    SIGINT, and the runner's shutdown talks to the API (to pause the schedules), retrying for about a minute when
+    the server has already gone, then ends in a traceback. Here both signals run :func:`_stop`; the schedules
+    stay as they are (``pause_on_shutdown=False``), so the next ``xlmflow serve`` goes on with them.
+    """
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args, **kwargs) -> None:  # Runner.start installs this for SIGTERM
+            _stop(signal.SIGTERM)
+
+    found = deployments(run_dir, cron, config)
+    runner = _Runner(pause_on_shutdown=False)
+    for d in found:
+        runner.add_deployment(d)
+    signal.signal(signal.SIGINT, _stop)  # also where the shell started us ignoring it; asyncio keeps this handler
+    signal.signal(signal.SIGTERM, _stop)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in found)
+    print(f"xlmflow serve: serving {names} for {run_dir}; stop with Ctrl-C or kill", flush=True)
+    asyncio.run(runner.start())
+
+
+def _stop(signum: int, _frame=None) -> None:
+    """Stop ``xlmflow serve`` now: terminate its child processes (flow runs: one in flight goes on from its last
+    committed unit or checkpoint when run again; one just finished may not have exited yet), say so in one line,
+    exit 0. Nothing here waits on the API server."""
+    import psutil
+
+    runs = psutil.Process().children(recursive=True)
+    for p in runs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(runs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    what = f"; terminated {len(runs)} flow-run process(es) (a run cut short goes on when run again)" if runs else ""
+    print(f"xlmflow serve: stopped on {signal.Signals(signum).name}{what}", flush=True)
+    os._exit(0)  # not sys.exit: the runner's shutdown would wait on the API
 
 
 PREFECT_YAML_HEADER = """\

@@ -1,10 +1,12 @@
 """`xlmflow serve`: deployments served from one process; the nightly one scheduled with a concurrency limit of 1;
-a triggered stage deployment runs to Completed."""
+a triggered stage deployment runs to Completed; SIGINT and SIGTERM stop it at once, one line and exit status 0,
+with the API server up or already gone."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -39,9 +41,7 @@ def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
         "--cron",
         "30 3 * * *",
     ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    proc = _start(cmd, env)
     try:
         wanted = {"nightly", *(s.name for s in STAGES)}
         deadline, made = time.time() + 120, {}
@@ -61,6 +61,67 @@ def test_serve_registers_schedules_and_runs_a_deployment(prefect_api, tmp_path):
         flow_run = run_deployment("ingest/ingest", timeout=120, poll_interval=0.5)  # default: every 5 s
         assert flow_run.state.is_completed(), flow_run.state
         assert (tmp_path / "run" / "ingest" / "_manifest.json").exists()
+        _assert_stops(proc, signal.SIGINT)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        _kill(proc)
+
+
+def _start(cmd: list[str], env: dict) -> subprocess.Popen:
+    """``xlmflow serve`` as ``xlmflow serve &`` in a script starts it: ignoring SIGINT."""
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+
+
+def _assert_stops(proc: subprocess.Popen, sig: int) -> None:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    last = out.strip().splitlines()[-1]
+    said = f"xlmflow serve: stopped on {signal.Signals(sig).name}"
+    assert proc.returncode == 0 and last.startswith(said), out[-3000:]
+    assert took < 10, f"{took:.1f} s to stop"
+    assert "Traceback" not in out, out[-3000:]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_serve_stops_on_sigterm_after_the_server_has_gone(tmp_path):
+    from prefect_server import PrefectServer
+
+    server = PrefectServer(str(tmp_path))
+    corpus = tmp_path / "en.txt"
+    corpus.write_text("Hello world\n", encoding="utf-8")
+    env = {**os.environ, "PREFECT_API_URL": server.start(), "PREFECT_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "xlmflow.flows.cli", "serve", "--run-dir", str(tmp_path / "run")]
+    cmd += ["--source", str(corpus), "--format", "text", "--no-schedule"]
+    proc = None
+    try:
+        server.wait()
+        proc = _start(cmd, env)
+        watchdog = threading.Timer(180, _kill, [proc])
+        watchdog.start()
+        seen = []
+        while not seen or not seen[-1].startswith("xlmflow serve: serving"):  # printed once all are registered
+            line = proc.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        watchdog.cancel()
+        server.stop()
+        _assert_stops(proc, signal.SIGTERM)
+    finally:
+        server.stop()
+        if proc is not None:
+            _kill(proc)
