@@ -152,5 +152,5 @@ PipelineConfig = create_model(
     "PipelineConfig",
     __base__=_Config,
     __doc__="Every stage's parameters, one section per stage of the registry.",
-    **{s.name: (s.params, Field(default_factory=s.params, description=s.help)) for s in STAGES},
+    **{s.name: (s.params, Field(default_factory=s.params, title=s.name, description=s.help)) for s in STAGES},
 )

@@ -27,11 +27,17 @@ def pipeline(
     stages: list[str] | None = None,
     force: list[str] | None = None,
 ) -> dict[str, Ref]:
-    """Every stage in order, or only ``stages``, with ``config`` (recorded as the run's), or the run's recorded
-    configuration when none is given (the demo's for a new run directory).
+    """Every stage of xlmflow in order, on one run directory (plain text: the Prefect UI shows this).
 
-    ``force``: stages rebuilt although their outputs are committed and current. ``dask`` (scheduler
-    address or ``local``) runs the units on Dask."""
+    Args:
+        run_dir: the run directory, a local path or an fsspec URL (s3://bucket/run)
+        config: every stage's settings, recorded as the run's; left empty, the run directory's recorded
+            configuration (its xlmflow.toml), or the bundled demo's for a run directory that has none
+        dask: run the data stages' units on Dask: a scheduler address (tcp://host:8786), or local for a
+            cluster on this machine; empty: threads in this process
+        stages: run only these stages (names such as ingest, train); empty: every stage
+        force: rebuild these stages although their outputs are committed and current
+    """
     config = config or PipelineConfig.for_run(run_dir)
     chosen = [s for s in STAGES if stages is None or s.name in stages]
     for s in chosen:  # refuse what could not finish before any stage does work

@@ -139,6 +139,17 @@ def holds_run_lock(fn):
     return body
 
 
+#: every stage flow's docstring: plain text, for the Prefect UI (flow page and run form), not for Sphinx
+FLOW_DOC = """The {name} stage on one run directory.
+
+Args:
+    run_dir: the run directory, a local path or an fsspec URL (s3://bucket/run): the stage reads the committed
+        outputs of the stages before it there, and commits its own
+    params: this stage's settings; left empty, the run directory's recorded configuration (its xlmflow.toml),
+        or the bundled demo's for a run directory that has none
+"""
+
+
 def stage_body(name: str):
     """The body of stage ``name``'s flow, however it is started (CLI, deployment, Python): it holds the run
     directory's lock, settles its parameters (:meth:`Stage.settle`: the run's record fills what the caller
@@ -161,6 +172,7 @@ def stage_body(name: str):
                 progress.stage(name, "finished", time.monotonic() - start, m.rows if m else None)
                 return ref
 
+        body.__doc__ = FLOW_DOC.format(name=name)  # Prefect's run form takes each field's description from it
         body.__signature__ = inspect.signature(fn, eval_str=True)
         body.__annotations__ = typing.get_type_hints(fn)
         return body

@@ -12,18 +12,20 @@ Format = Literal["auto", "text", "jsonl", "parquet", "hf-disk", "hf"]
 
 
 class Source(BaseModel):
-    """One input: a file, folder, glob or fsspec URL, or ``hf:NAME`` for ``datasets.load_dataset``."""
+    """One input: a file, folder, glob or fsspec URL, or hf:NAME for a Hugging Face dataset."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
-    path: str
-    format: Format = "auto"
-    text_field: str = "text"
-    lang_field: str | None = "lang"
+    path: str = Field(
+        description="a file, folder (read recursively), glob, fsspec URL (s3://, gs://, memory://) or hf:NAME"
+    )
+    format: Format = Field("auto", description="auto: by extension (txt, jsonl and compressed, parquet, hf-disk)")
+    text_field: str = Field("text", description="jsonl, parquet, hf: the field or column holding the text")
+    lang_field: str | None = Field("lang", description="the field or column holding a record's claimed language")
     lang: str | None = Field(None, description="claimed language for records that carry none")
     paragraphs: bool = Field(False, description="text files: one document per blank-line paragraph, not per line")
-    split: str | None = None
-    config: str | None = None
+    split: str | None = Field(None, description="hf, hf-disk: the split to read (train, validation, ...)")
+    config: str | None = Field(None, description="hf: the dataset's configuration (subset) name")
     revision: str | None = Field(
         None, description="hf: the dataset's commit, tag or branch; None = its current commit, resolved when planning"
     )
@@ -42,4 +44,6 @@ class IngestParams(BaseModel):
 
     sources: list[Source] = Field(default_factory=list, description="inputs to read; at least one")
     part_mb: int = Field(256, ge=1, description="roll over to a new Parquet part after this many MB of Arrow data")
-    bad_records: Literal["quarantine", "fail"] = "quarantine"
+    bad_records: Literal["quarantine", "fail"] = Field(
+        "quarantine", description="a bad record: quarantine (set aside with its reason), or fail the file naming it"
+    )

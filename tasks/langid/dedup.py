@@ -29,13 +29,13 @@ from xlmflow.storage.fingerprint import stable_hashes64
 class DedupParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
-    exact: bool = True
-    near: bool = True
-    shingle_chars: int = Field(5, ge=1)
-    num_perm: int = Field(64, ge=4)
+    exact: bool = Field(True, description="drop documents whose normalised text repeats one kept")
+    near: bool = Field(True, description="drop near-duplicates (MinHash LSH over character shingles)")
+    shingle_chars: int = Field(5, ge=1, description="characters per shingle of the near-duplicate check")
+    num_perm: int = Field(64, ge=4, description="MinHash permutations per document (a multiple of bands)")
     bands: int = Field(8, ge=1, description="LSH bands; rows per band = num_perm / bands (threshold ~ (1/b)^(1/r))")
     jaccard: float = Field(0.8, ge=0, le=1, description="estimated Jaccard similarity a candidate pair must reach")
-    seed: int = 1
+    seed: int = Field(1, description="seed of the MinHash permutations")
 
     @model_validator(mode="after")
     def _bands_divide(self):

@@ -47,8 +47,16 @@ class LangidParams(BaseModel):
         "capitals or 4 other letters, punctuation marks, CJK characters) with a held-out eval segment are rejected "
         "(eval_overlap); 0 = exact copies only. Why 11: tasks/langid/overlap.py",
     )
-    quality: QualityParams = Field(default_factory=QualityParams)
-    dedup: DedupParams = Field(default_factory=DedupParams)
+    quality: QualityParams = Field(
+        default_factory=QualityParams,
+        title="Quality",
+        description="quality heuristics: thresholds on the stored signals (changing one never reruns the LID model)",
+    )
+    dedup: DedupParams = Field(
+        default_factory=DedupParams,
+        title="Dedup",
+        description="exact and near-duplicate removal per detected language, keeping the smallest doc_id of a cluster",
+    )
 
     @field_validator("keep_langs", "thresholds")
     @classmethod

@@ -29,10 +29,10 @@ WORD_NGRAM, CHAR_NGRAM = 3, 5
 
 
 class QualityParams(BaseModel):
-    """Thresholds. Demo defaults are loose on purpose: the demo corpus is documentation
+    """Quality thresholds. The defaults are loose on purpose: the demo corpus is documentation
     paragraphs (median 42 characters, with commands, paths and numbers), where Gopher's
-    web-page bounds (>= 50 words, mean word length 3..10) would drop most real text.
-    ``min_words`` = 3 still drops the one- and two-word UI labels ("OK", "Coller"),
+    web-page bounds (at least 50 words, mean word length 3 to 10) would drop most real text.
+    min_words = 3 still drops the one- and two-word UI labels ("OK", "Coller"),
     which are no paragraphs and which no LID model labels reliably."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
@@ -40,8 +40,8 @@ class QualityParams(BaseModel):
     min_words: int = Field(3, ge=0, description="spaced scripts: fewest whitespace-separated words")
     min_unspaced_chars: int = Field(5, ge=0, description="zh/ja/th...: fewest letters")
     max_words: int = Field(100_000, ge=0, description="most words (letters for unspaced scripts); Gopher's bound")
-    min_mean_word_len: float = Field(2.0, ge=0)
-    max_mean_word_len: float = Field(20.0, ge=0)
+    min_mean_word_len: float = Field(2.0, ge=0, description="spaced scripts: shortest mean word length, in characters")
+    max_mean_word_len: float = Field(20.0, ge=0, description="spaced scripts: longest mean word length, in characters")
     max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="symbol characters / non-space characters")
     max_digit_ratio: float = Field(0.4, ge=0, le=1, description="digits / non-space characters")
     min_alpha_ratio: float = Field(0.4, ge=0, le=1, description="letters / non-space characters")

@@ -10,13 +10,14 @@ from xlmflow.tasks.common.parallel_sets import Paths
 
 
 class VocabParams(BaseModel):
-    """Demo defaults: 16k ids (25 languages incl. zh/ja/ko; a 256-wide embedding is ~4M parameters on CPU)."""
+    """Defaults: 16k ids (25 languages incl. zh/ja/ko). The bundled demo sets 4k (flows/demo.py): its tiny CPU model
+    learns more per second with it."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
     vocab_size: int = Field(16000, ge=300, description="ids in all: 256 bytes + specials + merges")
     alpha: float = Field(0.3, gt=0, le=1, description="sampling temperature exponent: 1 = natural mix, ->0 = uniform")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the language-mix sample the tokenizer is trained on")
     sample_chars: int | None = Field(
         None, ge=1, description="characters in the training sample; None = as many as the corpus"
     )
@@ -38,7 +39,7 @@ class VocabParams(BaseModel):
     report_docs: int = Field(
         2000, ge=1, description="documents per language (hash-sampled) measured for usage and the report"
     )
-    batch_rows: int = Field(4096, ge=1)
+    batch_rows: int = Field(4096, ge=1, description="documents per batch while sampling and measuring (speed only)")
 
     def fingerprinted(self) -> dict[str, Any]:
         """Parameters that shape the bytes; input locations are covered by content hashes instead."""
