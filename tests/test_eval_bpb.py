@@ -195,7 +195,8 @@ def test_two_models_with_different_tokenizers(base_run, tmp_path):
     other_tok = Tokenizer.from_file(str(other / "tokenizer.json"))
     assert other_tok.get_vocab_size() == 300 != run_tok.get_vocab_size()
     units, m = run_units(run_dir, SMALL.model_copy(update={"models": [str(run_dir), str(other)]}))
-    assert sorted(m["models"]) == ["other", "run"] and m["bits_per_byte"] == m["models"]["run"]["bits_per_byte"]
+    assert sorted(m["models"]) == ["other", "run/train"]
+    assert m["bits_per_byte"] == m["models"]["run/train"]["bits_per_byte"]
 
     # the other model by hand: the run's valid text, encoded by its own tokenizer, one window per document
     model = M.XlmGPT2LMHeadModel.from_pretrained(other, use_safetensors=True).eval()
@@ -212,11 +213,11 @@ def test_two_models_with_different_tokenizers(base_run, tmp_path):
         n_chars = sum(len(t) + 1 for t in texts)
         assert m["models"]["other"]["bits_per_char"][lang] == pytest.approx(nll / (math.log(2) * n_chars), rel=1e-4)
         # both models are scored on the same text: the same bytes and characters, other tokens
-        assert (units["run"]["bpb_detail"][lang]["bytes"], units["run"]["bpb_detail"][lang]["chars"]) == (
+        assert (units["run/train"]["bpb_detail"][lang]["bytes"], units["run/train"]["bpb_detail"][lang]["chars"]) == (
             n_bytes,
             n_chars,
         )
-        assert units["run"]["bpb_detail"][lang]["targets"] == sum(len(d) - 1 for d in run_ids)
+        assert units["run/train"]["bpb_detail"][lang]["targets"] == sum(len(d) - 1 for d in run_ids)
         again = E.encode_docs(run_tok, texts, run_ids[0][0], run_ids[0][-1])  # the run's model: the shards' ids
         assert [d.tolist() for d in again] == run_ids
 
@@ -227,23 +228,24 @@ def test_two_models_with_different_tokenizers(base_run, tmp_path):
         total = sum(c.values()) + run_tok.get_vocab_size() - len(tags)
         targets = [t for d in run_ids for t in d[1:] if t not in tags]
         uni = -sum(math.log((c[t] + 1) / total) for t in targets)
-        base = m["models"]["run"]["unigram_baseline"][lang]
+        base = m["models"]["run/train"]["unigram_baseline"][lang]
         assert base == m["models"]["other"]["unigram_baseline"][lang]
         assert base["bits_per_byte"] == pytest.approx(uni / (math.log(2) * n_bytes), rel=1e-6)
         assert base["nats_per_token"] == pytest.approx(uni / len(targets), rel=1e-6)
-        for name in ("run", "other"):
+        for name in ("run/train", "other"):
             mm = m["models"][name]
             assert mm["beats_unigram"][lang] == (mm["bits_per_byte"][lang] < base["bits_per_byte"])
         assert m["models"]["other"]["beats_unigram"][lang] is False  # a random model knows less than frequencies
 
     cmp = m["comparison"]
-    assert cmp["bits_per_byte"]["fr"]["other-run"] == pytest.approx(
+    assert cmp["bits_per_byte"]["fr"]["other-run/train"] == pytest.approx(
         cmp["bits_per_byte"]["fr"]["other"] - m["bits_per_byte"]["fr"]
     )
-    assert set(cmp["bits_per_char"]["en"]) == {"run", "other", "other-run"}
-    assert cmp["beats_unigram"]["zh"] == {"run": m["beats_unigram"]["zh"], "other": False}
+    assert set(cmp["bits_per_char"]["en"]) == {"run/train", "other", "other-run/train"}
+    assert cmp["beats_unigram"]["zh"] == {"run/train": m["beats_unigram"]["zh"], "other": False}
     text = (run_dir / "evaluate" / "report.md").read_text()
-    assert "| language | unigram BPB | unigram nats/token | run BPB | run BPC | run beats unigram |" in text
+    head = "| language | unigram BPB | unigram nats/token | run/train BPB | run/train BPC | run/train beats unigram |"
+    assert head in text
     zh = m["models"]["other"]["bits_per_byte"]["zh"]
     assert f"| {m['unigram_baseline']['zh']['bits_per_byte']:.3f} |" in text and f"| {zh:.3f} | " in text
 

@@ -245,3 +245,18 @@ def test_report_sections_show_the_new_figures():
     assert "0.300 / 0.100 / 0.250 | 0.200 |" in text and "nrefs:1|tok:13a" in text
     gen = "\n".join(report_md._generations_section("m", mm))
     assert "| ar | 20 | 40 | 0.25 / 0.00 / 0.50 | 23 of 40 | 0.41 | 0.050 |" in gen
+
+
+def test_generation_prompts_only_documents_the_lid_model_labels_the_prompted_language():
+    """A Catalan sentence in the fr shard would ask the model to continue in Catalan: it is passed over."""
+    tok = tiny_tokenizer()
+    model = make_model(tok, n_positions=128)
+    lid_model = lid.load_model(lid.model_file(None))
+    catalan = doc(tok, "Aquest fitxer conté la configuració de la impressora i dels seus controladors nous")
+    french = doc(tok, "Ce fichier contient la configuration de l'imprimante et de ses nouveaux pilotes")
+    k = min(len(catalan), len(french)) - 4
+    p = {"prompt_tokens": k, "gen_tokens": 3, "prompts": 1, "seed": 0}
+    out, texts = units._generation(model, tok, lid_model, [catalan, french], "fr", p, batch=2)
+    assert out["prompts"] == 1 and [t["prompt"] for t in texts] == [tok.decode(french[1:k].tolist())]
+    out, texts = units._generation(model, tok, lid_model, [catalan], "fr", p, batch=2)
+    assert out["prompts"] == 0 and texts == []

@@ -242,8 +242,8 @@ def test_adding_a_set_runs_only_its_units(trained, tmp_path, caplog):
     log = [line for line in caplog.text.splitlines() if "evaluate/" in line]
     built = [line for line in log if "committed" in line and "nothing to do" not in line]
     assert sum("nothing to do" in line for line in log) == 2  # the model's lm unit and the toy set's unit
-    assert any("train--extra" in line for line in built)
-    assert not any("train--toy" in line or "evaluate/train:" in line for line in built), built
+    assert any("model--extra" in line for line in built)
+    assert not any("model--toy" in line or "evaluate/model:" in line for line in built), built
     assert set(m["retrieval"]) == {"toy", "extra"}
 
 
@@ -255,10 +255,10 @@ def test_two_models_side_by_side(trained, tmp_path):
     train.train_unit(train.plan(RunDir.of(str(other)), PARAMS.model_copy(update={"align": "tie", "max_steps": 4})))
     params = SMALL.model_copy(update={"parallel": [str(sets)], "models": [str(run_dir), str(other)]})
     m = run_stage(run_dir, params)
-    assert sorted(m["models"]) == ["other", "run"]
+    assert sorted(m["models"]) == ["other/train", "run/train"]  # named by run and stage
     cmp = m["comparison"]["bits_per_byte"]["fr"]
-    assert cmp["other-run"] == pytest.approx(cmp["other"] - cmp["run"])
-    assert m["bits_per_byte"] == m["models"]["run"]["bits_per_byte"]
+    assert cmp["other/train-run/train"] == pytest.approx(cmp["other/train"] - cmp["run/train"])
+    assert m["bits_per_byte"] == m["models"]["run/train"]["bits_per_byte"]
 
 
 @pytest.mark.parametrize(
@@ -287,5 +287,5 @@ def test_a_set_sharing_fewer_than_two_languages_with_the_model_is_an_error(train
     shutil.copytree(run_dir, copy)
     odd = tmp_path / "odd.tsv"
     odd.write_text("en\tsw\na\tb\nc\td\n")
-    with pytest.raises(ValueError, match=r"odd.tsv: shares 1 language\(s\) with model train"):
+    with pytest.raises(ValueError, match=r"odd.tsv: shares 1 language\(s\) with model model"):
         run_stage(copy, SMALL.model_copy(update={"parallel": [str(odd)]}))

@@ -61,12 +61,14 @@ READS = (VOCAB, SHARD, TRAIN)  # the stages whose committed output it reads
 
 # ---------------------------------------------------------------- models
 def models_of(run: RunDir, params: EvalParams) -> list[tuple[str, Input]]:
-    """(label, model input) for every model: the run's train stage by default. A model folder whose
-    tokenizer cannot be its model's (:func:`~.units.tokenizer_problem`) is an error now, naming it."""
+    """(label, model input) for every model: the run's train stage by default, labelled ``model`` ("train" read
+    like the train split; the run folder's name would make the bytes and the key depend on where the run lies);
+    given ones by run and stage (``demo/train``) or by folder. A model folder whose tokenizer cannot be its
+    model's (:func:`~.units.tokenizer_problem`) is an error now, naming it."""
     if not params.models:
         m = load_output(run.stage(TRAIN), TRAIN)
         _check_tokenizer(run.stage(TRAIN), "train")
-        return [("train", Input(run.stage(TRAIN).uri, m.fingerprint))]
+        return [("model", Input(run.stage(TRAIN).uri, m.fingerprint))]
     found, labels = [], set()
     for path in params.models:
         loc = Location.of(path)
@@ -80,7 +82,7 @@ def models_of(run: RunDir, params: EvalParams) -> list[tuple[str, Input]]:
         _check_tokenizer(loc, path)
         m = read_manifest(loc)
         fp = m.fingerprint if m is not None else tree_sha256(loc.fs, loc.path)
-        label = loc.parent.name if loc.name == TRAIN else loc.name
+        label = f"{loc.parent.name}/{TRAIN}" if loc.name == TRAIN else loc.name
         while label in labels:
             label += "+"
         labels.add(label)
@@ -136,11 +138,12 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
     lms, per_set = [], []
     for label, model in models_of(run, params):
         inputs = {"model": {label: model}, "shard": shard_in, "lid": lid_in, "vocab": vocab_in}
+        key = label.replace("/", "--")  # a unit's folder and task name
         lms.append(
             Unit(
                 stage=STAGE,
-                name=label,
-                out=run.unit(STAGE, label, group="lm").uri,
+                name=key,
+                out=run.unit(STAGE, key, group="lm").uri,
                 code_version=code,
                 params=lm_params,
                 inputs=inputs,
@@ -150,7 +153,7 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
         for name, parts in sorted(sets.items()):
             if "eval" not in parts:
                 continue
-            unit_name = f"{label}--{name}"
+            unit_name = f"{key}--{name}"
             per_set.append(
                 Unit(
                     stage=STAGE,

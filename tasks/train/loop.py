@@ -312,7 +312,7 @@ def checkpoint(tr: Trainer, done: int) -> None:
 
 def finish(tr: Trainer) -> dict:
     """After the last step: the documents each rank read (when asked), then rank 0 saves the model folder
-    (written aside, renamed to ``final``) with the metrics and the summary."""
+    (written aside, renamed to ``final``) with the metrics, the summary and those documents."""
     from xlmflow.tasks.common.model import save_with_code
 
     accelerator, t, loader = tr.accelerator, tr.t, tr.loader
@@ -338,6 +338,8 @@ def finish(tr: Trainer) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         save_with_code(accelerator.unwrap_model(tr.model), tmp)
         shutil.copyfile(tr.metrics, tmp / METRICS)
+        for read in sorted(tr.ckdir.glob("documents-rank-*.json")):  # committed with the model: checkpoints go
+            shutil.copyfile(read, tmp / read.name)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -218,9 +218,8 @@ def train_unit(unit: Unit) -> Ref:
             return json.loads(f.read())
 
     ref = ensure(unit, build)
-    for name in ckpt.subfolders():  # the model is committed: its checkpoints are no longer needed
-        if name.startswith(train_loop.STEP_PREFIX) or name == "final":
-            ckpt.fs.rm(ckpt.child(name).path, recursive=True)
+    if ckpt.exists():  # the model is committed (its metrics.jsonl too): checkpoints, spec and log are not needed
+        ckpt.fs.rm(ckpt.path, recursive=True)
     return ref
 
 
