@@ -13,7 +13,8 @@ half-context windows, so the two figures are close but not equal.
     python bench/sweep_demo.py --run-dir runs/demo [--points today lr4e-3 ...] [--out bench/sweep_demo.json]
 
 Prints one row per point and writes them all to ``--out`` (appending to a file that exists: points run in several
-calls land in one table).
+calls land in one table; a row is keyed by its point and the run's vocabulary size, so the same points on run
+directories built with ``--vocab-size 8000`` or ``4000`` sit beside those of the demo's 16,000).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ from xlmflow.tasks.evaluate.units import train_unigram
 from xlmflow.tasks.train import loop as train_loop
 from xlmflow.tasks.train.data import IGNORE, valid_blocks
 
-#: the sweep: the demo's training (today: 4 x 128, context 128, batch 16, lr 2e-3, 300 steps) with these changes
+#: the sweep: the demo's training with these changes. Until 16466ae the demo was 4 x 128, context 128, batch 16,
+#: lr 2e-3, 300 steps (the rows before "2x128-400-lr4e-3" change that); since, 2 x 128, lr 4e-3, 350 steps ("today").
 POINTS: dict[str, dict] = {
     "today": {},
+    "1x128-500": {"model": {"n_layer": 1}, "max_steps": 500},
+    "2x128-ctx64-b32": {"model": {"n_positions": 64}, "batch_size": 32},
+    "2x128-450": {"max_steps": 450},
+    # a smaller vocabulary makes a step cheaper (the 16k x 128 output layer is most of it): more steps, same time
+    "2x128-1000": {"max_steps": 1000, "warmup_steps": 60},
+    "2x128-1200": {"max_steps": 1200, "warmup_steps": 80},
     "no-pairs": {"parallel_share": 0.0},
     "lr4e-3": {"lr": 4e-3},
     "lr6e-3": {"lr": 6e-3, "warmup_steps": 50},
@@ -105,6 +113,7 @@ def run_point(run: RunDir, name: str, change: dict, work: str) -> dict:
     t = spec["train"]
     return {
         "point": name,
+        "vocab_size": _vocab_size(spec),
         "change": change,
         "steps": t["max_steps"],
         "tokens": t["max_steps"] * t["batch_size"] * t["block_size"],
@@ -134,9 +143,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in a.points:
             row = run_point(run, name, POINTS[name], work)
-            rows = [r for r in rows if r["point"] != name] + [row]
+            key = (name, row["vocab_size"])
+            rows = [r for r in rows if (r["point"], r.get("vocab_size", 16000)) != key] + [row]
             print(
-                f"{name:>18}  {row['steps']:>4} steps  {row['train_s']:>6.1f} s  bpb {row['mean_bpb']:.3f} "
+                f"{name:>18}  vocab {row['vocab_size']:>5}  {row['steps']:>4} steps  {row['train_s']:>6.1f} s  "
+                f"bpb {row['mean_bpb']:.3f} "
                 f"(unigram {row['mean_unigram_bpb']:.3f})  below unigram in {row['below_unigram']}/{row['languages']}",
                 flush=True,
             )

@@ -21,4 +21,7 @@ DEMO: dict[str, Any] = {
             {"path": f"{DEMO_CORPUS}/*.jsonl.zst", "format": "jsonl", "text_field": "text", "lang_field": "lang"}
         ]
     },
+    # a 4k vocabulary, not the default 16k: the demo's 2 x 128 model learns more in its CPU budget with it (a step
+    # is ~3x cheaper; bench/sweep_demo.py, bench/RESULTS.md "Demo training")
+    "vocab": {"vocab_size": 4000},
 }

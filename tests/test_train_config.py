@@ -25,13 +25,13 @@ DEMO_TRAINING = {
     "batch_size": 16,
     "lr": 4e-3,
     "min_lr_ratio": 0.1,
-    "warmup_steps": 30,
-    "max_steps": 350,
+    "warmup_steps": 80,
+    "max_steps": 1200,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
     "grad_accum": 1,
-    "eval_every": 100,
-    "checkpoint_every": 100,
+    "eval_every": 200,
+    "checkpoint_every": 200,
     "parallel_share": 0.2,  # translation-pair blocks (issue 19), where the shard stage has pairs
 }
 
@@ -199,7 +199,8 @@ def test_presets_carry_their_own_training_defaults(inputs):
     assert TrainParams(preset="gpt2-small", lr=1e-3).training_resolved(10**9)["lr"] == 1e-3, "explicit lr kept"
     assert TrainParams(preset="gpt2-small", max_steps=100).training_resolved(10**9)["warmup_steps"] == 10
     assert TrainParams().training_resolved() == DEMO_TRAINING, "the demo's training changed"
-    assert TrainParams(max_steps=50).training_resolved()["warmup_steps"] == 30, "the demo's warm-up changed"
+    assert TrainParams(max_steps=50).training_resolved()["warmup_steps"] == 5, "at most a tenth of the steps"
+    assert TrainParams(max_steps=50, warmup_steps=30).training_resolved()["warmup_steps"] == 30, "explicit kept"
 
     run = RunDir.of(str(inputs))
     demo = train.plan(run, TrainParams())
@@ -208,7 +209,7 @@ def test_presets_carry_their_own_training_defaults(inputs):
         k: v for k, v in DEMO_TRAINING.items() if k not in planned
     }
     assert demo.params["train"]["parallel_share"] == 0.0
-    assert demo.options["checkpoint_every"] == 100
+    assert demo.options["checkpoint_every"] == 200
     gpt2 = train.plan(run, TrainParams(preset="gpt2-small"))
     tokens = sum(v["tokens"] for v in load_output(run.stage("shard"), "shard").stats["totals"]["train"].values())
     assert gpt2.params["train"]["lr"] == 6e-4 and gpt2.params["train"]["max_steps"] == math.ceil(tokens / 2**19)
@@ -233,7 +234,7 @@ def test_train_help_lists_each_preset_with_its_size_and_defaults(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 4e-3", "warm-up 30", "350 steps"):
+    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 4e-3", "warm-up 80", "1200 steps"):
         assert needle in text, needle
 
 

@@ -17,14 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU: ~2.5M parameters (most in the 16k x 128 embedding), a few minutes on 2 cores. Two layers, not four: at
-    # this budget the shallower model learns more per CPU-second (bench/sweep_demo.py, bench/RESULTS.md)
+    # CPU: ~0.9M parameters with the demo's 4k vocabulary, a few minutes on 2 cores. Two layers, not four, and a 4k
+    # vocabulary, not 16k: at this budget both learn more per CPU-second, the vocabulary most (the 16k x 128 output
+    # layer was most of a step: 4k makes a step ~3x cheaper; bench/sweep_demo.py, bench/RESULTS.md)
     "demo": {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 128},
     # GPT-2 small, 124M with a 50k vocabulary (fewer with a smaller one), for a GPU
     "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024},
 }
 SIZES = {
-    "demo": "~2.5M parameters with a 16k vocabulary, for a CPU",
+    "demo": "~0.9M parameters with the demo's 4k vocabulary, for a CPU",
     "gpt2-small": "GPT-2 small, 124M parameters with a 50k vocabulary, for a GPU",
 }
 DROPOUT_OFF = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # pretraining on fresh tokens: no dropout
@@ -37,13 +38,14 @@ TRAINING: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "lr": 4e-3,
         "min_lr_ratio": 0.1,
-        "warmup_steps": 30,
-        "max_steps": 350,
+        "warmup_steps": 80,
+        "warmup_fraction": 0.1,  # a shorter run (--max-steps 50) warms up for a tenth of its steps, not past its end
+        "max_steps": 1200,
         "weight_decay": 0.1,
         "grad_clip": 1.0,
         "grad_accum": 1,
-        "eval_every": 100,
-        "checkpoint_every": 100,
+        "eval_every": 200,
+        "checkpoint_every": 200,
         "parallel_share": 0.2,
     },
     "gpt2-small": {  # GPT-2 / nanoGPT practice for the 124M model
@@ -123,7 +125,8 @@ def _preset_default(what: str) -> str:
 
 
 class TrainParams(BaseModel):
-    """Defaults train the ``demo`` preset on a CPU in a few minutes."""
+    """The train stage's settings. Left unset, a field takes its preset's value: the demo preset trains on a CPU in
+    a few minutes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -146,7 +149,9 @@ class TrainParams(BaseModel):
     lr: float | None = Field(None, gt=0, description=_preset_default("peak learning rate"))
     min_lr_ratio: float | None = Field(None, ge=0, le=1, description=_preset_default("final learning rate / peak"))
     warmup_steps: int | None = Field(None, ge=0, description=_preset_default("linear warm-up steps"))
-    schedule: Literal["cosine", "linear"] = "cosine"
+    schedule: Literal["cosine", "linear"] = Field(
+        "cosine", description="learning-rate decay after the warm-up, from the peak to min_lr_ratio x peak"
+    )
     weight_decay: float | None = Field(None, ge=0, description=_preset_default("AdamW weight decay"))
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
@@ -164,24 +169,24 @@ class TrainParams(BaseModel):
     parallel_schedule: Literal["constant", "late"] = Field(
         "constant", description="late: the pair share rises linearly to twice parallel_share at the last step"
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of the weights' initialisation and of the order of the training blocks")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
     eval_every: int | None = Field(
         None, ge=1, description=_preset_default("per-language validation loss every N steps (and at the end)")
     )
     eval_blocks: int = Field(16, ge=1, description="validation blocks per language")
     num_processes: int = Field(1, ge=1, description="processes (CPU: torchrun; GPUs: accelerate launch)")
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, description="a loss line (and the progress artifact) every N steps")
     checkpoint_every: int | None = Field(None, ge=1, description=_preset_default("a checkpoint every N steps"))
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="the newest N checkpoints are kept while training")
     launcher: Literal["auto", "python", "torchrun", "accelerate"] = Field(
         "auto", description="auto: python for one CPU process, torchrun for several, accelerate launch on GPUs"
     )
     accelerate_config: str | None = Field(None, description="an accelerate config file (multi-GPU, multi-node)")
     record_documents: bool = Field(
         False,
-        description="each rank writes which documents it read (documents-rank-R.json "
-        "beside the checkpoints), to check a distributed run's data split",
+        description="each rank writes which documents it read (documents-rank-R.json, "
+        "committed with the model), to check a distributed run's data split",
     )
 
     @field_validator("model")
