@@ -1,9 +1,10 @@
 """Contamination of a run's train shards, without training a model: the evaluate stage's own measure.
 
 For every eval set of the run's parallel sets (its recorded configuration, or ``--parallel``): the share of
-segments, in every language column, that share an n-token n-gram with the train shards, tokenised with the run's
-tokenizer (``tasks.evaluate.contamination.count_contamination``, the function the evaluate stage calls), out of the
-segments of at least n tokens. All of a set's rows are measured (the evaluate stage reads ``max_segments`` of them).
+segments, in every language column, that share an n-gram of n text units with the train shards (decoded with the
+run's tokenizer; ``tasks.evaluate.contamination.count_contamination``, the function the evaluate stage calls), out
+of the segments of at least n units (before 2026-11-30's change to units: n tokens of the run's tokenizer). All of
+a set's rows are measured (the evaluate stage reads ``max_segments`` of them).
 Beside it, the documents the langid stage held out, per reason and language (``eval_holdout``: equal to a segment;
 ``eval_overlap``: sharing an n-gram of text units with one).
 
@@ -47,7 +48,7 @@ def measure(run_dir: str, parallel: list[str], n: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--ngram", type=int, default=13, help="tokens in a shared n-gram (the evaluate stage's ngram)")
+    ap.add_argument("--ngram", type=int, default=13, help="text units in a shared n-gram (the evaluate stage's ngram)")
     ap.add_argument("--parallel", action="append", help="parallel sets (default: the run's recorded ones)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{lang} {v['contaminated']}/{v['eligible']}" for lang, v in sorted(c["per_language"].items()))
         print(
             f"{name}: {100 * (c['share'] or 0):.2f}% of {c['eligible']} eligible segments contaminated "
-            f"({c['contaminated']}; {c['too_short']} shorter than {c['n']} tokens) | {per}"
+            f"({c['contaminated']}; {c['too_short']} shorter than {c['n']} units) | {per}"
         )
     for reason, per in out["held_out"].items():
         print(f"{reason}: {sum(per.values())} documents | " + ", ".join(f"{k} {v}" for k, v in sorted(per.items())))

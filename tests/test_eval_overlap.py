@@ -104,7 +104,7 @@ def test_contamination_counts_only_segments_long_enough_to_hold_an_ngram(monkeyp
     n = 5
     train = "the cat sat on a mat and the dog ran far away from home"
     index = NgramIndex(n)
-    index.add(*flatten([np.asarray(tok.encode(train, add_special_tokens=False).ids)]))
+    index.add(*text_units(pl.Series([train]))[:2])
     monkeypatch.setattr(contamination, "train_ngrams", lambda *a: index)
     segments = [
         "the cat sat on a mat and a bird",  # shares "the cat sat on a ..."
@@ -113,7 +113,7 @@ def test_contamination_counts_only_segments_long_enough_to_hold_an_ngram(monkeyp
         "",  # empty: not a segment at all
         None,
     ]
-    lengths = [len(tok.encode(s, add_special_tokens=False).ids) for s in segments[:3]]
+    lengths = text_units(pl.Series(segments[:3]))[2].tolist()
     assert lengths[0] >= n and lengths[1] >= n and lengths[2] < n  # the premise of the counts below
     got = contamination.count_contamination(tok, "unused", "unused", {"en": segments, "fr": [segments[1]]}, n)
     assert got["per_language"]["en"] == {"share": 0.5, "contaminated": 1, "eligible": 2, "too_short": 1}

@@ -32,6 +32,6 @@ class EvalParams(BaseModel):
         100, ge=1, description="segments translated per language pair (all usable ones where a set has fewer)"
     )
     translate_shots: int = Field(2, ge=0, description="examples in the translation prompt")
-    ngram: int = Field(13, ge=4, description="contamination: tokens in a shared n-gram")
+    ngram: int = Field(13, ge=4, description="contamination: text units (~ 16k-vocabulary tokens) in a shared n-gram")
     seed: int = Field(0, description="seeds sampled generation (per language) and the bootstrap resampling")
     batch_size: int = Field(32, ge=1, description="texts per forward pass (speed only)")

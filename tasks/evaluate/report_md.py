@@ -234,11 +234,12 @@ def _translation_section(mm: dict) -> list[str]:
 
 
 def _contamination_section(mm: dict) -> list[str]:
-    """One model's contamination per parallel set: the share of eval segments sharing an n-token n-gram with the
+    """One model's contamination per parallel set: the share of eval segments sharing an n-unit n-gram with the
     train shards, out of the segments long enough to hold one (shorter ones are counted apart), then per language."""
     lines = [
-        "**Contamination** (eval segments sharing an n-token n-gram with the train shards, out of the segments of",
-        "at least n tokens; shorter segments cannot share one and are counted apart):",
+        "**Contamination** (eval segments sharing an n-gram of n text units, ~n tokens of a 16k vocabulary, with the "
+        "train shards, out of the segments of",
+        "at least n units; shorter segments cannot share one and are counted apart):",
         "",
     ]
 
