@@ -112,6 +112,7 @@ def test_committed_model_loads_generates_and_reruns_as_a_no_op(trained, caplog):
     assert [r["step"] for r in rows if "valid_loss" in r] == [6, 12]
     ckpt = Path(unit.options["checkpoints"])
     assert not ckpt.exists(), f"checkpoints removed once committed: {sorted(ckpt.rglob('*'))}"
+    assert not (Path(run_dir) / ".checkpoints").exists(), "no empty .checkpoints/train left behind"
 
     import transformers
 

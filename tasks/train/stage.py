@@ -25,6 +25,7 @@ tokenizer files, ``metrics.jsonl`` and ``summary.json``::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -220,6 +221,10 @@ def train_unit(unit: Unit) -> Ref:
     ref = ensure(unit, build)
     if ckpt.exists():  # the model is committed (its metrics.jsonl too): checkpoints, spec and log are not needed
         ckpt.fs.rm(ckpt.path, recursive=True)
+        for folder in (ckpt.parent, ckpt.parent.parent):  # .checkpoints/train, then .checkpoints, once empty
+            with contextlib.suppress(OSError):
+                if not folder.fs.ls(folder.path):
+                    folder.fs.rmdir(folder.path)
     return ref
 
 
