@@ -172,3 +172,13 @@ def test_plain_progress_lines_from_threads_never_run_together():
     lines = out.getvalue().split("\n")
     assert lines[-1] == "" and len(lines) == 4 * 200 + 1
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d unit \d-\d+", line) for line in lines[:-1])
+
+
+def test_the_reference_cpu_recipe_is_a_valid_configuration_of_the_demo_corpus(tmp_path):
+    """data/reference-cpu.toml (bench/RESULTS.md's reference recipe) validates and plans what it says."""
+    config = PipelineConfig.for_run(str(tmp_path / "run"), PACKAGE_ROOT / "data" / "reference-cpu.toml")
+    assert config.ingest.sources[0].path == "package:data/demo/*.jsonl.zst" and config.parallel
+    assert config.vocab.vocab_size == 4000
+    t = config.train.training_resolved()
+    assert config.train.model_fields_resolved()["n_embd"] == 256 and t["max_steps"] == 3600
+    assert t["parallel_share"] == 0.25 and config.train.parallel_schedule == "late"
