@@ -105,15 +105,13 @@ def run_point(run: RunDir, name: str, change: dict, work: str) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         train_loop.run(spec)
     wall = time.monotonic() - t0
-    shards = run.stage("shard").uri
-    unigram = {
-        lang: train_unigram(shards, unit.input("shard").fingerprint, lang, _vocab_size(spec)) for lang in spec["langs"]
-    }
+    shards, vocab_size = run.stage("shard").uri, _vocab_size(spec)
+    unigram = {lang: train_unigram(shards, unit.input("shard").fingerprint, lang, vocab_size) for lang in spec["langs"]}
     per_lang = measure(spec, spec["final"], unigram)
     t = spec["train"]
     return {
         "point": name,
-        "vocab_size": _vocab_size(spec),
+        "vocab_size": vocab_size,
         "change": change,
         "steps": t["max_steps"],
         "tokens": t["max_steps"] * t["batch_size"] * t["block_size"],

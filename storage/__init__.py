@@ -6,7 +6,7 @@ to read and write.
 
 from .commit import Aside, commit
 from .fingerprint import code_version, file_sha256, hash_json, stable_hashes, stable_uniform, tree_sha256
-from .layout import Location, RunDir, partition, partition_value, relative, resolve, split_path
+from .layout import Location, RunDir, partition, partition_value, relative, remove_checkpoints, resolve, split_path
 from .manifest import (
     MANIFEST,
     FileEntry,
@@ -32,6 +32,7 @@ __all__ = [
     "stable_uniform",
     "tree_sha256",
     "Location",
+    "remove_checkpoints",
     "partition",
     "partition_value",
     "relative",

@@ -10,6 +10,7 @@ functions here.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import dataclass
 from functools import cached_property
@@ -183,3 +184,14 @@ class RunDir:
         if not parts.exists():
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in parts.fs.ls(parts.path, detail=False))
+
+
+def remove_checkpoints(folder: Location) -> None:
+    """Remove a unit's checkpoint folder (:meth:`RunDir.checkpoints`) once its output is committed, then its
+    stage's and the run's checkpoint folders where that left them empty."""
+    if folder.exists():
+        folder.fs.rm(folder.path, recursive=True)
+    for parent in (folder.parent, folder.parent.parent):  # <run>/.checkpoints/<stage>, then <run>/.checkpoints
+        with contextlib.suppress(OSError):
+            if not parent.fs.ls(parent.path):
+                parent.fs.rmdir(parent.path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import polars as pl
 
 from xlmflow.storage import Location, read_batches
@@ -59,7 +58,7 @@ def count_contamination(tok, shard_uri: str, fingerprint: str, texts: dict, n: i
         segs = pl.Series([t for t in column if t], dtype=pl.String)
         flat, starts, counts = text_units(segs)
         eligible = counts >= n
-        hit = index.counts(flat, starts) > 0 if len(segs) else np.zeros(0, dtype=bool)
+        hit = index.counts(flat, starts) > 0
         out[lang] = _counts(int((hit & eligible).sum()), int(eligible.sum()), int((~eligible).sum()))
     total = {k: sum(v[k] for v in out.values()) for k in ("contaminated", "eligible", "too_short")}
     return {"n": n, "unit": "text units (tasks/common/ngrams.py)", **_counts(**total), "per_language": out}

@@ -25,7 +25,6 @@ tokenizer files, ``metrics.jsonl`` and ``summary.json``::
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -36,7 +35,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output
+from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, remove_checkpoints
 from xlmflow.storage.shards import PAIRS
 from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
@@ -219,12 +218,7 @@ def train_unit(unit: Unit) -> Ref:
             return json.loads(f.read())
 
     ref = ensure(unit, build)
-    if ckpt.exists():  # the model is committed (its metrics.jsonl too): checkpoints, spec and log are not needed
-        ckpt.fs.rm(ckpt.path, recursive=True)
-        for folder in (ckpt.parent, ckpt.parent.parent):  # .checkpoints/train, then .checkpoints, once empty
-            with contextlib.suppress(OSError):
-                if not folder.fs.ls(folder.path):
-                    folder.fs.rmdir(folder.path)
+    remove_checkpoints(ckpt)  # the model is committed (its metrics.jsonl too): checkpoints, spec and log go
     return ref
 
 
