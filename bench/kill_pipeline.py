@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-STAGES = ("ingest", "langid", "vocab", "shard", "train", "evaluate")
+STAGES = ("ingest", "langid", "vocab", "shard", "train", "finetune", "evaluate")
 
 
 def start(run_dir: str, config: str | None, env: dict | None = None, out=subprocess.PIPE, flags=("--quiet",)):

@@ -39,7 +39,7 @@ from websockets.sync.client import connect
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-STAGES = ["ingest", "langid", "vocab", "shard", "train", "evaluate"]
+STAGES = ["ingest", "langid", "vocab", "shard", "train", "finetune", "evaluate"]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -14,6 +14,7 @@ COMMANDS = {
     "deployments": "write deployments/prefect.yaml (work pool + worker deployments) from the stage registry",
     "config": "config show: print the configuration a run directory records (what its next command starts from)",
     "serve": "serve the pipeline (nightly) and every stage as Prefect deployments from this process, no work pool",
+    "translate": "translate lines (a file or standard input) with a fine-tuned model, one translation per line",
 }
 
 
@@ -41,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "config":
             sp.add_argument("action", choices=["show"], help="show: print the recorded (or would-be) configuration")
         if name in ("status", "config"):
+            continue
+        if name == "translate":
+            sp.add_argument("file", nargs="?", help="a text file, one segment per line (default: standard input)")
+            sp.add_argument("--model", help="a fine-tuned model folder (default: <run-dir>/finetune/translate)")
+            sp.add_argument("--src", required=True, help="the lines' language (en)")
+            sp.add_argument("--tgt", required=True, help="the language to translate into (fr)")
+            sp.add_argument("--beams", type=int, default=1, help="beam search with N beams (default 1: greedy)")
+            sp.add_argument("--max-new-tokens", type=int, default=64, help="longest translation, in tokens")
+            sp.add_argument("--batch-size", type=int, default=32, help="lines translated at once")
             continue
         sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
         sp.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
@@ -122,6 +132,8 @@ def one_line(e: BaseException) -> str:
 def _command(args) -> int:
     from contextlib import nullcontext
 
+    if args.command == "translate":
+        return translate(args)
     if args.command == "status":
         return status(args.run_dir, config_from(args))
     cfg = config_from(args)
@@ -184,6 +196,25 @@ def _no_heartbeats_without_a_server():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def translate(args) -> int:
+    """``xlmflow translate``: read the lines, write their translations to standard output."""
+    from xlmflow.storage import RunDir
+    from xlmflow.tasks.finetune.translate import load, translate_lines
+
+    model_dir = args.model or RunDir.of(args.run_dir).stage("finetune").child("translate").uri
+    model, tok = load(model_dir)
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    for line in translate_lines(
+        model, tok, lines, args.src, args.tgt, args.beams, args.max_new_tokens, args.batch_size
+    ):
+        print(line)
+    return 0
 
 
 def show_config(run_dir: str, cfg) -> int:

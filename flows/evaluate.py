@@ -18,8 +18,9 @@ from xlmflow.tasks.evaluate import ui as evaluate_ui
 @stage_body("evaluate")
 def evaluate_flow(run_dir: str, params: EvalParams | None = None) -> Ref:
     run = RunDir.of(run_dir)
-    lm_units, set_units = evaluate.plan_task(run, params)
-    refs = [f.result() for f in submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)]
+    lm_units, set_units, finetuned_units = evaluate.plan_task(run, params)
+    futures = submit_units(evaluate.lm_task, lm_units) + submit_units(evaluate.set_task, set_units)
+    refs = [f.result() for f in futures + submit_units(evaluate.finetuned_task, finetuned_units)]
     ref = run_unit(evaluate.commit_task, evaluate.stage_for(run, params, refs), refs)
     artifacts.publish_task(evaluate.STAGE, run_dir, evaluate_ui.report)
     return ref
@@ -46,7 +47,8 @@ STAGE = Stage(
     flow=evaluate_flow,
     params=EvalParams,
     reads=evaluate.READS,
-    help="bits per byte, cross-lingual retrieval, transfer probe, generation, chrF++/BLEU, contamination",
+    help="bits per byte, cross-lingual retrieval, transfer probe, generation, chrF++/BLEU (few-shot and "
+    "fine-tuned), contamination",
     flags={"--max-docs": "max_docs", "--max-segments": "max_segments"},
     extra_flags=_flags,
     apply_extra=_apply,

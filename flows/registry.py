@@ -3,8 +3,16 @@ and the deployments are derived from this list (tests/test_registry.py checks ea
 
 from __future__ import annotations
 
-from xlmflow.flows import evaluate, ingest, langid, shard, train, vocab
+from xlmflow.flows import evaluate, finetune, ingest, langid, shard, train, vocab
 from xlmflow.flows.stage import Stage
 
-STAGES: list[Stage] = [ingest.STAGE, langid.STAGE, vocab.STAGE, shard.STAGE, train.STAGE, evaluate.STAGE]
+STAGES: list[Stage] = [
+    ingest.STAGE,
+    langid.STAGE,
+    vocab.STAGE,
+    shard.STAGE,
+    train.STAGE,
+    finetune.STAGE,
+    evaluate.STAGE,
+]
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

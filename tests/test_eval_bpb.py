@@ -161,7 +161,7 @@ def base_run(train_inputs, tmp_path_factory) -> Path:
 def run_units(run_dir: Path, params: EvalParams) -> tuple[dict, dict]:
     """(each lm unit's metrics by model, the stage's metrics.json)."""
     run = RunDir.of(str(run_dir))
-    lms, sets = evaluate.plan(run, params)
+    lms, sets, _ = evaluate.plan(run, params)
     refs = [evaluate.lm_unit(u) for u in lms] + [evaluate.set_unit(u) for u in sets]
     units = {}
     for r in refs[: len(lms)]:
@@ -267,7 +267,7 @@ def test_a_tokenizer_that_is_not_the_models_is_an_error(base_run, tmp_path):
         evaluate.plan(RunDir.of(str(run_dir)), SMALL.model_copy(update={"models": [str(shuffled)]}))
 
     good = other_model_folder(tmp_path / "good", langs)
-    lms, _ = evaluate.plan(RunDir.of(str(run_dir)), SMALL.model_copy(update={"models": [str(good)]}))
+    lms, _, _ = evaluate.plan(RunDir.of(str(run_dir)), SMALL.model_copy(update={"models": [str(good)]}))
     shutil.copy(run_dir / "vocab" / "tokenizer.json", good / "tokenizer.json")  # 400 ids for 300 rows, after planning
     with pytest.raises(ValueError, match=r"model good .*400 ids but the model's embedding table 300 rows"):
         evaluate.lm_unit(lms[0])

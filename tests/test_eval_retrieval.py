@@ -59,7 +59,7 @@ def run(trained_tiny, tmp_path_factory):
 
 def set_metrics(run_dir, params: EvalParams) -> dict:
     """The set unit's metrics of every (model, set) unit planned for ``params``."""
-    _, units = evaluate.plan(RunDir.of(str(run_dir)), params)
+    _, units, _ = evaluate.plan(RunDir.of(str(run_dir)), params)
     return {
         u.name: json.loads(Path(Location(evaluate.set_unit(u).uri).path, "metrics.json").read_text()) for u in units
     }

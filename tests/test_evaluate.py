@@ -132,7 +132,7 @@ def hand_retrieval(run_dir, a: list[str], b: list[str], langs=("en", "fr"), mean
 
 def run_stage(run_dir, params):
     run = RunDir.of(str(run_dir))
-    lms, sets = evaluate.plan(run, params)
+    lms, sets, _ = evaluate.plan(run, params)
     refs = [evaluate.lm_unit(u) for u in lms] + [evaluate.set_unit(u) for u in sets]
     evaluate.commit_evaluation(evaluate.stage_for(run, params, refs), refs)
     return json.loads((Path(run_dir) / "evaluate" / "metrics.json").read_text())
@@ -219,7 +219,7 @@ def test_retrieval_on_embeddings_whose_answer_is_known(trained, tmp_path, monkey
         return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
 
     monkeypatch.setattr(embeddings, "embed", embed)
-    _, units = evaluate.plan(RunDir.of(str(copy)), SMALL.model_copy(update={"parallel": [str(known)]}))
+    _, units, _ = evaluate.plan(RunDir.of(str(copy)), SMALL.model_copy(update={"parallel": [str(known)]}))
     (unit,) = units
     r = json.loads((Path(Location(evaluate.set_unit(unit).uri).path) / "metrics.json").read_text())["retrieval"]
     assert r["dropped"] == {"en-fr": {"empty": 1, "identical": 1, "wrong_language": 0}}

@@ -110,9 +110,6 @@ def _stage_bytes(run_dir, stages=("ingest",)):
     return found
 
 
-PIPELINE_STAGES = ("ingest", "langid", "vocab", "shard", "train", "evaluate")
-
-
 def test_cli_help_lists_stages():
     out = subprocess.run([sys.executable, "-m", "xlmflow.flows.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(s in out.stdout for s in ("run", "ingest", "langid", "vocab", "shard", "status"))

@@ -48,6 +48,7 @@ from xlmflow.tasks.common.parallel_sets import parallel_files, read_set, set_nam
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, plain_step, stage_unit, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.evaluate import report as eval_report
+from xlmflow.tasks.evaluate.finetuned import finetuned_unit
 from xlmflow.tasks.evaluate.params import EvalParams
 from xlmflow.tasks.evaluate.sets import set_unit
 from xlmflow.tasks.evaluate.units import _load_model as _load_model  # re-exported: its cache, as before
@@ -55,8 +56,9 @@ from xlmflow.tasks.evaluate.units import lid_model_path, lm_unit, read_metrics, 
 from xlmflow.tasks.langid import lid
 
 STAGE = "evaluate"
-VOCAB, SHARD, TRAIN = "vocab", "shard", "train"
-READS = (VOCAB, SHARD, TRAIN)  # the stages whose committed output it reads
+VOCAB, SHARD, TRAIN, FINETUNE = "vocab", "shard", "train", "finetune"
+READS = (VOCAB, SHARD, TRAIN, FINETUNE)  # the stages whose committed output it reads (finetune: when it has a model)
+FINETUNED_MODEL = "translate"  # the finetune stage's translation model (its folder)
 
 
 # ---------------------------------------------------------------- models
@@ -111,8 +113,9 @@ def run_tokenizer_input(run: RunDir, shard_tokenizer: str | None) -> dict[str, I
 
 
 # ---------------------------------------------------------------- planning
-def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
-    """(lm units: one per model, set units: one per model and parallel set)."""
+def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit], list[Unit]]:
+    """(lm units: one per model, set units: one per model and parallel set, fine-tuned units: one per parallel set
+    when the run's finetune stage holds a translation model and no other models are given)."""
     shard = load_output(run.stage(SHARD), SHARD)
     shard_in = {"stage": Input(run.stage(SHARD).uri, shard.fingerprint)}
     vocab_in = run_tokenizer_input(run, shard.stats.get("tokenizer_sha256"))
@@ -165,7 +168,29 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit]]:
                     options={"batch_size": params.batch_size},
                 )
             )
-    return lms, per_set
+    tuned = run.stage(FINETUNE).child(FINETUNED_MODEL)
+    tuned_m = read_manifest(tuned) if not params.models and read_manifest(run.stage(FINETUNE)) else None
+    finetuned = []
+    for name, parts in sorted(sets.items()) if tuned_m is not None else ():
+        if "eval" not in parts:
+            continue
+        unit_name = f"{FINETUNE}--{FINETUNED_MODEL}--{name}"
+        finetuned.append(
+            Unit(
+                stage=STAGE,
+                name=unit_name,
+                out=run.unit(STAGE, unit_name, group="finetuned").uri,
+                code_version=code,
+                params=set_params | {"set": name, "tuned_from": "model"},
+                inputs={
+                    "finetuned": {f"{FINETUNE}/{FINETUNED_MODEL}": Input(tuned.uri, tuned_m.fingerprint)},
+                    "lid": lid_in,
+                    "set": parts,
+                },
+                options={"batch_size": params.batch_size},
+            )
+        )
+    return lms, per_set, finetuned
 
 
 # ---------------------------------------------------------------- the stage
@@ -210,4 +235,5 @@ def commit_evaluation(unit: Unit, refs: list[Ref]) -> Ref:
 plan_task = plain_step("evaluate-plan")(plan)
 lm_task = step(name="evaluate-lm")(lm_unit)
 set_task = step(name="evaluate-set")(set_unit)
+finetuned_task = step(name="evaluate-finetuned")(finetuned_unit)
 commit_task = step(name="evaluate-commit")(commit_evaluation)

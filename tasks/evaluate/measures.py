@@ -237,13 +237,15 @@ def translate(
     tgt: str,
     max_new_tokens: int = 64,
     batch_size: int = 1,
+    beams: int = 1,
 ) -> tuple[list[str], str]:
-    """Few-shot translation prompted in the training format, so an untuned LM can be asked at all.
+    """Few-shot translation prompted in the training format, so an untuned LM can be asked at all (with no
+    ``shots``: the prompt a fine-tuned model learnt, ``<lang:src> source <|endoftext|> <lang:tgt>``).
 
     Each pair is two documents in a row, source then target; the prompt ends with the target tag, and greedy
-    generation stops at EOS. Too long a prompt loses its oldest shots first, then the start of the source
-    (keeping its tag). Languages are derived by the model from the tags. ``batch_size`` prompts are generated
-    at once (left-padded, :func:`_continue`), in order of length so that little is padding.
+    generation (``beams`` > 1: beam search) stops at EOS. Too long a prompt loses its oldest shots first, then the
+    start of the source (keeping its tag). Languages are derived by the model from the tags. ``batch_size``
+    prompts are generated at once (left-padded, :func:`_continue`), in order of length so that little is padding.
     """
     model.eval()
     eos = tok.token_to_id(EOS)
@@ -267,11 +269,15 @@ def translate(
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     for rows in [[i for i in b if room[i] == r] for b in batches for r in sorted({room[i] for i in b})]:
         # a batch shares its room for new tokens: rows with less room (long prompts) go apart, as they would alone
-        for i, text in zip(rows, _continue(model, tok, [prompts[i] for i in rows], max_new_tokens, do_sample=False)):
+        more = {"num_beams": beams} if beams > 1 else {}
+        texts = _continue(model, tok, [prompts[i] for i in rows], max_new_tokens, do_sample=False, **more)
+        for i, text in zip(rows, texts):
             hyps[i] = text.strip()
     s, t = lang_tag(src), lang_tag(tgt)
     n = "-".join(map(str, sorted({min(kept), max(kept)}))) if kept else str(len(shots))  # shots kept: "2" or "1-3"
-    fmt = f"{s}{{source}}{EOS}{t}{{translation}}{EOS} x{n}, then {s}{{source}}{EOS}{t} -> greedy until {EOS}"
+    search = f"beam search ({beams} beams)" if beams > 1 else "greedy"
+    shown = f"{s}{{source}}{EOS}{t}{{translation}}{EOS} x{n}, then " if shots else ""
+    fmt = f"{shown}{s}{{source}}{EOS}{t} -> {search} until {EOS}"
     return hyps, fmt
 
 

@@ -18,11 +18,16 @@ from xlmflow.tasks.evaluate import plots, report_md
 
 def merge(parts: list[dict], vocab_report: dict) -> dict[str, Any]:
     models: dict[str, dict] = {}
-    for part in parts:
-        m = models.setdefault(
-            part["model"],
-            {"retrieval": {}, "transfer": {}, "chrf": {}, "bleu": {}, "contamination": {}, "translation": {}},
-        )
+
+    def entry(name: str) -> dict:
+        empty = {"retrieval": {}, "transfer": {}, "chrf": {}, "bleu": {}, "contamination": {}, "translation": {}}
+        return models.setdefault(name, empty)
+
+    for part in sorted(parts, key=lambda p: "finetuned" in p):  # the models' own parts first: they order `models`
+        if "finetuned" in part:  # the fine-tuned model's translation: beside the model it was tuned from
+            entry(part["tuned_from"]).setdefault("finetuned_translation", {})[part["set"]] = part["finetuned"]
+            continue
+        m = entry(part["model"])
         if "set" not in part:  # the language-model unit
             m |= {k: part[k] for k in ("bits_per_byte", "token_perplexity", "generation_language_rate", "generations")}
             m |= {k: part[k] for k in ("bits_per_char", "unigram_baseline", "beats_unigram", "generation") if k in part}

@@ -30,7 +30,7 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
     for m in models:
         mm = metrics["models"][m]
         lines += ["", f"## Cross-lingual retrieval ({m})", ""]
-        lines += _retrieval_section(mm) + _transfer_section(mm) + _translation_section(mm)
+        lines += _retrieval_section(mm) + _transfer_section(mm) + _translation_section(mm) + _finetuned_section(mm)
         lines += _contamination_section(mm) + _generations_section(m, mm)
     if "comparison" in metrics:
         lines += ["", "## Comparison", "", "```json", json.dumps(metrics["comparison"], indent=1)[:4000], "```"]
@@ -225,6 +225,39 @@ def _translation_section(mm: dict) -> list[str]:
             sigs = sorted({f"{name}: `{sig}`" for v in pairs.values() for name, sig in v.get("signature", {}).items()})
             lines += ["", "sacrebleu signatures: " + "; ".join(sigs), ""]
         for pair, ex in list(tr["examples"].items())[:2]:
+            for e in ex[:1]:
+                lines += [
+                    f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} (reference {_code(e['reference'])})"
+                ]
+        lines.append("")
+    return lines
+
+
+def _finetuned_section(mm: dict) -> list[str]:
+    """The finetune stage's translation model on the rows the few-shot figures were scored on: per pair its chrF++
+    beside the few-shot pretrained model's and the copy baseline's, BLEU and ROUGE-L, an example or two."""
+    lines = []
+    for s, ft in mm.get("finetuned_translation", {}).items():
+        few = mm["translation"].get(s, {})
+        lines += [
+            f"**Fine-tuned translation on {s}** (the finetune stage's model; prompt: `{ft['prompt_format']}`), beside "
+            "the few-shot pretrained model and copying the source, on the same segments:",
+            "",
+            "| pair | n | fine-tuned chrF++ [95% CI] | few-shot chrF++ | copy chrF++ | fine-tuned minus copy [95% CI] "
+            "| fine-tuned BLEU | copy BLEU | fine-tuned ROUGE-L | copy ROUGE-L |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for pair, v in sorted(ft["translation"].items()):
+            ci, copy = v.get("ci", {}), v.get("copy_baseline", {})
+            lo_hi = ci.get("chrf_minus_copy")
+            lines.append(
+                f"| {pair} | {v['n']} | {v['chrf']:.1f} [{ci['chrf'][0]:.1f}, {ci['chrf'][1]:.1f}] "
+                f"| {_f(few.get(pair, {}).get('chrf'), 1)} | {_f(copy.get('chrf'), 1)} "
+                f"| {'n/a' if not lo_hi else f'[{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]'} | {v['bleu']:.1f} "
+                f"| {_f(copy.get('bleu'), 1)} | {_f(v.get('rouge_l'), 3)} | {_f(copy.get('rouge_l'), 3)} |"
+            )
+        lines.append("")
+        for pair, ex in list(ft["examples"].items())[:3]:
             for e in ex[:1]:
                 lines += [
                     f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} (reference {_code(e['reference'])})"

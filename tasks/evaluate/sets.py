@@ -107,6 +107,21 @@ def _probe(model, tok, unit, df, texts, emb, choice: tuple[int, bool], means, ta
     return result | {"layer": layer, "centred": centred, "train_rows": train.height}
 
 
+def usable_rows(texts: dict[str, list], ok: dict[str, np.ndarray], tgt: str) -> list[int]:
+    """Rows that can test translation from the pivot into ``tgt``: both sides there, not a copy, the target in
+    its language."""
+    return [i for i, (s, t) in enumerate(zip(texts[PIVOT], texts[tgt])) if s and t and s != t and ok[tgt][i]]
+
+
+def test_rows(texts: dict[str, list], ok: dict[str, np.ndarray], tgt: str, p: dict, has_train: bool) -> list[int]:
+    """The rows translation is scored on: the first ``translate_segments`` usable ones, after the
+    ``translate_shots`` that an eval-only set gives the few-shot prompt as its examples. The fine-tuned model is
+    scored on the same rows (:mod:`.finetuned`)."""
+    usable = usable_rows(texts, ok, tgt)
+    first = 0 if has_train else p["translate_shots"]
+    return usable[first : first + p["translate_segments"]]
+
+
 def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
     """Few-shot translation from the pivot into every other language of the set, on the first
     ``translate_segments`` usable rows (all of them where the set has fewer: ``n`` says how many), scored by
@@ -117,7 +132,7 @@ def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
     shots_from = read_set(Location(unit.inputs["set"]["train"].uri)) if "train" in unit.inputs["set"] else df
     chrf, bleu, examples, fmt, per_pair = {}, {}, {}, None, {}
     for tgt in [x for x in langs if x != PIVOT]:
-        usable = [i for i, (s, t) in enumerate(zip(texts[PIVOT], texts[tgt])) if s and t and s != t and ok[tgt][i]]
+        usable = usable_rows(texts, ok, tgt)
         if "train" in unit.inputs["set"]:
             pool = (
                 shots_from.filter(
@@ -129,10 +144,9 @@ def _translate(model, tok, unit, df, texts, ok, langs) -> dict:
             # the shortest pairs: a small model's context must hold the examples and the source
             pool = pool.sort(pl.col(PIVOT).str.len_chars() + pl.col(tgt).str.len_chars()) if pool is not None else None
             shots = list(zip(pool[PIVOT], pool[tgt]))[: p["translate_shots"]] if pool is not None else []
-            test = usable[: p["translate_segments"]]
         else:  # an eval-only set: the first usable rows are the examples
             shots = [(texts[PIVOT][i], texts[tgt][i]) for i in usable[: p["translate_shots"]]]
-            test = usable[p["translate_shots"] : p["translate_shots"] + p["translate_segments"]]
+        test = test_rows(texts, ok, tgt, p, "train" in unit.inputs["set"])
         if not test:
             continue
         sources, refs = [texts[PIVOT][i] for i in test], [texts[tgt][i] for i in test]

@@ -222,10 +222,11 @@ def train_unit(unit: Unit) -> Ref:
     return ref
 
 
-def launch(cmd: list[str], ckpt: Location) -> None:
-    """Run the training processes, streaming their output to the Prefect log and progress artifact."""
+def launch(cmd: list[str], ckpt: Location, what: str = STAGE) -> None:
+    """Run the training processes, streaming their output to the Prefect log and progress artifact; ``what`` (the
+    stage: train, finetune) heads each line."""
     log = logger()
-    log.info("train: %s (checkpoints in %s)", " ".join(cmd), ckpt)
+    log.info("%s: %s (checkpoints in %s)", what, " ".join(cmd), ckpt)
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -233,7 +234,7 @@ def launch(cmd: list[str], ckpt: Location) -> None:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
     tail: deque[str] = deque(maxlen=20)
-    shown = Progress()
+    shown = Progress(what)
     config_error = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
@@ -242,12 +243,12 @@ def launch(cmd: list[str], ckpt: Location) -> None:
                 shown.update(json.loads(line[len(train_loop.PROGRESS) :]))
             elif train_loop.CONFIG_ERROR in line:  # any rank's, whatever the launcher prefixes
                 config_error = config_error or line.split(train_loop.CONFIG_ERROR, 1)[1]
-                log.error("train: configuration error: %s", config_error)
+                log.error("%s: configuration error: %s", what, config_error)
             elif line:
                 tail.append(line)
-                log.info("train: %s", line)
+                log.info("%s: %s", what, line)
                 if line.startswith(train_loop.RESUMED):
-                    progress.note(f"train: {line}")
+                    progress.note(f"{what}: {line}")
     if proc.returncode and (config_error is not None or proc.returncode == train_loop.CONFIG_EXIT):
         raise TrainingConfigError(
             f"training stopped on a configuration error: {config_error or 'see the log'}; fix the train "
@@ -284,15 +285,16 @@ def _attempt() -> tuple[int, int]:
 class Progress:
     """Training progress to the log and, inside a Prefect run, a progress artifact."""
 
-    def __init__(self):
-        self.artifact = None
+    def __init__(self, what: str = STAGE):
+        self.artifact, self.what = None, what
 
     def update(self, row: dict[str, Any]) -> None:
         log = logger()
         progress.training(row["step"], row["max_steps"], row.get("loss"), row.get("tokens_per_s"))
         if "loss" in row:
             log.info(
-                "train: step %d/%d loss %.4f lr %.2e grad-norm %.2f %.0f tokens/s",
+                "%s: step %d/%d loss %.4f lr %.2e grad-norm %.2f %.0f tokens/s",
+                self.what,
                 row["step"],
                 row["max_steps"],
                 row["loss"],
@@ -302,7 +304,8 @@ class Progress:
             )
         if "valid_loss" in row:
             log.info(
-                "train: step %d valid loss %s",
+                "%s: step %d valid loss %s",
+                self.what,
                 row["step"],
                 ", ".join(f"{k}={v:.3f}" for k, v in row["valid_loss"].items()),
             )
@@ -314,11 +317,11 @@ class Progress:
                 return
             percent = round(100.0 * row["step"] / row["max_steps"], 1)
             if self.artifact is None:
-                self.artifact = create_progress_artifact(percent, description="training steps done")
+                self.artifact = create_progress_artifact(percent, description=f"{self.what}: steps done")
             else:
                 update_progress_artifact(self.artifact, percent)
         except Exception as e:  # an artifact is a convenience; never fail training for it
-            log.debug("train: no progress artifact (%s)", e)
+            log.debug("%s: no progress artifact (%s)", self.what, e)
 
 
 def _copy(src: Location, dst: Location) -> None:

@@ -1,0 +1,39 @@
+"""The finetune flow: plan the fine-tuning units, fine-tune (or resume) each in a subprocess, commit the stage."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from xlmflow.flows.stage import Stage, stage_body, task_runner
+from xlmflow.storage import RunDir
+from xlmflow.tasks import finetune
+from xlmflow.tasks.common import artifacts
+from xlmflow.tasks.common.runtime import Ref, run_unit
+from xlmflow.tasks.finetune.params import FinetuneParams
+from xlmflow.tasks.finetune.ui import finetune_report
+
+
+@flow(name="finetune", task_runner=task_runner())
+@stage_body("finetune")
+def finetune_flow(run_dir: str, params: FinetuneParams | None = None) -> Ref:
+    run = RunDir.of(run_dir)
+    refs = [run_unit(finetune.finetune_task, u) for u in finetune.plan_task(run, params)]
+    ref = run_unit(finetune.commit_task, finetune.stage_for(run, params, refs), refs)
+    artifacts.publish_task("finetune", run_dir, finetune_report)
+    return ref
+
+
+STAGE = Stage(
+    name="finetune",
+    report=finetune_report,
+    flow=finetune_flow,
+    params=FinetuneParams,
+    reads=finetune.READS,
+    help="fine-tune the pretrained model for translation (finetune/translate; xlmflow translate uses it)",
+    flags={
+        "--translate": "translate",
+        "--finetune-steps": "max_steps",
+        "--finetune-batch-size": "batch_size",
+        "--finetune-lr": "lr",
+    },
+)

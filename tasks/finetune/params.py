@@ -1,0 +1,41 @@
+"""The finetune stage's parameters: translation fine-tuning of the pretrained model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from xlmflow.tasks.finetune.data import Direction
+
+
+class FinetuneParams(BaseModel):
+    """Defaults for a model of GPT-2 small's size; the demo sets a shorter run (flows/demo.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    translate: bool = Field(True, description="fine-tune a translation model (finetune/translate)")
+    directions: list[str] = Field(
+        default_factory=list,
+        description="translation directions as SRC-TGT (en-fr); empty: English to and from every other language "
+        "of the model that the parallel sets' train parts pair with it",
+    )
+    max_steps: int = Field(1000, ge=1, description="optimiser steps")
+    batch_size: int = Field(32, ge=1, description="examples per step")
+    max_len: int | None = Field(
+        None, ge=8, description="longest example (prompt + target tokens) kept; None: the model's context"
+    )
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(30, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak (cosine decay)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    seed: int = Field(0, description="seed of the example draws")
+    log_every: int = Field(10, ge=1, description="a loss line every N steps")
+    checkpoint_every: int = Field(100, ge=1, description="a checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="the newest N checkpoints are kept while fine-tuning")
+
+    @field_validator("directions")
+    @classmethod
+    def _directions(cls, value: list[str]) -> list[str]:
+        for d in value:
+            Direction.parse(d)
+        return value

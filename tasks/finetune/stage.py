@@ -1,0 +1,164 @@
+"""Fine-tuning: the train stage's model -> a translation model in ``<run>/finetune/translate``.
+
+One unit per fine-tuned model (today: ``translate``), fingerprinted by the pretrained model's, the shard stage's
+translation-pair files (the train parts of the parallel sets: eval parts are never read), the parameters, this code
+and the libraries' versions. As for training, the work runs in a subprocess (:mod:`.loop`), its checkpoints outside
+the stage folder, keyed by the unit's fingerprint (``<run>/.checkpoints/finetune/<fingerprint>``), so a killed or
+retried attempt resumes and a changed configuration starts afresh; only this process commits.
+
+The committed folder loads with plain transformers (``trust_remote_code``: its ``modeling_xlmflow.py``), and
+translates with the prompt it was tuned on::
+
+    model = transformers.AutoModelForCausalLM.from_pretrained("runs/demo/finetune/translate", trust_remote_code=True)
+    tok = transformers.AutoTokenizer.from_pretrained("runs/demo/finetune/translate")
+    ids = tok("<lang:en>Open the file<|endoftext|><lang:fr>", return_tensors="pt").input_ids
+    print(tok.decode(model.generate(ids, max_new_tokens=32)[0, ids.shape[1]:], skip_special_tokens=True))
+
+(``xlmflow translate --model runs/demo/finetune/translate --src en --tgt fr`` does it for a file of lines.)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+from dataclasses import asdict, replace
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, remove_checkpoints
+from xlmflow.storage.shards import list_pairs
+from xlmflow.tasks.common.parallel_sets import PIVOT
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.finetune import loop as finetune_loop
+from xlmflow.tasks.finetune.params import FinetuneParams
+from xlmflow.tasks.train.stage import TOKENIZER_FILES, _copy, launch
+
+PACKAGE = "xlmflow.tasks.finetune"
+STAGE = "finetune"
+TRAIN, SHARD = "train", "shard"
+READS = (SHARD, TRAIN)
+TRANSLATE = "translate"
+#: speed and bookkeeping, not the weights: kept out of the fingerprint
+OPTIONS = ("log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def model_config(run: RunDir) -> dict[str, Any]:
+    """The pretrained model's config.json (committed by the train stage)."""
+    with run.stage(TRAIN).child("config.json").open("rb") as f:
+        return json.loads(f.read())
+
+
+def directions(params: FinetuneParams, langs: list[str], paired: set[str]) -> list[str]:
+    """The configured directions, or English to and from every other language of the model that the pair files
+    hold; every direction's languages must be the model's."""
+    if params.directions:
+        for d in params.directions:
+            unknown = [x for x in d.split("-") if x not in langs]
+            if unknown:
+                raise ValueError(
+                    f"finetune.directions {d!r}: the model has no language {', '.join(unknown)} "
+                    f"(its languages: {', '.join(langs)})"
+                )
+        return list(params.directions)
+    if PIVOT not in langs or PIVOT not in paired:
+        raise ValueError(f"finetune: no {PIVOT} in the model's languages and the pairs; set finetune.directions")
+    others = [x for x in langs if x != PIVOT and x in paired]
+    return [f"{a}-{b}" for x in others for a, b in ((PIVOT, x), (x, PIVOT))]
+
+
+def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
+    """The translation unit (none when ``translate`` is off); a pretrained model and translation pairs are needed."""
+    if not params.translate:
+        return []
+    train = load_output(run.stage(TRAIN), TRAIN)
+    config = model_config(run)
+    shard_loc = run.stage(SHARD)
+    load_output(shard_loc, SHARD)
+    pairs = list_pairs(shard_loc)
+    if not pairs:  # a user's corpus without parallel sets: nothing to fine-tune on, said, not an error
+        logger().warning(
+            "finetune: %s has no translation pairs (no parallel set with a train part): no translation model; "
+            "give parallel sets with --parallel to fine-tune one",
+            shard_loc,
+        )
+        return []
+    if params.max_len and params.max_len > config["n_positions"]:
+        raise ValueError(
+            f"finetune.max_len {params.max_len} is longer than the model's context (n_positions "
+            f"{config['n_positions']}): an example must fit in it"
+        )
+    paired = {c for p in pairs for c in pq.read_schema(Location(p.uri).path).names}
+    params_fp = params.model_dump(exclude={"translate", *OPTIONS}) | {
+        "directions": directions(params, config["langs"], paired),
+        "max_len": params.max_len or config["n_positions"],
+        "libraries": {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")},
+    }
+    unit = Unit(
+        stage=STAGE,
+        name=TRANSLATE,
+        out=run.stage(STAGE).child(TRANSLATE).uri,
+        code_version=code_version(PACKAGE),
+        params=params_fp,
+        inputs={
+            "model": {TRAIN: Input(run.stage(TRAIN).uri, train.fingerprint)},
+            "pairs": {p.path: Input(p.uri, p.sha256) for p in pairs},
+        },
+        options=params.model_dump(include=set(OPTIONS)) | {"pairs": [asdict(p) for p in pairs]},
+    )
+    return [replace(unit, options=unit.options | {"checkpoints": run.checkpoints(STAGE, unit.fingerprint).path})]
+
+
+def spec_of(unit: Unit) -> dict[str, Any]:
+    """What the fine-tuning process reads (spec.json)."""
+    ckpt = unit.options["checkpoints"]
+    train = {k: v for k, v in unit.params.items() if k != "libraries"}
+    return {
+        "model": Location(unit.input("model").uri).path,
+        "pairs": unit.options["pairs"],
+        "train": train | {k: unit.options[k] for k in OPTIONS},
+        "checkpoints": ckpt,
+        "final": f"{ckpt}/final",
+        "fingerprint": unit.fingerprint,
+    }
+
+
+def finetune_unit(unit: Unit) -> Ref:
+    """Fine-tune (or resume) in a subprocess, then commit the model folder with the run's tokenizer files."""
+    ckpt = Location(unit.options["checkpoints"])
+    spec = spec_of(unit)
+
+    def build(aside: Aside) -> dict[str, Any]:
+        final = ckpt.child("final")
+        if not final.child(finetune_loop.SUMMARY).exists():
+            ckpt.makedirs()
+            spec_path = ckpt.child("spec.json")
+            with spec_path.open("wb") as f:
+                f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
+            launch([sys.executable, "-m", finetune_loop.__name__, spec_path.path], ckpt, STAGE)
+        for name in sorted(final.fs.ls(final.path, detail=False)):
+            name = name.rstrip("/").rsplit("/", 1)[-1]
+            _copy(final.child(name), aside.path(name))
+        model = Location(unit.input("model").uri)
+        for name in TOKENIZER_FILES:
+            if model.child(name).exists():
+                _copy(model.child(name), aside.path(name))
+        with final.child(finetune_loop.SUMMARY).open("rb") as f:
+            return json.loads(f.read())
+
+    ref = ensure(unit, build)
+    remove_checkpoints(ckpt)
+    return ref
+
+
+def stage_for(run: RunDir, params: FinetuneParams, refs: list[Ref]) -> Unit:
+    settings = params.model_dump(mode="json", exclude=set(OPTIONS))
+    return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(PACKAGE), settings)
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+plan_task = plain_step("finetune-plan")(plan)
+finetune_task = step(name="finetune-translate", retries=2)(finetune_unit)
+commit_task = step(name="finetune-commit")(commit_stage)

@@ -1,0 +1,205 @@
+"""The finetune stage: translation examples (loss on the target only, a real pad token), the committed model (plain
+transformers loads it), resume after a kill to the same weights, ``xlmflow translate``, and the evaluation's
+fine-tuned figures beside the few-shot model's and the copy baseline's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pairs import paired  # noqa: F401  (the fixture: a run whose shard stage has one set's pairs)
+
+from xlmflow.storage import Location, RunDir, read_table
+from xlmflow.storage.shards import list_pairs
+from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
+from xlmflow.tasks.finetune.data import IGNORE, TranslationExamples
+
+TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 256}  # a toy pair is ~130 (byte-like) tokens
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pretrained(paired, tmp_path_factory):  # noqa: F811
+    """``paired``'s run with a tiny model trained on it (the train stage committed)."""
+    from xlmflow.tasks import train
+
+    run, tok, _ = paired
+    root = tmp_path_factory.mktemp("finetune") / "run"
+    shutil.copytree(run.root.path, root)
+    params = train.TrainParams(model=TINY, align="none", max_steps=4, batch_size=2, eval_every=4, eval_blocks=1)
+    train.train_unit(train.plan(RunDir.of(str(root)), params))
+    return root, tok
+
+
+def _params(**kw):
+    from xlmflow.tasks.finetune.params import FinetuneParams
+
+    return FinetuneParams(**({"max_steps": 24, "batch_size": 4, "checkpoint_every": 4, "log_every": 4} | kw))
+
+
+def test_examples_learn_the_target_only_and_pad_with_the_pad_token(paired):  # noqa: F811
+    run, tok, _ = paired
+    files = list_pairs(run.stage("shard"))
+    langs = ["en", "fr", "zh"]
+    pad, eos = tok.token_to_id(PAD), tok.token_to_id(EOS)
+    ex = TranslationExamples(files, ["en-fr", "fr-en"], langs, pad, 256)
+    table = read_table(Location(files[0].uri))
+    # rows 2-4 are an empty side, a side in the wrong language and an untranslated copy, row 7 is held out (it
+    # shares an n-gram with the eval part): no example of them
+    assert ex.counts == {"en-fr": 4, "fr-en": 4} and set(ex.examples[:, 1].tolist()) == {0, 1, 5, 6}
+    for i in range(len(ex.examples)):
+        ids, labels, lang_ids = ex.example(i)
+        _, row, a, b = ex.examples[i]
+        src, tgt = table[langs[a]][int(row)].as_py(), table[langs[b]][int(row)].as_py()
+        assert ids.tolist() == src + tgt and src[0] == tok.token_to_id(lang_tag(langs[a])) and src[-1] == eos
+        learnt = labels != IGNORE
+        assert not learnt[: len(src) + 1].any(), "the prompt and the target's tag are never targets"
+        assert labels[learnt].tolist() == tgt[1:] and labels[-1] == eos, "every target token, and its end, learnt"
+        assert (lang_ids[: len(src)] == a + 1).all() and (lang_ids[len(src) :] == b + 1).all()
+    batch = ex.batch(seed=0, step=3, batch_size=6)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["lang_ids"].shape
+    padded = batch["input_ids"] == pad
+    assert padded.any() and (batch["labels"][padded] == IGNORE).all() and pad != eos
+    assert all(np.array_equal(batch[k], ex.batch(0, 3, 6)[k]) for k in batch), "a batch is a function of (seed, step)"
+    assert not np.array_equal(batch["input_ids"], ex.batch(0, 4, 6)["input_ids"])
+    short = TranslationExamples(files, ["en-fr"], langs, pad, 135)
+    assert 0 < short.counts["en-fr"] < 4, "examples longer than max_len are left out, not cut"
+    with pytest.raises(ValueError, match="no usable translation pairs"):
+        TranslationExamples(files, ["en-fr"], langs, pad, 8)
+
+
+def test_default_directions_pair_english_with_every_other_language(pretrained):
+    from xlmflow.tasks import finetune
+
+    root, _ = pretrained
+    (unit,) = finetune.plan(RunDir.of(str(root)), _params())
+    assert sorted(unit.params["directions"]) == ["en-fr", "en-zh", "fr-en", "zh-en"]
+    with pytest.raises(ValueError, match="no language xx"):
+        finetune.plan(RunDir.of(str(root)), _params(directions=["en-xx"]))
+    with pytest.raises(ValueError, match="SRC-TGT"):
+        _params(directions=["english"])
+    assert finetune.plan(RunDir.of(str(root)), _params(translate=False)) == []
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tune_resumes_to_the_same_weights_and_loads_with_transformers(pretrained, tmp_path, caplog):
+    import transformers
+
+    from xlmflow.tasks import finetune
+
+    root, _ = pretrained
+    runs = {}
+    for name in ("clean", "killed"):
+        runs[name] = tmp_path / name
+        shutil.copytree(root, runs[name])
+    clean = finetune.plan(RunDir.of(str(runs["clean"])), _params())[0]
+    finetune.finetune_unit(clean)
+
+    unit = finetune.plan(RunDir.of(str(runs["killed"])), _params())[0]
+    assert unit.fingerprint == clean.fingerprint
+    ckpt = Path(unit.options["checkpoints"])
+    ckpt.mkdir(parents=True)
+    (ckpt / "spec.json").write_text(json.dumps(finetune.spec_of(unit)))
+    cmd = [sys.executable, "-m", "xlmflow.tasks.finetune.loop", str(ckpt / "spec.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt / "step-0000008").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpt / "step-0000008").exists() and not (ckpt / "final").exists(), "killed too early or too late"
+    caplog.set_level(logging.INFO, logger="xlmflow")
+    finetune.finetune_unit(unit)
+    assert "resumed from checkpoint step-0000008 at step 8" in caplog.text
+    ours, theirs = runs["killed"] / "finetune" / "translate", runs["clean"] / "finetune" / "translate"
+    assert sha(ours / "model.safetensors") == sha(theirs / "model.safetensors"), "resumed weights differ"
+    assert (ours / "metrics.jsonl").read_bytes() == (theirs / "metrics.jsonl").read_bytes()
+    assert sha(ours / "model.safetensors") != sha(root / "train" / "model.safetensors"), "fine-tuning changed nothing"
+    assert not ckpt.exists(), "checkpoints go once the model is committed"
+
+    # plain transformers: the model's code (trust_remote_code), its tokenizer; generation stops at EOS, pads with PAD
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(ours), trust_remote_code=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(ours))
+    assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids(EOS)
+    pad = model.generation_config.pad_token_id
+    assert pad == tok.convert_tokens_to_ids(PAD) != model.generation_config.eos_token_id
+
+
+def test_translate_writes_one_line_per_line_and_errors_name_the_problem(pretrained, tmp_path, capsys):
+    from xlmflow.flows.cli import main
+    from xlmflow.tasks import finetune
+
+    root, _ = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(root, run)
+    finetune.finetune_unit(finetune.plan(RunDir.of(str(run)), _params(max_steps=2))[0])
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Open the settings dialog.\n\nThe firewall blocks every connection.\n", encoding="utf-8")
+    assert main(["translate", "--run-dir", str(run), "--src", "en", "--tgt", "fr", str(lines)]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert len(out) == 4 and out[1] == "" and out[3] == "", "three lines in, three out (the empty one empty)"
+    assert main(["translate", "--run-dir", str(run), "--src", "en", "--tgt", "de", str(lines)]) == 1
+    assert "unknown target language 'de': this model knows en, fr, zh" in capsys.readouterr().err
+    assert main(["translate", "--model", str(run / "shard"), "--src", "en", "--tgt", "fr", str(lines)]) == 1
+    assert "no config.json, so not a model folder" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "finetune" / "translate", bare)
+    (bare / "tokenizer.json").unlink()
+    assert main(["translate", "--model", str(bare), "--src", "en", "--tgt", "fr", str(lines)]) == 1
+    assert "no tokenizer.json beside the model" in capsys.readouterr().err
+
+
+def test_the_report_puts_the_fine_tuned_model_beside_few_shot_and_copy():
+    from xlmflow.tasks.evaluate import report, report_md
+
+    def scores(chrf, copy):
+        return {
+            "chrf": chrf,
+            "bleu": 1.0,
+            "n": 3,
+            "rouge_l": 0.1,
+            "ci": {"chrf": [chrf - 1, chrf + 1]},
+            "copy_baseline": {"chrf": copy, "bleu": 2.0, "rouge_l": 0.2},
+        }
+
+    lm = {
+        "model": "model",
+        "bits_per_byte": {"fr": 2.0},
+        "token_perplexity": {},
+        "generation_language_rate": {},
+        "generations": {},
+    }
+    few = {
+        "model": "model",
+        "set": "toy",
+        "retrieval": {},
+        "contamination": {},
+        "chrf": {"en-fr": 4.0},
+        "bleu": {"en-fr": 0.5},
+        "translation": {"en-fr": scores(4.0, 25.0)},
+        "translation_examples": {},
+        "prompt_format": "f",
+    }
+    tuned = {
+        "model": "finetune/translate",
+        "tuned_from": "model",
+        "set": "toy",
+        "finetuned": {"translation": {"en-fr": scores(9.5, 25.0)}, "examples": {}, "prompt_format": "p"},
+    }
+    merged = report.merge([tuned, lm, few], {})
+    assert list(merged["models"]) == ["model"], "the fine-tuned model is a figure of the model it was tuned from"
+    assert merged["finetuned_translation"]["toy"]["translation"]["en-fr"]["chrf"] == 9.5
+    text = "\n".join(report_md._finetuned_section(merged["models"]["model"]))
+    assert "| en-fr | 3 | 9.5 [8.5, 10.5] | 4.0 | 25.0 |" in text, text
