@@ -15,6 +15,7 @@ COMMANDS = {
     "config": "config show: print the configuration a run directory records (what its next command starts from)",
     "serve": "serve the pipeline (nightly) and every stage as Prefect deployments from this process, no work pool",
     "translate": "translate lines (a file or standard input) with a fine-tuned model, one translation per line",
+    "classify": "classify lines (a file or standard input) with a fine-tuned classifier, one class per line",
 }
 
 
@@ -43,14 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("action", choices=["show"], help="show: print the recorded (or would-be) configuration")
         if name in ("status", "config"):
             continue
-        if name == "translate":
+        if name in ("translate", "classify"):
             sp.add_argument("file", nargs="?", help="a text file, one segment per line (default: standard input)")
+            sp.add_argument("--batch-size", type=int, default=32, help="lines at once")
+        if name == "translate":
             sp.add_argument("--model", help="a fine-tuned model folder (default: <run-dir>/finetune/translate)")
             sp.add_argument("--src", required=True, help="the lines' language (en)")
             sp.add_argument("--tgt", required=True, help="the language to translate into (fr)")
             sp.add_argument("--beams", type=int, default=1, help="beam search with N beams (default 1: greedy)")
             sp.add_argument("--max-new-tokens", type=int, default=64, help="longest translation, in tokens")
-            sp.add_argument("--batch-size", type=int, default=32, help="lines translated at once")
+            continue
+        if name == "classify":
+            sp.add_argument(
+                "--model", help="a fine-tuned classifier (default: the run's one finetune/classify-<set> folder)"
+            )
+            sp.add_argument("--lang", required=True, help="the lines' language (any of the model's: zero-shot)")
             continue
         sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
         sp.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
@@ -132,8 +140,8 @@ def one_line(e: BaseException) -> str:
 def _command(args) -> int:
     from contextlib import nullcontext
 
-    if args.command == "translate":
-        return translate(args)
+    if args.command in ("translate", "classify"):
+        return apply_model(args)
     if args.command == "status":
         return status(args.run_dir, config_from(args))
     cfg = config_from(args)
@@ -198,22 +206,35 @@ def _no_heartbeats_without_a_server():
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
-def translate(args) -> int:
-    """``xlmflow translate``: read the lines, write their translations to standard output."""
+def apply_model(args) -> int:
+    """``xlmflow translate`` / ``classify``: read the lines, write one answer per line to standard output."""
     from xlmflow.storage import RunDir
-    from xlmflow.tasks.finetune.translate import load, translate_lines
+    from xlmflow.tasks.finetune import inference
 
-    model_dir = args.model or RunDir.of(args.run_dir).stage("finetune").child("translate").uri
-    model, tok = load(model_dir)
+    stage = RunDir.of(args.run_dir).stage("finetune")
+    if args.model:
+        model_dir = args.model
+    elif args.command == "translate":
+        model_dir = stage.child("translate").uri
+    else:
+        found = [n for n in stage.subfolders() if n.startswith("classify-")] if stage.exists() else []
+        if len(found) != 1:
+            which = f"it holds {', '.join(found)}" if found else "it holds none"
+            raise ValueError(f"{stage}: give the classifier with --model ({which})")
+        model_dir = stage.child(found[0]).uri
+    model, tok = inference.load(model_dir, classifier=args.command == "classify")
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             lines = f.read().splitlines()
     else:
         lines = sys.stdin.read().splitlines()
-    for line in translate_lines(
-        model, tok, lines, args.src, args.tgt, args.beams, args.max_new_tokens, args.batch_size
-    ):
-        print(line)
+    if args.command == "translate":
+        a = args
+        out = inference.translate_lines(model, tok, lines, a.src, a.tgt, a.beams, a.max_new_tokens, a.batch_size)
+    else:
+        out = inference.classify_lines(model, tok, lines, args.lang, args.batch_size)
+    if out:
+        print("\n".join(out))
     return 0
 
 

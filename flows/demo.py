@@ -24,6 +24,13 @@ DEMO: dict[str, Any] = {
     # a 4k vocabulary, not the default 16k: the demo's 2 x 128 model learns more in its CPU budget with it (a step
     # is ~3x cheaper; bench/sweep_demo.py, bench/RESULTS.md "Demo training")
     "vocab": {"vocab_size": 4000},
-    # translation fine-tuning in ~40 s on 2 cores: short examples (most UI strings fit 64 tokens), a small model's lr
-    "finetune": {"max_steps": 300, "max_len": 64, "lr": 2e-3},
+    # fine-tuning in about a minute on 2 cores: translation on short examples (most UI strings fit 64 tokens), one
+    # classifier (the LibreOffice modules; the handbook's chapters are many and small), a small model's lr
+    "finetune": {
+        "max_steps": 200,
+        "max_len": 64,
+        "lr": 2e-3,
+        "classify_steps": 150,
+        "classify_sets": ["libreoffice-help"],
+    },
 }

@@ -29,9 +29,13 @@ STAGE = Stage(
     flow=finetune_flow,
     params=FinetuneParams,
     reads=finetune.READS,
-    help="fine-tune the pretrained model for translation (finetune/translate; xlmflow translate uses it)",
+    help="fine-tune the pretrained model: translation (finetune/translate; xlmflow translate) and a zero-shot "
+    "cross-lingual classifier per parallel set (finetune/classify-<set>)",
+    parallel_field="parallel",
     flags={
         "--translate": "translate",
+        "--classify": "classify",
+        "--classify-steps": "classify_steps",
         "--finetune-steps": "max_steps",
         "--finetune-batch-size": "batch_size",
         "--finetune-lr": "lr",

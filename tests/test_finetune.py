@@ -192,14 +192,103 @@ def test_the_report_puts_the_fine_tuned_model_beside_few_shot_and_copy():
         "translation_examples": {},
         "prompt_format": "f",
     }
+    translation = {"translation": {"en-fr": scores(9.5, 25.0)}, "examples": {}, "prompt_format": "p"}
+    classification = {
+        "trained_on": "en",
+        "classes": ["a", "b"],
+        "majority_class": "a",
+        "per_language": {"fr": {"accuracy": 0.75, "majority": 0.5, "n": 4}},
+    }
+    few["transfer"] = {"accuracy": {"fr": 0.625}, "majority_baseline": {"fr": 0.5}}
     tuned = {
-        "model": "finetune/translate",
+        "model": "finetune",
         "tuned_from": "model",
         "set": "toy",
-        "finetuned": {"translation": {"en-fr": scores(9.5, 25.0)}, "examples": {}, "prompt_format": "p"},
+        "finetuned": {"translation": translation, "classification": classification},
     }
     merged = report.merge([tuned, lm, few], {})
-    assert list(merged["models"]) == ["model"], "the fine-tuned model is a figure of the model it was tuned from"
-    assert merged["finetuned_translation"]["toy"]["translation"]["en-fr"]["chrf"] == 9.5
+    assert list(merged["models"]) == ["model"], "the fine-tuned models are figures of the model they were tuned from"
+    assert merged["finetuned"]["toy"]["translation"]["translation"]["en-fr"]["chrf"] == 9.5
     text = "\n".join(report_md._finetuned_section(merged["models"]["model"]))
     assert "| en-fr | 3 | 9.5 [8.5, 10.5] | 4.0 | 25.0 |" in text, text
+    assert "| fr | 4 | 0.750 | 0.500 | 0.625 |" in text, text
+
+
+def test_the_classifier_reads_each_rows_last_real_token_and_starts_from_the_language_model(pretrained):
+    import torch
+    import transformers
+
+    from xlmflow.tasks.common.model import XlmGPT2ForSequenceClassification, register
+
+    root, tok = pretrained
+    register()
+    clf = XlmGPT2ForSequenceClassification.from_pretrained(str(root / "train"), num_labels=3).eval()
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(root / "train"))
+    for (name, a), b in zip(clf.transformer.state_dict().items(), lm.transformer.state_dict().values()):
+        assert torch.equal(a, b), f"transformer.{name} is not the pretrained one"
+    assert torch.equal(clf.lang_embeddings.weight, lm.lang_embeddings.weight)
+    pad = tok.token_to_id(PAD)
+    row = [tok.token_to_id(lang_tag("fr")), *tok.encode("Le pare-feu bloque").ids, tok.token_to_id(EOS)]
+    with torch.no_grad():
+        alone = clf(input_ids=torch.tensor([row])).logits
+        right = clf(input_ids=torch.tensor([row + [pad] * 5])).logits
+        mask = torch.tensor([[0] * 5 + [1] * len(row)])
+        left = clf(
+            input_ids=torch.tensor([[pad] * 5 + row]), attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(0)
+        ).logits
+    assert torch.allclose(alone, right, atol=1e-5) and torch.allclose(alone, left, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_classifier_trained_on_english_is_tested_on_every_language(pretrained, tmp_path, monkeypatch, capsys):
+    import polars as pl
+    import transformers
+    from test_pairs import EN, FR, ZH
+
+    from xlmflow.tasks import finetune
+    from xlmflow.tasks.common.runtime import Input, Unit
+    from xlmflow.tasks.evaluate import finetuned as ft
+
+    root, _ = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(root, run)
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    ids = [f"text/{'net' if i % 2 else 'doc'}/{i}.xhp" for i in range(len(EN))]  # two classes, from the ids
+    table = pl.DataFrame({"id": ids, "en": EN, "fr": FR, "zh": ZH})
+    table.write_parquet(sets / "lab.train.parquet")
+    table.write_parquet(sets / "lab.eval.parquet")
+    params = _params(translate=False, parallel=[str(sets)], classify_steps=6, classify_min_rows=2)
+    (unit,) = finetune.plan(RunDir.of(str(run)), params)
+    assert unit.name == "classify-lab" and unit.params["lang"] == "en"
+    ref = finetune.finetune_unit(unit)
+    folder = Path(ref.uri)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["examples"] == {"doc": 4, "net": 4} and summary["lang"] == "en"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=True)
+    assert model.config.id2label == {0: "doc", 1: "net"}
+    from xlmflow.flows.cli import main
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(FR[:2]) + "\n\n", encoding="utf-8")
+    assert main(["classify", "--run-dir", str(run), "--lang", "fr", str(lines)]) == 0  # the run's one classifier
+    out = capsys.readouterr().out.split("\n")
+    assert len(out) == 4 and set(out[:2]) <= {"doc", "net"} and out[2] == "", out
+    assert main(["classify", "--model", str(run / "train"), "--lang", "fr", str(lines)]) == 1
+    assert "not a classifier" in capsys.readouterr().err
+
+    # the eval part's rows, each side taken as in its language (the LID model's judgement is tested elsewhere)
+    monkeypatch.setattr(ft, "detected", lambda model, texts, lang: np.array([bool(t) for t in texts]))
+    got = ft._classification(
+        Unit("evaluate", "x", "", "", options={"batch_size": 4}), Input(ref.uri, ref.fingerprint), table, None
+    )
+    assert set(got["per_language"]) == {"en", "fr", "zh"} and got["trained_on"] == "en"
+    fr = got["per_language"]["fr"]  # row 2's French side is empty: 7 rows, 3 of the majority class (doc)
+    assert fr["n"] == 7 and fr["majority"] == pytest.approx(3 / 7) and 0 <= fr["accuracy"] <= 1, fr
+    assert got["majority_class"] == "doc"
+    # the stage committed with the classifier, then without it (classify off): its folder goes, nothing stale stays
+    finetune.commit_stage(finetune.stage_for(RunDir.of(str(run)), params, [ref]), [ref])
+    assert folder.exists()
+    off = params.model_copy(update={"classify": False})
+    finetune.commit_stage(finetune.stage_for(RunDir.of(str(run)), off, []), [])
+    assert not folder.exists() and (run / "finetune" / "_manifest.json").exists()

@@ -59,7 +59,7 @@ class Recorder:
     def unit_done(self, *args):
         pass
 
-    def training(self, step, total, loss, tokens_per_s=None):
+    def training(self, step, total, loss, tokens_per_s=None, what="train"):
         self.trained.append((step, total, loss, tokens_per_s))
 
     def note(self, text):

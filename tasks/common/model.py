@@ -17,8 +17,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model, GPT2PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
@@ -56,17 +63,11 @@ def labels_for(input_ids: torch.Tensor, tag_ids) -> torch.Tensor:
     return input_ids.masked_fill(torch.isin(input_ids, tags), -100)
 
 
-class XlmGPT2LMHeadModel(GPT2LMHeadModel):
-    """GPT-2 whose input is token emb + position emb + language emb (XLM), with tags as inputs only."""
+class _LanguageInputs:
+    """What both heads share: the language embedding, the token -> language map, the tie-mode anchor map, and the
+    input embeddings built from them (token row, through the anchor map, + language embedding)."""
 
-    config_class = XlmGPT2Config
-
-    def __init__(self, config: XlmGPT2Config):
-        # GPT2LMHeadModel.__init__ would run post_init (weight init) before our extra modules exist;
-        # building the same two modules here lets one post_init initialise everything, fresh or loaded.
-        GPT2PreTrainedModel.__init__(self, config)
-        self.transformer = GPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+    def _add_language_inputs(self, config: XlmGPT2Config) -> None:
         # padding_idx=0: row 0 ("no language yet") stays zero and untrained, so untagged text sees plain GPT-2
         # inputs; the other rows get the usual normal(0, initializer_range) init from _init_weights.
         self.lang_embeddings = (  # none at all when off: a parameter without gradients would stop DDP
@@ -80,14 +81,10 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
             self.register_buffer("anchor_map", torch.empty(config.vocab_size, dtype=torch.long))
         else:
             self.anchor_map = None
-        self.post_init()
-        if config.lang_token_ids:  # generation never emits a tag; saved in generation_config.json
-            self.generation_config.suppress_tokens = list(config.lang_token_ids)
 
-    def _init_weights(self, module):
-        """Buffers are filled here too: from_pretrained builds the model on the meta device and only
-        re-creates non-persistent buffers (empty) before calling this. ``init.copy_`` skips loaded ones."""
-        super()._init_weights(module)
+    def _init_language_buffers(self, module) -> None:
+        """Buffers are filled here (from ``_init_weights``): from_pretrained builds the model on the meta device
+        and only re-creates non-persistent buffers (empty) before calling it. ``init.copy_`` skips loaded ones."""
         if module is self:
             cfg = self.config
             lang_of_token = torch.zeros(cfg.vocab_size, dtype=torch.long)
@@ -104,6 +101,36 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
         pos = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(lang)
         last_tag = torch.where(lang > 0, pos, -1).cummax(dim=-1).values
         return torch.where(last_tag >= 0, lang.gather(-1, last_tag.clamp(min=0)), 0)
+
+    def language_embeds(self, input_ids: torch.Tensor, lang_ids: torch.Tensor | None) -> torch.Tensor:
+        """Token rows (through the anchor map in tie mode) + language embeddings (``lang_ids`` derived from the
+        tags when None)."""
+        if lang_ids is None:
+            lang_ids = self.lang_ids_for(input_ids)
+        ids = input_ids if self.anchor_map is None else self.anchor_map[input_ids]
+        embeds = self.transformer.wte(ids)
+        return embeds if self.lang_embeddings is None else embeds + self.lang_embeddings(lang_ids)
+
+
+class XlmGPT2LMHeadModel(_LanguageInputs, GPT2LMHeadModel):
+    """GPT-2 whose input is token emb + position emb + language emb (XLM), with tags as inputs only."""
+
+    config_class = XlmGPT2Config
+
+    def __init__(self, config: XlmGPT2Config):
+        # GPT2LMHeadModel.__init__ would run post_init (weight init) before our extra modules exist;
+        # building the same two modules here lets one post_init initialise everything, fresh or loaded.
+        GPT2PreTrainedModel.__init__(self, config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self._add_language_inputs(config)
+        self.post_init()
+        if config.lang_token_ids:  # generation never emits a tag; saved in generation_config.json
+            self.generation_config.suppress_tokens = list(config.lang_token_ids)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        self._init_language_buffers(module)
 
     @torch.no_grad()
     def init_aligned(self, anchor_ids) -> int:
@@ -142,11 +169,8 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
         The embeddings are built here and handed over as ``inputs_embeds``; GPT2Model adds the positions.
         """
         if inputs_embeds is None and input_ids is not None:
-            if lang_ids is None:
-                lang_ids = self.lang_ids_for(input_ids)
-            ids = input_ids if self.anchor_map is None else self.anchor_map[input_ids]
-            inputs_embeds, input_ids = self.transformer.wte(ids), None
-        if lang_ids is not None and self.lang_embeddings is not None:
+            inputs_embeds, input_ids = self.language_embeds(input_ids, lang_ids), None
+        elif lang_ids is not None and self.lang_embeddings is not None:
             inputs_embeds = inputs_embeds + self.lang_embeddings(lang_ids)
         return super().forward(
             input_ids=input_ids,
@@ -181,19 +205,62 @@ class XlmGPT2LMHeadModel(GPT2LMHeadModel):
         return model_inputs
 
 
+class XlmGPT2ForSequenceClassification(_LanguageInputs, GPT2PreTrainedModel):
+    """The same inputs (language embeddings, tie-mode anchors) and transformer, and a linear head on the hidden state
+    of each row's last non-pad token, as transformers' GPT2ForSequenceClassification reads it. Rows may be padded on
+    the right (causal attention never lets a real position see the padding) or on the left (then pass
+    ``attention_mask`` and ``position_ids``). Built from a pretrained language model with ``from_pretrained(folder,
+    num_labels=..., id2label=...)``: the transformer and language embeddings load, the head starts fresh."""
+
+    config_class = XlmGPT2Config
+
+    def __init__(self, config: XlmGPT2Config):
+        GPT2PreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self._add_language_inputs(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        self._init_language_buffers(module)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        lang_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        embeds = self.language_embeds(input_ids, lang_ids)
+        hidden = self.transformer(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        ).last_hidden_state
+        real = input_ids != self.config.pad_token_id
+        last = (torch.arange(input_ids.shape[-1], device=input_ids.device) * real).argmax(-1)
+        logits = self.score(hidden[torch.arange(len(input_ids), device=hidden.device), last])
+        loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits)
+
+
 def register() -> None:
     """Make the Auto classes know "xlmflow-gpt2" (idempotent)."""
     AutoConfig.register(XlmGPT2Config.model_type, XlmGPT2Config, exist_ok=True)
     AutoModelForCausalLM.register(XlmGPT2Config, XlmGPT2LMHeadModel, exist_ok=True)
+    AutoModelForSequenceClassification.register(XlmGPT2Config, XlmGPT2ForSequenceClassification, exist_ok=True)
 
 
-def save_with_code(model: XlmGPT2LMHeadModel, folder) -> Path:
+def save_with_code(model: XlmGPT2LMHeadModel | XlmGPT2ForSequenceClassification, folder) -> Path:
     """save_pretrained (safetensors only in transformers 5) plus this file as ``modeling_xlmflow.py``, with an
     ``auto_map`` so ``trust_remote_code=True`` loading works without xlmflow."""
     folder = Path(folder)
     model.config.auto_map = {
         "AutoConfig": "modeling_xlmflow.XlmGPT2Config",
         "AutoModelForCausalLM": "modeling_xlmflow.XlmGPT2LMHeadModel",
+        "AutoModelForSequenceClassification": "modeling_xlmflow.XlmGPT2ForSequenceClassification",
     }
     model.save_pretrained(folder)
     shutil.copyfile(Path(__file__).resolve(), folder / "modeling_xlmflow.py")

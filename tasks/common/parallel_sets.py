@@ -163,6 +163,28 @@ def languages(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c in ISO_639_1 and c != "id"]
 
 
+def id_class(segment_id: str) -> str:
+    """A segment's class, from its id: the LibreOffice help module (``text/<module>/...``), else the handbook
+    chapter (``<chapter>.html#...``), else what comes before the first ``#``. The transfer probe and the
+    classification fine-tune learn these classes from one language and are tested on the others."""
+    if segment_id.startswith("text/") and segment_id.count("/") >= 2:
+        return segment_id.split("/")[1]
+    return re.split(r"\.html|#", segment_id, maxsplit=1)[0]
+
+
+def labelled_rows(df: pl.DataFrame, lang: str, min_rows: int) -> pl.DataFrame:
+    """``df``'s rows with a non-empty ``lang`` side, as ``text`` and ``class`` (:func:`id_class` of the id), of the
+    classes with at least ``min_rows`` such rows (a rarer class cannot be learnt)."""
+    if lang not in df.columns or "id" not in df.columns:
+        return pl.DataFrame({"text": [], "class": []}, schema={"text": pl.String, "class": pl.String})
+    rows = df.filter(pl.col(lang).is_not_null() & (pl.col(lang) != "")).select(
+        pl.col(lang).alias("text"),
+        pl.col("id").cast(pl.String).map_elements(id_class, return_dtype=pl.String).alias("class"),
+    )
+    counts = rows["class"].value_counts()
+    return rows.filter(pl.col("class").is_in(sorted(counts.filter(pl.col("count") >= min_rows)["class"])))
+
+
 def segments(files: list[Location]) -> pl.Series:
     """Every segment of every language column of ``files``, one string each (nulls dropped)."""
     cols = []

@@ -25,7 +25,9 @@ class Reporter(Protocol):
 
     def unit_done(self, step: str, rows: int) -> None: ...
 
-    def training(self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None) -> None: ...
+    def training(
+        self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None, what: str = "train"
+    ) -> None: ...
 
     def note(self, text: str) -> None: ...
 
@@ -63,9 +65,10 @@ def unit_done(step: str, rows: int) -> None:
         _reporter.unit_done(step, rows)
 
 
-def training(step: int, total: int, loss: float | None, tokens_per_s: float | None = None) -> None:
+def training(step: int, total: int, loss: float | None, tokens_per_s: float | None = None, what: str = "train") -> None:
+    """Step ``step`` of ``total`` of a training process (``what``: train, or a fine-tuning unit)."""
     if _reporter is not None:
-        _reporter.training(step, total, loss, tokens_per_s)
+        _reporter.training(step, total, loss, tokens_per_s, what)
 
 
 class TerminalProgress:
@@ -121,12 +124,14 @@ class TerminalProgress:
             many = (self.progress.tasks[tid].total or 0) > 1  # a rate of one unit (a commit) says nothing
             self.progress.update(tid, advance=1, rate=f"{rate:,.0f} rows/s" if rows and many else "")
 
-    def training(self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None) -> None:
+    def training(
+        self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None, what: str = "train"
+    ) -> None:
         with self.lock:
-            if "train" not in self.tasks:
-                tid = self.progress.add_task("train (steps)", total=total, rate="")
-                self.tasks["train"] = (tid, time.monotonic(), [0])
-            tid = self.tasks["train"][0]
+            if what not in self.tasks:
+                tid = self.progress.add_task(f"{what} (steps)", total=total, rate="")
+                self.tasks[what] = (tid, time.monotonic(), [0])
+            tid = self.tasks[what][0]
             self.progress.update(tid, completed=step, total=total, rate="" if loss is None else f"loss {loss:.4f}")
 
 
@@ -139,7 +144,7 @@ class PlainProgress:
         self.out = out or sys.stdout
         self.every = every
         self.steps: dict[str, list] = {}  # step -> [total, done, rows, start]
-        self.last_train = -1
+        self.last_train: dict[str, int] = {}  # per training process: the step of its last line
         self.lock = threading.Lock()
         self._writing = threading.Lock()  # units on threads: one whole line at a time (print writes the text
         # and its newline apart, so two threads' lines ran together)
@@ -182,12 +187,15 @@ class PlainProgress:
         rows_part = f", {rows:,} rows" if rows else ""
         self._line(f"{step}: {total} units done{rows_part} in {time.monotonic() - start:.1f} s")
 
-    def training(self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None) -> None:
-        if loss is None or (step - self.last_train < self.every and step != total):
+    def training(
+        self, step: int, total: int, loss: float | None, tokens_per_s: float | None = None, what: str = "train"
+    ) -> None:
+        last = self.last_train.get(what, -1)
+        if loss is None or (step - last < self.every and step != total):
             return
-        self.last_train = step
+        self.last_train[what] = step
         speed = "" if tokens_per_s is None else f", {tokens_per_s:,.0f} tokens/s"
-        self._line(f"train: step {step}/{total}, loss {loss:.4f}{speed}")
+        self._line(f"{what}: step {step}/{total}, loss {loss:.4f}{speed}")
 
     def note(self, text: str) -> None:
         self._line(text)

@@ -301,6 +301,11 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
     keep = {r.uri for r in refs}
     for group in stage_loc.subfolders():  # every group, also one that no unit uses any more
         remove_asides(stage_loc.child(group))
+        if stage_loc.child(group, MANIFEST).exists():  # a unit of its own at the top (finetune/translate)
+            if stage_loc.child(group).uri not in keep:
+                logger().info("%s: removing %s (no unit makes it any more)", unit.stage, group)
+                stage_loc.fs.rm(stage_loc.child(group).path, recursive=True)
+            continue
         for name in stage_loc.child(group).subfolders():
             loc = stage_loc.child(group, name)
             remove_asides(loc)  # a killed commit's leftovers in a unit that is current (so never committed again)

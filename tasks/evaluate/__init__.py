@@ -58,7 +58,7 @@ from xlmflow.tasks.langid import lid
 STAGE = "evaluate"
 VOCAB, SHARD, TRAIN, FINETUNE = "vocab", "shard", "train", "finetune"
 READS = (VOCAB, SHARD, TRAIN, FINETUNE)  # the stages whose committed output it reads (finetune: when it has a model)
-FINETUNED_MODEL = "translate"  # the finetune stage's translation model (its folder)
+TRANSLATE_ROLE, CLASSIFY_ROLE = "finetune/translate", "finetune/classify"  # the finetune stage's models
 
 
 # ---------------------------------------------------------------- models
@@ -168,13 +168,13 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit], list[
                     options={"batch_size": params.batch_size},
                 )
             )
-    tuned = run.stage(FINETUNE).child(FINETUNED_MODEL)
-    tuned_m = read_manifest(tuned) if not params.models and read_manifest(run.stage(FINETUNE)) else None
     finetuned = []
-    for name, parts in sorted(sets.items()) if tuned_m is not None else ():
-        if "eval" not in parts:
+    tuned = _finetuned_models(run) if not params.models else {}
+    for name, parts in sorted(sets.items()):
+        models = {k: v for k, v in tuned.items() if k in (TRANSLATE_ROLE, f"{CLASSIFY_ROLE}-{name}")}
+        if "eval" not in parts or not models:
             continue
-        unit_name = f"{FINETUNE}--{FINETUNED_MODEL}--{name}"
+        unit_name = f"{FINETUNE}--{name}"
         finetuned.append(
             Unit(
                 stage=STAGE,
@@ -182,15 +182,22 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit], list[
                 out=run.unit(STAGE, unit_name, group="finetuned").uri,
                 code_version=code,
                 params=set_params | {"set": name, "tuned_from": "model"},
-                inputs={
-                    "finetuned": {f"{FINETUNE}/{FINETUNED_MODEL}": Input(tuned.uri, tuned_m.fingerprint)},
-                    "lid": lid_in,
-                    "set": parts,
-                },
+                inputs={"finetuned": models, "lid": lid_in, "set": parts},
                 options={"batch_size": params.batch_size},
             )
         )
     return lms, per_set, finetuned
+
+
+def _finetuned_models(run: RunDir) -> dict[str, Input]:
+    """The finetune stage's committed models by role (``finetune/translate``, ``finetune/classify-<set>``); none
+    when the stage is not committed."""
+    stage = run.stage(FINETUNE)
+    m = read_manifest(stage)
+    found = {}
+    for name in sorted({f.path.split("/")[0] for f in m.files if "/" in f.path}) if m is not None else ():
+        found[f"{FINETUNE}/{name}"] = Input(stage.child(name).uri, load_output(stage.child(name), FINETUNE).fingerprint)
+    return found
 
 
 # ---------------------------------------------------------------- the stage

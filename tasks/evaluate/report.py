@@ -24,8 +24,8 @@ def merge(parts: list[dict], vocab_report: dict) -> dict[str, Any]:
         return models.setdefault(name, empty)
 
     for part in sorted(parts, key=lambda p: "finetuned" in p):  # the models' own parts first: they order `models`
-        if "finetuned" in part:  # the fine-tuned model's translation: beside the model it was tuned from
-            entry(part["tuned_from"]).setdefault("finetuned_translation", {})[part["set"]] = part["finetuned"]
+        if "finetuned" in part:  # the fine-tuned models' figures: beside the model they were tuned from
+            entry(part["tuned_from"]).setdefault("finetuned", {})[part["set"]] = part["finetuned"]
             continue
         m = entry(part["model"])
         if "set" not in part:  # the language-model unit

@@ -234,36 +234,58 @@ def _translation_section(mm: dict) -> list[str]:
 
 
 def _finetuned_section(mm: dict) -> list[str]:
-    """The finetune stage's translation model on the rows the few-shot figures were scored on: per pair its chrF++
-    beside the few-shot pretrained model's and the copy baseline's, BLEU and ROUGE-L, an example or two."""
+    """The finetune stage's models on a set's eval part: translation per pair (chrF++ beside the few-shot model's and
+    the copy baseline's, BLEU, ROUGE-L, an example or two) and zero-shot classification per language (beside the
+    majority class and the frozen-feature probe)."""
     lines = []
-    for s, ft in mm.get("finetuned_translation", {}).items():
-        few = mm["translation"].get(s, {})
-        lines += [
-            f"**Fine-tuned translation on {s}** (the finetune stage's model; prompt: `{ft['prompt_format']}`), beside "
-            "the few-shot pretrained model and copying the source, on the same segments:",
-            "",
-            "| pair | n | fine-tuned chrF++ [95% CI] | few-shot chrF++ | copy chrF++ | fine-tuned minus copy [95% CI] "
-            "| fine-tuned BLEU | copy BLEU | fine-tuned ROUGE-L | copy ROUGE-L |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for pair, v in sorted(ft["translation"].items()):
-            ci, copy = v.get("ci", {}), v.get("copy_baseline", {})
-            lo_hi = ci.get("chrf_minus_copy")
-            lines.append(
-                f"| {pair} | {v['n']} | {v['chrf']:.1f} [{ci['chrf'][0]:.1f}, {ci['chrf'][1]:.1f}] "
-                f"| {_f(few.get(pair, {}).get('chrf'), 1)} | {_f(copy.get('chrf'), 1)} "
-                f"| {'n/a' if not lo_hi else f'[{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]'} | {v['bleu']:.1f} "
-                f"| {_f(copy.get('bleu'), 1)} | {_f(v.get('rouge_l'), 3)} | {_f(copy.get('rouge_l'), 3)} |"
-            )
-        lines.append("")
-        for pair, ex in list(ft["examples"].items())[:3]:
-            for e in ex[:1]:
-                lines += [
-                    f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} (reference {_code(e['reference'])})"
-                ]
-        lines.append("")
+    for s, ft in mm.get("finetuned", {}).items():
+        if ft.get("translation", {}).get("translation"):
+            lines += _finetuned_translation(s, ft["translation"], mm["translation"].get(s, {}))
+        if ft.get("classification", {}).get("per_language"):
+            lines += _finetuned_classification(s, ft["classification"], mm["transfer"].get(s, {}))
     return lines
+
+
+def _finetuned_translation(s: str, ft: dict, few: dict) -> list[str]:
+    lines = [
+        f"**Fine-tuned translation on {s}** (the finetune stage's model; prompt: `{ft['prompt_format']}`), beside "
+        "the few-shot pretrained model and copying the source, on the same segments:",
+        "",
+        "| pair | n | fine-tuned chrF++ [95% CI] | few-shot chrF++ | copy chrF++ | fine-tuned minus copy [95% CI] "
+        "| fine-tuned BLEU | copy BLEU | fine-tuned ROUGE-L | copy ROUGE-L |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pair, v in sorted(ft["translation"].items()):
+        ci, copy = v.get("ci", {}), v.get("copy_baseline", {})
+        lo_hi = ci.get("chrf_minus_copy")
+        lines.append(
+            f"| {pair} | {v['n']} | {v['chrf']:.1f} [{ci['chrf'][0]:.1f}, {ci['chrf'][1]:.1f}] "
+            f"| {_f(few.get(pair, {}).get('chrf'), 1)} | {_f(copy.get('chrf'), 1)} "
+            f"| {'n/a' if not lo_hi else f'[{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]'} | {v['bleu']:.1f} "
+            f"| {_f(copy.get('bleu'), 1)} | {_f(v.get('rouge_l'), 3)} | {_f(copy.get('rouge_l'), 3)} |"
+        )
+    lines.append("")
+    for pair, ex in list(ft["examples"].items())[:3]:
+        for e in ex[:1]:
+            lines += [f"- {pair}: {_code(e['source'])} -> {_code(e['hypothesis'])} (reference {_code(e['reference'])})"]
+    return lines + [""]
+
+
+def _finetuned_classification(s: str, c: dict, probe: dict) -> list[str]:
+    per_probe = probe.get("accuracy", {}) if isinstance(probe, dict) else {}
+    lines = [
+        f"**Zero-shot classification on {s}** (a classifier fine-tuned on {c['trained_on']} rows of the train part, "
+        f"{len(c['classes'])} classes from the segment ids; tested on every language's eval rows), beside the "
+        f"majority class ({c['majority_class']}) and the frozen-feature probe:",
+        "",
+        "| language | n | fine-tuned accuracy | majority class | probe accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for lang, v in sorted(c["per_language"].items()):
+        lines.append(
+            f"| {lang} | {v['n']} | {v['accuracy']:.3f} | {v['majority']:.3f} | {_f(per_probe.get(lang), 3)} |"
+        )
+    return lines + [""]
 
 
 def _contamination_section(mm: dict) -> list[str]:

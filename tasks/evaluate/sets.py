@@ -4,13 +4,11 @@ into the unit's ``metrics.json``."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 
 from xlmflow.storage import Aside, Location
-from xlmflow.tasks.common.parallel_sets import PIVOT, languages, read_set
+from xlmflow.tasks.common.parallel_sets import PIVOT, id_class, labelled_rows, languages, read_set
 from xlmflow.tasks.common.runtime import Ref, Unit, ensure
 from xlmflow.tasks.common.specials import lang_tag
 from xlmflow.tasks.evaluate.contamination import count_contamination
@@ -68,14 +66,6 @@ def set_unit(unit: Unit) -> Ref:
     return ensure(unit, build)
 
 
-def id_class(segment_id: str) -> str:
-    """The probe's class of a segment: the LibreOffice help module (``text/<module>/...``), else the
-    handbook chapter (``<chapter>.html#...``), else what comes before the first ``#``."""
-    if segment_id.startswith("text/") and segment_id.count("/") >= 2:
-        return segment_id.split("/")[1]
-    return re.split(r"\.html|#", segment_id, maxsplit=1)[0]
-
-
 def _probe(model, tok, unit, df, texts, emb, choice: tuple[int, bool], means, tags, index, ok) -> dict:
     """The transfer probe on the layer (raw or centred) retrieval chose on the train part."""
     from xlmflow.tasks.evaluate import embeddings
@@ -85,15 +75,12 @@ def _probe(model, tok, unit, df, texts, emb, choice: tuple[int, bool], means, ta
     train = read_set(Location(unit.inputs["set"]["train"].uri))
     if PIVOT not in train.columns or "id" not in train.columns:
         return {"skipped": "the train part has no en or id column"}
-    train = train.filter(pl.col(PIVOT).is_not_null() & (pl.col(PIVOT) != "")).with_columns(
-        pl.col("id").map_elements(id_class, return_dtype=pl.String).alias("class")
-    )
-    counts = train["class"].value_counts()
-    common = set(counts.filter(pl.col("count") >= p["probe_min_class_rows"])["class"])  # a rarer class is not learnt
-    train = spread(train.filter(pl.col("class").is_in(sorted(common))), p["probe_rows"])
+    train = labelled_rows(train, PIVOT, p["probe_min_class_rows"])  # a rarer class is not learnt
+    common = set(train["class"])
+    train = spread(train, p["probe_rows"])
     if train["class"].n_unique() < 2:
         return {"skipped": f"fewer than two classes with {p['probe_min_class_rows']}+ train rows"}
-    x = embeddings.embed(model, tok, train[PIVOT].to_list(), tags[PIVOT], index[PIVOT], unit.options["batch_size"])
+    x = embeddings.embed(model, tok, train["text"].to_list(), tags[PIVOT], index[PIVOT], unit.options["batch_size"])
 
     def view(vectors: np.ndarray, lang: str) -> np.ndarray:
         return embeddings.centre(vectors, means[lang])[layer] if centred else vectors[layer]

@@ -1,4 +1,5 @@
-"""Translation examples for fine-tuning: the shard stage's tokenised translation pairs, as prompt and target.
+"""Fine-tuning examples: translation (the shard stage's tokenised translation pairs, as prompt and target) and
+classification (labelled texts of one language, :class:`LabelledExamples`).
 
 An example of direction ``a-b`` is one row of a pairs file (:mod:`xlmflow.tasks.shard.pairs`) whose two sides make
 a usable pair (:func:`xlmflow.storage.shards.usable`: both in their language, not a copy)::
@@ -127,3 +128,37 @@ class StepLoader:
         if (d.get("seed"), d.get("batch_size")) != (self.seed, self.batch_size):
             raise ValueError(f"loader state {d} does not match seed {self.seed}, batch size {self.batch_size}")
         self.step = int(d["step"])
+
+
+class LabelledExamples:
+    """Labelled texts of one language for classification: ``<lang:xx> text <|endoftext|>`` cut to ``max_len`` tokens
+    (the tag kept), their class indices, and batches right-padded with ``<pad>`` (the classifier reads the last
+    non-pad token), drawn uniformly, a pure function of (seed, step)."""
+
+    def __init__(self, ids: list[np.ndarray], labels: np.ndarray, classes: list[str], lang_id: int, pad_id: int):
+        if len(classes) < 2:
+            raise ValueError(f"classification needs two classes or more, got {classes}")
+        self.ids, self.labels, self.classes = ids, np.asarray(labels, np.int64), classes
+        self.lang_id, self.pad_id = lang_id, pad_id
+        self.counts = {c: int((self.labels == i).sum()) for i, c in enumerate(classes)}
+
+    @classmethod
+    def encode(cls, tok, texts: list[str], classes: list[str], lang: str, langs: list[str], max_len: int):
+        """Tokenise ``texts`` (``classes`` is each text's class name) as the shard stage tokenises documents."""
+        from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
+
+        tag, eos = tok.token_to_id(lang_tag(lang)), tok.token_to_id(EOS)
+        body = [e.ids[: max_len - 2] for e in tok.encode_batch(texts, add_special_tokens=False)]
+        names = sorted(set(classes))
+        labels = np.array([names.index(c) for c in classes], np.int64)
+        ids = [np.array([tag, *b, eos], np.int64) for b in body]
+        return cls(ids, labels, names, langs.index(lang) + 1, tok.token_to_id(PAD))
+
+    def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([seed, step, 0xC1A])
+        rows = rng.integers(len(self.ids), size=batch_size)
+        width = max(len(self.ids[i]) for i in rows)
+        input_ids = np.full((batch_size, width), self.pad_id, np.int64)
+        for j, i in enumerate(rows):
+            input_ids[j, : len(self.ids[i])] = self.ids[i]
+        return {"input_ids": input_ids, "lang_ids": np.full_like(input_ids, self.lang_id), "labels": self.labels[rows]}

@@ -1,9 +1,11 @@
-"""The translation fine-tuning process: the pretrained model, trained on prompt -> target examples.
+"""The fine-tuning process: the pretrained model, trained on prompt -> target examples (``task`` translate) or as a
+sequence classifier on labelled texts of one language (``task`` classify).
 
     python -m xlmflow.tasks.finetune.loop SPEC.json
 
-``SPEC.json`` (written by :mod:`.stage`) names the pretrained model folder, the pair files, the directions and the
-hyper-parameters. The step, the loss (target tokens only, summed over the step and divided by its targets: the
+``SPEC.json`` (written by :mod:`.stage`) names the task, the pretrained model folder, the data (the pair files and
+directions, or the labelled set, its language and tokenizer) and the hyper-parameters. The step, the loss (target
+tokens only, summed over the step and divided by its targets: the
 train loop's :func:`~xlmflow.tasks.train.loop.accumulate`), the schedule, the checkpoints (``step-NNNNNNN/``,
 the configuration's fingerprint in each, :mod:`xlmflow.tasks.train.checkpoints`), the progress lines and the
 configuration-error exit are the pretraining loop's, so a killed fine-tune resumes to the same weights as one never
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xlmflow.storage.shards import Shard
-from xlmflow.tasks.finetune.data import StepLoader, TranslationExamples
+from xlmflow.tasks.finetune.data import LabelledExamples, StepLoader, TranslationExamples
 from xlmflow.tasks.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from xlmflow.tasks.train.loop import CONFIG_ERROR, CONFIG_EXIT, PROGRESS, RESUMED, accumulate, lr_factor
 from xlmflow.tasks.train.loop import _read_rows as _rows
@@ -42,6 +44,7 @@ class Tuner:
     scheduler: Any
     loader: StepLoader
     ckdir: Path
+    task: str  # translate or classify
 
 
 def run(spec: dict) -> dict:
@@ -57,7 +60,7 @@ def run(spec: dict) -> dict:
     kept = [r for r in _rows(metrics) if r["step"] <= tu.loader.step]
     metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     counts = ", ".join(f"{k}: {v}" for k, v in tu.loader.examples.counts.items())
-    print(f"fine-tuning for translation ({counts} examples), steps {tu.loader.step} -> {t['max_steps']}", flush=True)
+    print(f"fine-tuning ({spec['task']}; examples {counts}), steps {tu.loader.step} -> {t['max_steps']}", flush=True)
     began = window_start = time.perf_counter()
     tokens = 0
     for step in range(tu.loader.step, t["max_steps"]):
@@ -95,10 +98,7 @@ def setup(spec: dict) -> Tuner:
     register()
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(spec["model"], use_safetensors=True)
-        files = [Shard(**f) for f in spec["pairs"]]
-        cfg = model.config
-        examples = TranslationExamples(files, t["directions"], cfg.langs, cfg.pad_token_id, t["max_len"])
+        model, examples = classifier(spec) if spec["task"] == "classify" else translator(spec)
     except (ValueError, KeyError, OSError) as e:
         print(f"{CONFIG_ERROR}{type(e).__name__}: {' '.join(str(e).split())}", flush=True)
         sys.exit(CONFIG_EXIT)
@@ -111,12 +111,61 @@ def setup(spec: dict) -> Tuner:
     ckdir = Path(spec["checkpoints"])
     ckdir.mkdir(parents=True, exist_ok=True)
     loader = StepLoader(examples, t["seed"], t["batch_size"])
-    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir)
+    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir, spec["task"])
+
+
+def translator(spec: dict):
+    """The pretrained language model and the translation examples."""
+    import transformers
+
+    t = spec["train"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(spec["model"], use_safetensors=True)
+    files = [Shard(**f) for f in spec["pairs"]]
+    cfg = model.config
+    return model, TranslationExamples(files, t["directions"], cfg.langs, cfg.pad_token_id, t["max_len"])
+
+
+def classifier(spec: dict):
+    """A sequence classifier built on the pretrained model (its head new), and the labelled examples: the rows of the
+    set's ``lang`` side whose class has ``min_rows`` rows or more."""
+    import transformers
+    from tokenizers import Tokenizer
+
+    from xlmflow.storage import Location
+    from xlmflow.tasks.common.parallel_sets import labelled_rows, read_set
+
+    t = spec["train"]
+    rows = labelled_rows(read_set(Location(spec["set"])), t["lang"], t["min_rows"])
+    config = transformers.AutoConfig.from_pretrained(spec["model"])
+    tok = Tokenizer.from_file(spec["tokenizer"])
+    examples = LabelledExamples.encode(
+        tok, rows["text"].to_list(), rows["class"].to_list(), t["lang"], config.langs, t["max_len"]
+    )
+    labels = dict(enumerate(examples.classes))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        spec["model"],
+        use_safetensors=True,
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={c: i for i, c in labels.items()},
+    )
+    return model, examples
+
+
+def classify_loss(accelerator, model, batch: dict) -> tuple:
+    """(sum of the rows' cross-entropy, rows) of one batch, after its backward pass."""
+    loss = model(input_ids=batch["input_ids"], lang_ids=batch["lang_ids"], labels=batch["labels"]).loss
+    accelerator.backward(loss)
+    n = len(batch["labels"])
+    return loss.detach() * n, n
 
 
 def train_step(tu: Tuner, batch: dict, done: int) -> dict | None:
     """One optimiser step on ``batch``; its metrics row when step ``done`` logs (else None)."""
-    loss_sum, total = accumulate(tu.accelerator, tu.model, [batch])
+    if tu.task == "classify":
+        loss_sum, total = classify_loss(tu.accelerator, tu.model, batch)
+    else:
+        loss_sum, total = accumulate(tu.accelerator, tu.model, [batch])
     grad_norm = tu.accelerator.clip_grad_norm_(tu.model.parameters(), tu.t["grad_clip"])
     lr = tu.scheduler.get_last_lr()[0]
     tu.optimizer.step()
@@ -128,8 +177,8 @@ def train_step(tu: Tuner, batch: dict, done: int) -> dict | None:
 
 
 def finish(tu: Tuner, final: Path, seconds: float) -> dict:
-    """Save the model folder (written aside, renamed to ``final``): weights, config, the model's code, a generation
-    config that stops at EOS and pads with PAD, the metrics and the summary."""
+    """Save the model folder (written aside, renamed to ``final``): weights, config, the model's code, the metrics
+    and the summary; for translation a generation config that stops at EOS and pads with PAD."""
     from xlmflow.tasks.common.model import save_with_code
 
     rows = _rows(tu.ckdir / METRICS)
@@ -138,12 +187,13 @@ def finish(tu: Tuner, final: Path, seconds: float) -> dict:
         "examples": tu.loader.examples.counts,
         "loss_first": rows[0]["loss"],
         "loss_last": rows[-1]["loss"],
-    }
+    } | ({"lang": tu.t["lang"]} if tu.task == "classify" else {})
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     plain = tu.accelerator.unwrap_model(tu.model)
-    plain.generation_config.eos_token_id = plain.config.eos_token_id
-    plain.generation_config.pad_token_id = plain.config.pad_token_id
+    if tu.task == "translate":
+        plain.generation_config.eos_token_id = plain.config.eos_token_id
+        plain.generation_config.pad_token_id = plain.config.pad_token_id
     save_with_code(plain, tmp)
     shutil.copyfile(tu.ckdir / METRICS, tmp / METRICS)
     (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from xlmflow.tasks.common.parallel_sets import Paths
 from xlmflow.tasks.finetune.data import Direction
 
 
@@ -32,6 +33,20 @@ class FinetuneParams(BaseModel):
     log_every: int = Field(10, ge=1, description="a loss line every N steps")
     checkpoint_every: int = Field(100, ge=1, description="a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="the newest N checkpoints are kept while fine-tuning")
+    classify: bool = Field(
+        True,
+        description="fine-tune a classifier per parallel set (finetune/classify-<set>) on one language's rows of its "
+        "train part, labelled by the segment id (LibreOffice module, handbook chapter), for zero-shot transfer",
+    )
+    parallel: Paths = Field(
+        default_factory=list, description="parallel sets (folders of NAME.train/NAME.eval.parquet); the pipeline's"
+    )
+    classify_sets: list[str] = Field(
+        default_factory=list, description="the sets (by name) to fine-tune classifiers on; empty: every set"
+    )
+    classify_lang: str = Field("en", description="the one language the classifier is trained on")
+    classify_steps: int = Field(300, ge=1, description="optimiser steps of each classifier")
+    classify_min_rows: int = Field(20, ge=1, description="a class needs this many train rows (rarer: left out)")
 
     @field_validator("directions")
     @classmethod

@@ -27,10 +27,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, load_output, remove_checkpoints
+from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, remove_checkpoints
 from xlmflow.storage.shards import list_pairs
-from xlmflow.tasks.common.parallel_sets import PIVOT
+from xlmflow.tasks.common.parallel_sets import PIVOT, labelled_rows, parallel_files, read_set, set_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.finetune import loop as finetune_loop
 from xlmflow.tasks.finetune.params import FinetuneParams
 from xlmflow.tasks.train.stage import TOKENIZER_FILES, _copy, launch
@@ -39,7 +40,7 @@ PACKAGE = "xlmflow.tasks.finetune"
 STAGE = "finetune"
 TRAIN, SHARD = "train", "shard"
 READS = (SHARD, TRAIN)
-TRANSLATE = "translate"
+TRANSLATE, CLASSIFY = "translate", "classify"
 #: speed and bookkeeping, not the weights: kept out of the fingerprint
 OPTIONS = ("log_every", "checkpoint_every", "keep_checkpoints")
 
@@ -69,11 +70,32 @@ def directions(params: FinetuneParams, langs: list[str], paired: set[str]) -> li
 
 
 def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
-    """The translation unit (none when ``translate`` is off); a pretrained model and translation pairs are needed."""
-    if not params.translate:
-        return []
+    """The translation unit and one classification unit per parallel set (none of a kind that is off, or that has
+    no data: said in the log); every unit needs the committed pretrained model."""
     train = load_output(run.stage(TRAIN), TRAIN)
     config = model_config(run)
+    if params.max_len and params.max_len > config["n_positions"]:
+        raise ValueError(
+            f"finetune.max_len {params.max_len} is longer than the model's context (n_positions "
+            f"{config['n_positions']}): an example must fit in it"
+        )
+    model = {TRAIN: Input(run.stage(TRAIN).uri, train.fingerprint)}
+    shared = params.model_dump(include={"batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay"})
+    shared |= params.model_dump(include={"grad_clip", "seed"}) | {"max_len": params.max_len or config["n_positions"]}
+    shared["libraries"] = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")}
+    units = []
+    if params.translate:
+        units += _translate_unit(run, params, config, model, shared)
+    if params.classify:
+        units += _classify_units(run, params, config, model, shared)
+    options = params.model_dump(include=set(OPTIONS))
+    return [
+        replace(u, options=u.options | options | {"checkpoints": run.checkpoints(STAGE, u.fingerprint).path})
+        for u in units
+    ]
+
+
+def _translate_unit(run: RunDir, params: FinetuneParams, config: dict, model: dict, shared: dict) -> list[Unit]:
     shard_loc = run.stage(SHARD)
     load_output(shard_loc, SHARD)
     pairs = list_pairs(shard_loc)
@@ -84,44 +106,68 @@ def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
             shard_loc,
         )
         return []
-    if params.max_len and params.max_len > config["n_positions"]:
-        raise ValueError(
-            f"finetune.max_len {params.max_len} is longer than the model's context (n_positions "
-            f"{config['n_positions']}): an example must fit in it"
-        )
     paired = {c for p in pairs for c in pq.read_schema(Location(p.uri).path).names}
-    params_fp = params.model_dump(exclude={"translate", *OPTIONS}) | {
-        "directions": directions(params, config["langs"], paired),
-        "max_len": params.max_len or config["n_positions"],
-        "libraries": {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")},
-    }
-    unit = Unit(
-        stage=STAGE,
-        name=TRANSLATE,
-        out=run.stage(STAGE).child(TRANSLATE).uri,
-        code_version=code_version(PACKAGE),
-        params=params_fp,
-        inputs={
-            "model": {TRAIN: Input(run.stage(TRAIN).uri, train.fingerprint)},
-            "pairs": {p.path: Input(p.uri, p.sha256) for p in pairs},
-        },
-        options=params.model_dump(include=set(OPTIONS)) | {"pairs": [asdict(p) for p in pairs]},
-    )
-    return [replace(unit, options=unit.options | {"checkpoints": run.checkpoints(STAGE, unit.fingerprint).path})]
+    task = {"task": TRANSLATE, "max_steps": params.max_steps, "directions": directions(params, config["langs"], paired)}
+    return [
+        Unit(
+            stage=STAGE,
+            name=TRANSLATE,
+            out=run.stage(STAGE).child(TRANSLATE).uri,
+            code_version=code_version(PACKAGE),
+            params=shared | task,
+            inputs={"model": model, "pairs": {p.path: Input(p.uri, p.sha256) for p in pairs}},
+            options={"pairs": [asdict(p) for p in pairs]},
+        )
+    ]
+
+
+def _classify_units(run: RunDir, params: FinetuneParams, config: dict, model: dict, shared: dict) -> list[Unit]:
+    """One per parallel set whose train part has ids and ``classify_lang`` rows of two classes or more."""
+    lang = params.classify_lang
+    if lang not in config["langs"]:
+        raise ValueError(
+            f"finetune.classify_lang {lang!r} is not a language of the model ({', '.join(config['langs'])})"
+        )
+    units = []
+    for _, loc in parallel_files(params.parallel, ("train",)):
+        name = set_name(loc)
+        if params.classify_sets and name not in params.classify_sets:
+            continue
+        classes = labelled_rows(read_set(loc), lang, params.classify_min_rows)["class"].n_unique()
+        if classes < 2:
+            logger().warning("finetune: %s has fewer than two classes of %s rows with ids: no classifier", loc, lang)
+            continue
+        task = {"task": CLASSIFY, "set": name, "lang": lang, "min_rows": params.classify_min_rows}
+        units.append(
+            Unit(
+                stage=STAGE,
+                name=f"{CLASSIFY}-{name}",
+                out=run.stage(STAGE).child(f"{CLASSIFY}-{name}").uri,
+                code_version=code_version(PACKAGE),
+                params=shared | task | {"max_steps": params.classify_steps},
+                inputs={"model": model, "set": {loc.name: Input(loc.uri, file_sha256(loc.fs, loc.path)[0])}},
+            )
+        )
+    return units
 
 
 def spec_of(unit: Unit) -> dict[str, Any]:
     """What the fine-tuning process reads (spec.json)."""
     ckpt = unit.options["checkpoints"]
-    train = {k: v for k, v in unit.params.items() if k != "libraries"}
-    return {
-        "model": Location(unit.input("model").uri).path,
-        "pairs": unit.options["pairs"],
-        "train": train | {k: unit.options[k] for k in OPTIONS},
+    p = unit.params
+    model = Location(unit.input("model").uri)
+    spec = {
+        "task": p["task"],
+        "model": model.path,
+        "train": {k: v for k, v in p.items() if k not in ("libraries", "task", "set")}
+        | {k: unit.options[k] for k in OPTIONS},
         "checkpoints": ckpt,
         "final": f"{ckpt}/final",
         "fingerprint": unit.fingerprint,
     }
+    if p["task"] == CLASSIFY:
+        return spec | {"set": unit.input("set").uri, "tokenizer": model.child(TOKENIZER_FILE).path}
+    return spec | {"pairs": unit.options["pairs"]}
 
 
 def finetune_unit(unit: Unit) -> Ref:
@@ -136,7 +182,7 @@ def finetune_unit(unit: Unit) -> Ref:
             spec_path = ckpt.child("spec.json")
             with spec_path.open("wb") as f:
                 f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
-            launch([sys.executable, "-m", finetune_loop.__name__, spec_path.path], ckpt, STAGE)
+            launch([sys.executable, "-m", finetune_loop.__name__, spec_path.path], ckpt, f"{STAGE} {unit.name}")
         for name in sorted(final.fs.ls(final.path, detail=False)):
             name = name.rstrip("/").rsplit("/", 1)[-1]
             _copy(final.child(name), aside.path(name))
@@ -153,12 +199,12 @@ def finetune_unit(unit: Unit) -> Ref:
 
 
 def stage_for(run: RunDir, params: FinetuneParams, refs: list[Ref]) -> Unit:
-    settings = params.model_dump(mode="json", exclude=set(OPTIONS))
+    settings = params.model_dump(mode="json", exclude={"parallel", *OPTIONS})  # what `status` compares
     return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(PACKAGE), settings)
 
 
 # ---------------------------------------------------------------- Prefect tasks
 
 plan_task = plain_step("finetune-plan")(plan)
-finetune_task = step(name="finetune-translate", retries=2)(finetune_unit)
+finetune_task = step(name="finetune-model", retries=2)(finetune_unit)
 commit_task = step(name="finetune-commit")(commit_stage)

@@ -290,7 +290,7 @@ class Progress:
 
     def update(self, row: dict[str, Any]) -> None:
         log = logger()
-        progress.training(row["step"], row["max_steps"], row.get("loss"), row.get("tokens_per_s"))
+        progress.training(row["step"], row["max_steps"], row.get("loss"), row.get("tokens_per_s"), self.what)
         if "loss" in row:
             log.info(
                 "%s: step %d/%d loss %.4f lr %.2e grad-norm %.2f %.0f tokens/s",
