@@ -43,6 +43,17 @@ def pretrained(paired, tmp_path_factory):  # noqa: F811
     return root, tok
 
 
+@pytest.fixture(scope="module")
+def finetuned(pretrained, tmp_path_factory):
+    """``pretrained``'s run with the translation model fine-tuned by :func:`_params`, never interrupted. Read it."""
+    from xlmflow.tasks import finetune
+
+    root = tmp_path_factory.mktemp("finetuned") / "run"
+    shutil.copytree(pretrained[0], root)
+    finetune.finetune_unit(finetune.plan(RunDir.of(str(root)), _params())[0])
+    return root
+
+
 def _params(**kw):
     from xlmflow.tasks.finetune.params import FinetuneParams
 
@@ -94,21 +105,18 @@ def test_default_directions_pair_english_with_every_other_language(pretrained):
 
 
 @pytest.mark.slow
-def test_a_killed_fine_tune_resumes_to_the_same_weights_and_loads_with_transformers(pretrained, tmp_path, caplog):
+def test_a_killed_fine_tune_resumes_to_the_same_weights_and_loads_with_transformers(
+    pretrained, finetuned, tmp_path, caplog
+):
     import transformers
 
     from xlmflow.tasks import finetune
 
     root, _ = pretrained
-    runs = {}
-    for name in ("clean", "killed"):
-        runs[name] = tmp_path / name
-        shutil.copytree(root, runs[name])
-    clean = finetune.plan(RunDir.of(str(runs["clean"])), _params())[0]
-    finetune.finetune_unit(clean)
-
+    runs = {"clean": finetuned, "killed": tmp_path / "killed"}
+    shutil.copytree(root, runs["killed"])
     unit = finetune.plan(RunDir.of(str(runs["killed"])), _params())[0]
-    assert unit.fingerprint == clean.fingerprint
+    assert unit.fingerprint == finetune.plan(RunDir.of(str(finetuned)), _params())[0].fingerprint
     ckpt = Path(unit.options["checkpoints"])
     ckpt.mkdir(parents=True)
     (ckpt / "spec.json").write_text(json.dumps(finetune.spec_of(unit)))
@@ -137,14 +145,10 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights_and_loads_with_transform
     assert pad == tok.convert_tokens_to_ids(PAD) != model.generation_config.eos_token_id
 
 
-def test_translate_writes_one_line_per_line_and_errors_name_the_problem(pretrained, tmp_path, capsys):
+def test_translate_writes_one_line_per_line_and_errors_name_the_problem(finetuned, tmp_path, capsys):
     from xlmflow.flows.cli import main
-    from xlmflow.tasks import finetune
 
-    root, _ = pretrained
-    run = tmp_path / "run"
-    shutil.copytree(root, run)
-    finetune.finetune_unit(finetune.plan(RunDir.of(str(run)), _params(max_steps=2))[0])
+    run = finetuned
     lines = tmp_path / "lines.txt"
     lines.write_text("Open the settings dialog.\n\nThe firewall blocks every connection.\n", encoding="utf-8")
     assert main(["translate", "--run-dir", str(run), "--src", "en", "--tgt", "fr", str(lines)]) == 0
