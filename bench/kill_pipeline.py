@@ -1,7 +1,8 @@
 """Kill ``xlmflow run`` at random moments, start it again each time, and compare with a run never killed.
 
 A clean run is timed first, stage by stage (or a caller passes one it has). Then, on a second run directory,
-each round picks the next stage in turn (ingest, langid, ..., evaluate, ingest, ...), removes that stage's
+each round picks the next stage in turn (ingest, langid, ..., evaluate, ingest, ...; a stage that committed nothing
+but its manifest in the clean run is passed over), removes that stage's
 manifests and the later ones' (``invalidate``: committed units stay, so the stage has work left but not all
 of it), starts ``xlmflow run``, waits until that stage is running, sleeps a random share of the stage's clean
 time and SIGKILLs the whole process group (the CLI, its temporary Prefect server when ``PREFECT_API_URL`` names
@@ -171,6 +172,9 @@ def kill_and_compare(
         clean = str(Path(work, "clean")), timed_run(str(Path(work, "clean")), config, env=env)
     clean_dir, took = clean
     log(f"clean run: {', '.join(f'{s} {t:.1f} s' for s, t in took.items())}")
+    targets = [s for s in STAGES if _has_work(clean_dir, s)]
+    if skipped := [s for s in STAGES if s not in targets]:  # a round aimed there would end before its kill
+        log(f"not aimed at (no unit output in the clean run): {', '.join(skipped)}")
     per_stage: Counter = Counter()
     rounds, wasted, startup = 0, 0, []
     forks = ForkServer(env) if fork else None
@@ -179,7 +183,7 @@ def kill_and_compare(
     try:
         while sum(per_stage.values()) < kills:
             rounds += 1
-            target = STAGES[(rounds - 1) % len(STAGES)]  # every stage in turn, at a random moment inside it
+            target = targets[(rounds - 1) % len(targets)]  # every stage in turn, at a random moment inside it
             _force_from(killed, target)  # its output (and what follows) is not committed: it has work to be killed in
             t0 = time.monotonic()
             p = forks.run(argv) if forks else start(killed, config, env=env, out=subprocess.DEVNULL)
@@ -267,6 +271,11 @@ def timed_run(run_dir: str, config: str | None, env: dict | None = None, flags=(
         raise RuntimeError(f"the clean run failed:\n{sink.read()[-3000:]}")
     starts = [begin or ends[STAGES[0]], *(ends[s] for s in STAGES[:-1])]
     return {s: max(ends[s] - b, 0.5) for s, b in zip(STAGES, starts)}
+
+
+def _has_work(run_dir: str, stage: str) -> bool:
+    """Whether ``stage`` committed any file but its manifest (a finetune stage without parallel sets commits none)."""
+    return any(p.is_file() and p.name != "_manifest.json" for p in Path(run_dir, stage).rglob("*"))
 
 
 def _force_from(run_dir: str, stage: str) -> None:

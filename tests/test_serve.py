@@ -2,12 +2,15 @@
 a triggered stage deployment runs to Completed; SIGINT and SIGTERM stop it at once, one line and exit status 0,
 with the API server up or already gone."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -98,18 +101,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_serve_stops_on_sigterm_after_the_server_has_gone(tmp_path):
-    from prefect_server import PrefectServer
-
-    server = PrefectServer(str(tmp_path))
+def test_serve_stops_on_sigterm_after_the_server_has_gone(prefect_server, tmp_path):
+    proxy = Proxy(prefect_server)  # the session's server, behind a forwarder that can "go away"
     corpus = tmp_path / "en.txt"
     corpus.write_text("Hello world\n", encoding="utf-8")
-    env = {**os.environ, "PREFECT_API_URL": server.start(), "PREFECT_HOME": str(tmp_path)}
+    env = {**os.environ, "PREFECT_API_URL": proxy.url}
     cmd = [sys.executable, "-m", "xlmflow.flows.cli", "serve", "--run-dir", str(tmp_path / "run")]
     cmd += ["--source", str(corpus), "--format", "text", "--no-schedule"]
     proc = None
     try:
-        server.wait()
         proc = _start(cmd, env)
         watchdog = threading.Timer(180, _kill, [proc])
         watchdog.start()
@@ -119,9 +119,50 @@ def test_serve_stops_on_sigterm_after_the_server_has_gone(tmp_path):
             assert line, "".join(seen)
             seen.append(line)
         watchdog.cancel()
-        server.stop()
+        proxy.stop()  # to serve, the API server has gone: connections drop, new ones are refused
         _assert_stops(proc, signal.SIGTERM)
     finally:
-        server.stop()
+        proxy.stop()
         if proc is not None:
             _kill(proc)
+
+
+class Proxy:
+    """A TCP forwarder to a Prefect API server. Stopping it closes its port and every connection through it: to a
+    client, the server has gone (the session's server stays up for the other tests)."""
+
+    def __init__(self, api_url: str):
+        target = urllib.parse.urlsplit(api_url)
+        self.target = (target.hostname, target.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = target._replace(netloc=f"127.0.0.1:{self.listener.getsockname()[1]}").geturl()
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for sock in (a, b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        for sock in [self.listener, *self.open]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
