@@ -12,8 +12,7 @@ tag and the padding are labelled -100. Batches are right-padded with the tokeniz
 EOS would teach the model nothing about stopping). Examples longer than ``max_len`` are left out, not cut: a cut
 target would teach the model to stop mid-sentence.
 
-A batch is a pure function of (seed, step): ``batch_size`` examples of similar length from a random start in length
-order, so resuming needs only the step.
+A batch is a pure function of (seed, step): ``batch_size`` examples drawn uniformly, so resuming needs only the step.
 Numpy only: the fine-tuning process imports this before torch.
 """
 
@@ -45,26 +44,13 @@ class Direction:
         return f"{self.src}-{self.tgt}"
 
 
-def length_order(lengths: np.ndarray) -> np.ndarray:
-    """Example indices by length, ties in a fixed random order (not the order the files and directions were read
-    in, which would make a batch of one length a batch of one direction)."""
-    ties = np.random.default_rng(0x7E5).random(len(lengths))
-    return np.lexsort((ties, lengths))
-
-
-def neighbours(order: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """``size`` consecutive entries of ``order`` from a random start, shuffled (length bucketing)."""
-    start = int(rng.integers(max(len(order) - size, 0) + 1))
-    return rng.permutation(order[np.arange(start, start + size) % len(order)])
-
-
 class TranslationExamples:
     """Every usable example of ``directions`` in the pair files, at most ``max_len`` tokens long, and their batches."""
 
     def __init__(self, files: list[Shard], directions: list[str], langs: list[str], pad_id: int, max_len: int):
         self.langs, self.pad_id, self.max_len = langs, pad_id, max_len
         self.sides: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (file, lang) -> (flat ids, offsets)
-        found, lengths, self.counts = [], [], {}
+        found, self.counts = [], {}
         for f, shard in enumerate(files):
             verify(shard)
             table = read_table(Location(shard.uri))
@@ -77,13 +63,11 @@ class TranslationExamples:
                         self.sides[f, lang] = (np.asarray(column.values), np.asarray(column.offsets))
                 rows = np.flatnonzero(usable(table, d.src, d.tgt))
                 length = self._lengths(f, d.src, rows) + self._lengths(f, d.tgt, rows)
-                rows, length = rows[length <= max_len], length[length <= max_len]
-                lengths.append(length)
+                rows = rows[length <= max_len]
                 self.counts[str(d)] = self.counts.get(str(d), 0) + len(rows)
                 pair = [langs.index(d.src), langs.index(d.tgt)]
                 found.append(np.column_stack([np.full_like(rows, f), rows, *(np.full_like(rows, x) for x in pair)]))
         self.examples = np.concatenate(found) if found else np.zeros((0, 4), np.int64)
-        self.by_length = length_order(np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
         if not len(self.examples):
             raise ValueError(
                 f"no usable translation pairs of at most {max_len} tokens for {', '.join(directions)} in "
@@ -109,11 +93,9 @@ class TranslationExamples:
         return ids, labels, lang_ids
 
     def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
-        """The examples of ``step``, right-padded to the longest one (input_ids, labels, lang_ids): ``batch_size``
-        neighbours in length order from a random start (length bucketing, as translation training does: a batch of
-        similar lengths is little padding, ~2x fewer tokens computed here), every example about equally likely."""
+        """``batch_size`` examples drawn for ``step``, right-padded to the longest one (input_ids, labels, lang_ids)."""
         rng = np.random.default_rng([seed, step, 0xF1E])
-        rows = [self.example(int(i)) for i in neighbours(self.by_length, rng, batch_size)]
+        rows = [self.example(int(i)) for i in rng.integers(len(self.examples), size=batch_size)]
         width = max(len(r[0]) for r in rows)
         out = {
             "input_ids": np.full((batch_size, width), self.pad_id, np.int64),
@@ -151,7 +133,7 @@ class StepLoader:
 class LabelledExamples:
     """Labelled texts of one language for classification: ``<lang:xx> text <|endoftext|>`` cut to ``max_len`` tokens
     (the tag kept), their class indices, and batches right-padded with ``<pad>`` (the classifier reads the last
-    non-pad token), of neighbours in length order as translation's, a pure function of (seed, step)."""
+    non-pad token), drawn uniformly, a pure function of (seed, step)."""
 
     def __init__(self, ids: list[np.ndarray], labels: np.ndarray, classes: list[str], lang_id: int, pad_id: int):
         if len(classes) < 2:
@@ -159,7 +141,6 @@ class LabelledExamples:
         self.ids, self.labels, self.classes = ids, np.asarray(labels, np.int64), classes
         self.lang_id, self.pad_id = lang_id, pad_id
         self.counts = {c: int((self.labels == i).sum()) for i, c in enumerate(classes)}
-        self.by_length = length_order(np.array([len(x) for x in ids], np.int64))
 
     @classmethod
     def encode(cls, tok, texts: list[str], classes: list[str], lang: str, langs: list[str], max_len: int):
@@ -175,7 +156,7 @@ class LabelledExamples:
 
     def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([seed, step, 0xC1A])
-        rows = neighbours(self.by_length, rng, batch_size)
+        rows = rng.integers(len(self.ids), size=batch_size)
         width = max(len(self.ids[i]) for i in rows)
         input_ids = np.full((batch_size, width), self.pad_id, np.int64)
         for j, i in enumerate(rows):
