@@ -102,6 +102,8 @@ def test_default_directions_pair_english_with_every_other_language(pretrained):
     with pytest.raises(ValueError, match="SRC-TGT"):
         _params(directions=["english"])
     assert finetune.plan(RunDir.of(str(root)), _params(translate=False)) == []
+    # no parallel sets to classify: a classify_lang the model lacks is no error (a user's corpus without English)
+    assert len(finetune.plan(RunDir.of(str(root)), _params(classify_lang="ar"))) == 1
 
 
 @pytest.mark.slow
@@ -264,6 +266,8 @@ def test_a_classifier_trained_on_english_is_tested_on_every_language(pretrained,
     table.write_parquet(sets / "lab.eval.parquet")
     params = _params(translate=False, parallel=[str(sets)], classify_steps=6, classify_min_rows=2)
     (unit,) = finetune.plan(RunDir.of(str(run)), params)
+    with pytest.raises(ValueError, match="classify_lang 'ar' is not a language of the model"):
+        finetune.plan(RunDir.of(str(run)), params.model_copy(update={"classify_lang": "ar"}))
     assert unit.name == "classify-lab" and unit.params["lang"] == "en"
     ref = finetune.finetune_unit(unit)
     folder = Path(ref.uri)

@@ -123,13 +123,14 @@ def _translate_unit(run: RunDir, params: FinetuneParams, config: dict, model: di
 
 def _classify_units(run: RunDir, params: FinetuneParams, config: dict, model: dict, shared: dict) -> list[Unit]:
     """One per parallel set whose train part has ids and ``classify_lang`` rows of two classes or more."""
-    lang = params.classify_lang
-    if lang not in config["langs"]:
+    lang, files = params.classify_lang, parallel_files(params.parallel, ("train",))
+    if files and lang not in config["langs"]:
         raise ValueError(
-            f"finetune.classify_lang {lang!r} is not a language of the model ({', '.join(config['langs'])})"
+            f"finetune.classify_lang {lang!r} is not a language of the model ({', '.join(config['langs'])}): set "
+            "it to one of them, or turn classification off (--no-classify)"
         )
     units = []
-    for _, loc in parallel_files(params.parallel, ("train",)):
+    for _, loc in files:
         name = set_name(loc)
         if params.classify_sets and name not in params.classify_sets:
             continue
