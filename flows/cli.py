@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--parallel",
             action="append",
             metavar="PATH",
-            help="an evaluation parallel set: a folder of NAME.train/NAME.eval.parquet, or a Parquet/TSV file with "
-            "one column per language (repeatable; added to the configured sets; held out, alignment, evaluation)",
+            help="an evaluation parallel set: a folder of NAME.train/NAME.eval.parquet (or .tsv), or a Parquet/TSV "
+            "file with one column per language (repeatable; added to the configured sets; held out, alignment, "
+            "evaluation)",
         )
         sp.add_argument("--dask", metavar="ADDRESS", help="run units on a Dask cluster (scheduler address, or 'local')")
         if name == "run":

@@ -262,8 +262,11 @@ def test_a_classifier_trained_on_english_is_tested_on_every_language(pretrained,
     sets.mkdir()
     ids = [f"text/{'net' if i % 2 else 'doc'}/{i}.xhp" for i in range(len(EN))]  # two classes, from the ids
     table = pl.DataFrame({"id": ids, "en": EN, "fr": FR, "zh": ZH})
-    table.write_parquet(sets / "lab.train.parquet")
+    table.write_csv(sets / "lab.train.tsv", separator="\t")  # a folder's parts may be TSV as well as Parquet
     table.write_parquet(sets / "lab.eval.parquet")
+    from xlmflow.tasks.common.parallel_sets import parallel_files, set_name
+
+    assert [(split, set_name(loc)) for split, loc in parallel_files(str(sets))] == [("eval", "lab"), ("train", "lab")]
     params = _params(translate=False, parallel=[str(sets)], classify_steps=6, classify_min_rows=2)
     (unit,) = finetune.plan(RunDir.of(str(run)), params)
     with pytest.raises(ValueError, match="classify_lang 'ar' is not a language of the model"):

@@ -2,8 +2,9 @@
 
 A set is a Parquet or TSV file with one column per ISO 639-1 language code and one aligned
 segment per row (an ``id`` column and other non-language columns are ignored). A *folder*
-holds named sets split in two: ``NAME.train.parquet`` may shape the vocabulary (translation
-pairs) and train the transfer probe; ``NAME.eval.parquet`` is held out: the langid stage
+holds named sets split in two: ``NAME.train.parquet`` (or ``.tsv``) may shape the vocabulary, give
+translation pairs to training and fine-tuning, and train the transfer probe and the classifier;
+``NAME.eval.parquet`` (or ``.tsv``) is held out: the langid stage
 removes documents that repeat an eval segment or share an n-gram with one, so evaluation on
 them stays unseen by everything trained downstream. A single *file* a user names is an eval set.
 """
@@ -73,23 +74,26 @@ Paths = Annotated[list[str], BeforeValidator(_as_list)]
 
 
 def set_name(loc: Location) -> str:
-    """``debian-handbook`` for ``debian-handbook.eval.parquet``, ``mine`` for ``mine.tsv``."""
+    """``debian-handbook`` for ``debian-handbook.eval.parquet`` (or ``.eval.tsv``), ``mine`` for ``mine.tsv``."""
     name = loc.name
     for split in SPLITS:
-        name = name.removesuffix(f".{split}.parquet")
+        for ext in FORMATS:
+            name = name.removesuffix(f".{split}{ext}")
     return name.removesuffix(".parquet").removesuffix(".tsv")
 
 
 def parallel_files(paths: str | list[str] | None, splits: tuple[str, ...] = SPLITS) -> list[tuple[str, Location]]:
-    """(split, file) for every set of ``paths``: a folder's ``NAME.<split>.parquet`` files, sorted by name;
-    a file is an eval set."""
+    """(split, file) for every set of ``paths``: a folder's ``NAME.<split>.parquet`` (or ``.tsv``) files, sorted by
+    name; a file is an eval set."""
     found = []
     for path in _as_list(paths):
         loc = Location.of(path)
         if loc.is_dir():
             for p in sorted(loc.fs.ls(loc.path, detail=False)):
                 name = posixpath.basename(p.rstrip("/"))
-                found += [(split, loc.child(name)) for split in splits if name.endswith(f".{split}.parquet")]
+                found += [
+                    (split, loc.child(name)) for split in splits for ext in FORMATS if name.endswith(f".{split}{ext}")
+                ]
         elif not loc.exists():
             raise ValueError(f"parallel set {path!r}: no such file or folder")
         elif "eval" in splits:

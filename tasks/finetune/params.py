@@ -39,7 +39,8 @@ class FinetuneParams(BaseModel):
         "train part, labelled by the segment id (LibreOffice module, handbook chapter), for zero-shot transfer",
     )
     parallel: Paths = Field(
-        default_factory=list, description="parallel sets (folders of NAME.train/NAME.eval.parquet); the pipeline's"
+        default_factory=list,
+        description="parallel sets (folders of NAME.train/NAME.eval.parquet or .tsv); the pipeline's",
     )
     classify_sets: list[str] = Field(
         default_factory=list, description="the sets (by name) to fine-tune classifiers on; empty: every set"
