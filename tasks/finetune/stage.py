@@ -27,14 +27,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, remove_checkpoints
+from xlmflow.storage import Location, RunDir, code_version, file_sha256, load_output
 from xlmflow.storage.shards import list_pairs
 from xlmflow.tasks.common.parallel_sets import PIVOT, labelled_rows, parallel_files, read_set, set_name
-from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
+from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, logger, plain_step, stage_unit, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.finetune import loop as finetune_loop
 from xlmflow.tasks.finetune.params import FinetuneParams
-from xlmflow.tasks.train.stage import TOKENIZER_FILES, _copy, launch
+from xlmflow.tasks.train.stage import launch_and_commit
 
 PACKAGE = "xlmflow.tasks.finetune"
 STAGE = "finetune"
@@ -173,30 +173,14 @@ def spec_of(unit: Unit) -> dict[str, Any]:
 
 def finetune_unit(unit: Unit) -> Ref:
     """Fine-tune (or resume) in a subprocess, then commit the model folder with the run's tokenizer files."""
-    ckpt = Location(unit.options["checkpoints"])
-    spec = spec_of(unit)
-
-    def build(aside: Aside) -> dict[str, Any]:
-        final = ckpt.child("final")
-        if not final.child(finetune_loop.SUMMARY).exists():
-            ckpt.makedirs()
-            spec_path = ckpt.child("spec.json")
-            with spec_path.open("wb") as f:
-                f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
-            launch([sys.executable, "-m", finetune_loop.__name__, spec_path.path], ckpt, f"{STAGE} {unit.name}")
-        for name in sorted(final.fs.ls(final.path, detail=False)):
-            name = name.rstrip("/").rsplit("/", 1)[-1]
-            _copy(final.child(name), aside.path(name))
-        model = Location(unit.input("model").uri)
-        for name in TOKENIZER_FILES:
-            if model.child(name).exists():
-                _copy(model.child(name), aside.path(name))
-        with final.child(finetune_loop.SUMMARY).open("rb") as f:
-            return json.loads(f.read())
-
-    ref = ensure(unit, build)
-    remove_checkpoints(ckpt)
-    return ref
+    return launch_and_commit(
+        unit,
+        spec_of(unit),
+        lambda spec_path: [sys.executable, "-m", finetune_loop.__name__, spec_path],
+        Location(unit.input("model").uri),
+        f"{STAGE} {unit.name}",
+        finetune_loop.SUMMARY,
+    )
 
 
 def stage_for(run: RunDir, params: FinetuneParams, refs: list[Ref]) -> Unit:

@@ -196,25 +196,34 @@ def train_unit(unit: Unit) -> Ref:
         progress.note(
             f"train: retry {attempt - 1} of {retries} (attempt {attempt}): resuming from the last checkpoint in {ckpt}"
         )
+    return launch_and_commit(unit, spec, lambda spec_path: command(unit, spec_path), Location(spec["vocab"]))
+
+
+def launch_and_commit(
+    unit: Unit, spec: dict[str, Any], cmd, tokenizer: Location, what: str = STAGE, summary: str = train_loop.SUMMARY
+) -> Ref:
+    """Commit ``unit``: its training processes (``cmd(spec path)``) write the model to ``<checkpoints>/final`` unless
+    a finished one is there (a killed commit), then the folder and ``tokenizer``'s files are committed and the
+    checkpoints go. The train and finetune stages' units both commit this way."""
+    ckpt = Location(unit.options["checkpoints"])
 
     def build(aside: Aside) -> dict[str, Any]:
         final = ckpt.child("final")
-        if not final.child(train_loop.SUMMARY).exists():
+        if not final.child(summary).exists():
             ckpt.makedirs()
             spec_path = ckpt.child("spec.json")
             with spec_path.open("wb") as f:
                 f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
-            launch(command(unit, spec_path.path), ckpt)
+            launch(cmd(spec_path.path), ckpt, what)
         else:
-            logger().info("train: %s already holds the trained model; committing it", final)
+            logger().info("%s: %s already holds the trained model; committing it", what, final)
         for name in sorted(final.fs.ls(final.path, detail=False)):
             name = name.rstrip("/").rsplit("/", 1)[-1]
             _copy(final.child(name), aside.path(name))
-        vocab = Location(spec["vocab"])
         for name in TOKENIZER_FILES:
-            if vocab.child(name).exists():
-                _copy(vocab.child(name), aside.path(name))
-        with final.child(train_loop.SUMMARY).open("rb") as f:
+            if tokenizer.child(name).exists():
+                _copy(tokenizer.child(name), aside.path(name))
+        with final.child(summary).open("rb") as f:
             return json.loads(f.read())
 
     ref = ensure(unit, build)
