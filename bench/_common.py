@@ -143,11 +143,12 @@ def run_langid(run_dir: str, near: bool | str = True):
     jobs = [(langid.score_unit, u) for u in scores] + [(langid.signals_unit, u) for u in signals]
     score_refs = _pool_map(lambda job: job[0](job[1]), jobs)
     filter_refs = _pool_map(langid.filter_unit, filters)
-    dedup_units = langid.plan_dedup(run, params, filter_refs)
-    dedup_refs = _pool_map(langid.dedup_unit, dedup_units)
+    earlier, new, ledger = langid.plan_dedup(run, params, filters, filter_refs)
+    dedup_units = earlier + new
+    dedup_refs = _pool_map(langid.dedup_unit, earlier) + _pool_map(langid.dedup_unit, new)
     clean_refs = _pool_map(langid.clean_unit, langid.plan_clean(run, dedup_units, dedup_refs))
     refs = score_refs + filter_refs + dedup_refs + clean_refs
-    langid.commit_langid(langid.stage_for(run, params, refs), refs)
+    langid.commit_langid(langid.stage_for(run, params, refs), refs, ledger)
 
 
 def run_vocab(run_dir: str):

@@ -14,6 +14,7 @@ COMMANDS = {
     "deployments": "write deployments/prefect.yaml (work pool + worker deployments) from the stage registry",
     "config": "config show: print the configuration a run directory records (what its next command starts from)",
     "serve": "serve the pipeline (nightly) and every stage as Prefect deployments from this process, no work pool",
+    "rollback": "make an earlier model (versions/train, kept by incremental runs) the run's model again",
     "translate": "translate lines (a file or standard input) with a fine-tuned model, one translation per line",
     "classify": "classify lines (a file or standard input) with a fine-tuned classifier, one class per line",
 }
@@ -44,21 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("action", choices=["show"], help="show: print the recorded (or would-be) configuration")
         if name in ("status", "config"):
             continue
-        if name in ("translate", "classify"):
-            sp.add_argument("file", nargs="?", help="a text file, one segment per line (default: standard input)")
-            sp.add_argument("--batch-size", type=int, default=32, help="lines at once")
-        if name == "translate":
-            sp.add_argument("--model", help="a fine-tuned model folder (default: <run-dir>/finetune/translate)")
-            sp.add_argument("--src", required=True, help="the lines' language (en)")
-            sp.add_argument("--tgt", required=True, help="the language to translate into (fr)")
-            sp.add_argument("--beams", type=int, default=1, help="beam search with N beams (default 1: greedy)")
-            sp.add_argument("--max-new-tokens", type=int, default=64, help="longest translation, in tokens")
-            continue
-        if name == "classify":
-            sp.add_argument(
-                "--model", help="a fine-tuned classifier (default: the run's one finetune/classify-<set> folder)"
-            )
-            sp.add_argument("--lang", required=True, help="the lines' language (any of the model's: zero-shot)")
+        if name in ("rollback", "translate", "classify"):
+            _model_options(sp, name)
             continue
         sp.add_argument("--quiet", action="store_true", help="no progress display and no status table")
         sp.add_argument("--wait", action="store_true", help="if another run holds the run directory, wait for it")
@@ -72,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
             "evaluation)",
         )
         sp.add_argument("--dask", metavar="ADDRESS", help="run units on a Dask cluster (scheduler address, or 'local')")
+        if name not in ("deployments",):
+            sp.add_argument(
+                "--incremental",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="append new input files as an increment (deduplicated against the kept documents), keep the "
+                "vocabulary, add shards, continue training from the last model; recorded for the run directory "
+                "(--no-incremental: rebuild everything from the inputs)",
+            )
         if name == "run":
             sp.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and the ones after it")
             sp.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
@@ -80,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                 action="append",
                 metavar="STAGE",
                 help="rebuild this stage although its output is current (repeatable)",
+            )
+        elif name not in COMMANDS:
+            sp.add_argument(
+                "--force",
+                action="store_true",
+                help="rebuild the stage although its output is current (vocab: also in an incremental run, where "
+                "the vocabulary is otherwise kept)",
             )
         if name == "deployments":
             sp.add_argument("--cron", default="0 2 * * *", help="the pipeline deployment's schedule (default nightly)")
@@ -94,6 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_options(sp: argparse.ArgumentParser, name: str) -> None:
+    """The options of the commands that use a trained model: rollback, translate, classify."""
+    if name == "rollback":
+        sp.add_argument("--to", help="the version (v0001, or 1; default: the newest that is not the current model)")
+        sp.add_argument("--list", action="store_true", help="list the kept versions and change nothing")
+        return
+    if name in ("translate", "classify"):
+        sp.add_argument("file", nargs="?", help="a text file, one segment per line (default: standard input)")
+        sp.add_argument("--batch-size", type=int, default=32, help="lines at once")
+    if name == "translate":
+        sp.add_argument("--model", help="a fine-tuned model folder (default: <run-dir>/finetune/translate)")
+        sp.add_argument("--src", required=True, help="the lines' language (en)")
+        sp.add_argument("--tgt", required=True, help="the language to translate into (fr)")
+        sp.add_argument("--beams", type=int, default=1, help="beam search with N beams (default 1: greedy)")
+        sp.add_argument("--max-new-tokens", type=int, default=64, help="longest translation, in tokens")
+        return
+    if name == "classify":
+        sp.add_argument(
+            "--model", help="a fine-tuned classifier (default: the run's one finetune/classify-<set> folder)"
+        )
+        sp.add_argument("--lang", required=True, help="the lines' language (any of the model's: zero-shot)")
+        return
+
+
 def config_from(args):
     """The run directory's recorded configuration (the demo's for a new one, unless --config or --source says
     it is a user's), with the --config file and then the flags laid over it."""
@@ -102,6 +130,8 @@ def config_from(args):
 
     cfg = PipelineConfig.for_run(args.run_dir, args.config, user=bool(getattr(args, "source", None)))
     cfg.parallel = [*cfg.parallel, *(getattr(args, "parallel", None) or [])]  # added to the configured sets
+    if getattr(args, "incremental", None) is not None:
+        cfg.incremental = args.incremental
     for stage in STAGES:
         stage.apply_flags(args, getattr(cfg, stage.name))
     return type(cfg).model_validate(cfg.model_dump())  # re-validate what the flags set
@@ -145,6 +175,8 @@ def _command(args) -> int:
         return apply_model(args)
     if args.command == "status":
         return status(args.run_dir, config_from(args))
+    if args.command == "rollback":
+        return rollback(args)
     cfg = config_from(args)
     if args.command == "config":
         return show_config(args.run_dir, cfg)
@@ -167,7 +199,7 @@ def _command(args) -> int:
                 "start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
                 file=sys.stderr,
             )
-        serve(args.run_dir, None if args.no_schedule else args.cron, cfg)
+        serve(args.run_dir, None if args.no_schedule else args.cron, cfg, args.incremental is not False)
         return 0
     from xlmflow.flows.pipeline import on, pipeline, selected
     from xlmflow.flows.registry import BY_NAME
@@ -190,6 +222,10 @@ def _command(args) -> int:
                 force=selected(args.force, None) or [],
             )
         else:
+            if args.force:
+                from xlmflow.tasks.common.runtime import invalidate_stage
+
+                invalidate_stage(args.run_dir, args.command)
             on(BY_NAME[args.command].flow, args.dask)(run_dir=args.run_dir, params=cfg.stage_params(args.command))
     return 0 if args.quiet else status(args.run_dir, cfg)
 
@@ -250,6 +286,34 @@ def show_config(run_dir: str, cfg) -> int:
     return 0
 
 
+def rollback(args) -> int:
+    """List the kept models, or make one of them the run's model again (under the run directory's lock)."""
+    from xlmflow.flows.config import PipelineConfig
+    from xlmflow.storage import RunDir, read_manifest
+    from xlmflow.storage.increments import versions
+    from xlmflow.storage.lock import run_lock
+    from xlmflow.tasks.train.stage import STAGE, rollback
+
+    run = RunDir.of(args.run_dir)
+    if args.list:
+        current = read_manifest(run.stage(STAGE))
+        for v in versions(run, STAGE):
+            m = read_manifest(v.loc)
+            here = "  (current)" if current and current.fingerprint == v.fingerprint else ""
+            steps = m.stats.get("total_steps", m.stats.get("steps"))
+            print(f"{v.name}  {steps} steps through increment {m.params.get('increment', 1)}{here}")
+        return 0
+    keep = PipelineConfig.for_run(args.run_dir).train.keep_versions
+    with run_lock(run.root, wait=False):
+        v = rollback(run, args.to, keep)
+    m = read_manifest(run.stage(STAGE))
+    print(
+        f"train: rolled back to {v.name} ({m.stats.get('total_steps', m.stats.get('steps'))} steps through increment "
+        f"{m.params.get('increment', 1)}); finetune and evaluate are stale until the next run"
+    )
+    return 0
+
+
 def status(run_dir: str, config=None) -> int:
     """What each stage has committed, and whether the next run would rebuild it and why (code, parameters
     of ``config`` (the run's recorded configuration by default), or an upstream stage changed)."""
@@ -272,16 +336,60 @@ def status(run_dir: str, config=None) -> int:
         settings = config.stage_params(s.name).model_dump(mode="json")
         reasons = stale_reasons(m, code_version(f"xlmflow.tasks.{s.name}"), settings, current, section=s.name)
         reasons += [f"upstream {r} is stale" for r in s.reads if r in stale and not any(r in x for x in reasons)]
+        state = "stale  " if reasons else "current"
+        if config.incremental and s.name == "vocab":  # kept as it is by incremental runs
+            state, reasons = "frozen ", []
         stale |= {s.name} if reasons else set()
         size = sum(f.bytes for f in m.files)
         counts = ", ".join(f"{k}={v}" for k, v in m.stats.items() if isinstance(v, int))
         print(
-            f"{s.name:8s} {'stale  ' if reasons else 'current'}  {m.fingerprint[:12]}  {len(m.files)} files, "
+            f"{s.name:8s} {state}  {m.fingerprint[:12]}  {len(m.files)} files, "
             f"{m.rows} rows, {size / 1e6:.1f} MB  {counts}"
         )
         if reasons:
             print(f"{'':8s} why: {'; '.join(reasons)}")
+    if config.incremental:
+        print(incremental_preview(run, config))
     return 0
+
+
+def _size(uri: str) -> int:
+    from xlmflow.storage import Location
+
+    loc = Location(uri)
+    return loc.fs.size(loc.path) if loc.fs.isfile(loc.path) else 0
+
+
+def incremental_preview(run, config) -> str:
+    """One paragraph: what the next incremental run would take in and train."""
+    from xlmflow.tasks import ingest
+    from xlmflow.tasks.langid.increments import preview
+    from xlmflow.tasks.train.incremental import estimated_steps
+
+    try:
+        units = ingest.plan(run, config.ingest)
+    except Exception as e:  # a source that cannot be listed: say so, status still shows the stages
+        return f"incremental: cannot list the inputs ({str(e).splitlines()[0]})"
+    p = preview(run, units)
+    if p is None:
+        return "incremental: no increments yet; the next run makes the first of every input"
+    if not (p["new"] or p["reread"]):
+        gone = (
+            f"; {len(p['removed'])} input(s) gone from the sources: {', '.join(p['removed'])}" if p["removed"] else ""
+        )
+        return f"incremental: no new input files{gone}"
+    seen = sum(_size(u.input("input").uri) for u in units if u.name in p["seen"])
+    steps = estimated_steps(run, config.train, seen, p["bytes"])
+    lines = [
+        f"incremental: the next run adds {len(p['new'])} new input file(s) ({', '.join(p['new'][:5])}), reads "
+        f"{len(p['reread'])} again (bytes, or ingest's settings, changed), {p['bytes'] / 1e6:.1f} MB"
+        + (f", {p['documents']} documents already ingested" if p["documents"] else ""),
+        f"{'':13s}training continues for about {steps} steps" if steps else f"{'':13s}training starts from step 0",
+    ]
+    if p["removed"]:
+        gone = ", ".join(p["removed"])
+        lines.append(f"{'':13s}{len(p['removed'])} input(s) gone from the sources (their documents stay): {gone}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

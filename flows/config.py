@@ -48,6 +48,12 @@ class _Config(BaseModel):
         "train ones feed alignment and the transfer probe",
     )
 
+    incremental: bool = Field(
+        False,
+        description="append, don't rebuild: new input files become an increment deduplicated against the kept "
+        "documents, the vocabulary stays, new shards are added, training continues from the last model",
+    )
+
     @classmethod
     def model_validate(cls, obj: Any, *args, **kwargs):
         """Validation whose error is one line naming the key and the value, and what to do (the CLI

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, stage_body, task_runner
+from xlmflow.flows.stage import Stage, incremental, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import langid
 from xlmflow.tasks.common import artifacts
@@ -27,8 +27,10 @@ def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
     score_futures = submit_units(langid.score_part, score_units)
     signal_futures = submit_units(langid.signals_part, signal_units)
     filter_refs = [f.result() for f in submit_units(langid.filter_part, filter_units, score_futures, signal_futures)]
-    dedup_units = langid.plan_dedup_task(run, params, filter_refs)
-    dedup_refs = [f.result() for f in submit_units(langid.dedup_lang, dedup_units)]
+    earlier, new, ledger = langid.plan_dedup_task(run, params, filter_units, filter_refs, incremental(run))
+    dedup_refs = [f.result() for f in submit_units(langid.dedup_lang, earlier)]  # the new ones read their indexes
+    dedup_refs += [f.result() for f in submit_units(langid.dedup_lang, new)]
+    dedup_units = earlier + new
     clean_units = langid.plan_clean_task(run, dedup_units, dedup_refs)
     clean_refs = [f.result() for f in submit_units(langid.clean_lang, clean_units)]
     refs = (
@@ -38,7 +40,7 @@ def langid_flow(run_dir: str, params: LangidParams | None = None) -> Ref:
         + dedup_refs
         + clean_refs
     )
-    ref = run_unit(langid.commit_task, langid.stage_for(run, params, refs), refs)
+    ref = run_unit(langid.commit_task, langid.stage_for(run, params, refs), refs, ledger)
     artifacts.publish_task(langid.STAGE, run_dir, langid_ui.report)
     logger().info("langid: %d ingest units scored and filtered, %d languages clean", len(score_units), len(clean_refs))
     return ref

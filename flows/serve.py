@@ -21,32 +21,38 @@ NIGHTLY = "0 2 * * *"
 PREFECT_VERSION = "3.9.1"  # the oldest Prefect release xlmflow supports (pyproject.toml), for prefect.yaml
 
 
-def parameters(run_dir: str, config: PipelineConfig | None = None) -> dict[str, dict]:
+def parameters(run_dir: str, config: PipelineConfig | None = None, incremental: bool = True) -> dict[str, dict]:
     """Each deployment's default parameters by name (``nightly`` and one per stage): the run directory and the
     configuration (the run directory's recorded one when none is given) written out in full, so a run form
     shows real values (a ``package:`` path for the bundled corpus, never this machine's absolute paths).
+    The nightly run is ``incremental`` unless told otherwise: a growing corpus appends, it is not rebuilt.
     ``deployments/prefect.yaml`` holds the same (:func:`prefect_yaml`)."""
     config = config or PipelineConfig.for_run(run_dir)
-    found = {"nightly": {"run_dir": run_dir, "config": config.model_dump(mode="json")}}
+    nightly = config.model_dump(mode="json") | {"incremental": incremental}
+    found = {"nightly": {"run_dir": run_dir, "config": nightly}}
     for s in STAGES:
         found[s.name] = {"run_dir": run_dir, "params": config.stage_params(s.name).model_dump(mode="json")}
     return found
 
 
-def deployments(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None) -> list:
-    """One deployment for the pipeline (scheduled by ``cron``, concurrency limit 1) and one per stage (by hand).
+def deployments(
+    run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None, incremental: bool = True
+) -> list:
+    """One deployment for the pipeline (scheduled by ``cron``, concurrency limit 1, ``incremental``) and one per
+    stage (by hand).
 
     Stage deployments default to ``config``'s section for the stage (the run's recorded configuration when
     none is given), so a run triggered from the UI with no changes does what ``xlmflow <stage>`` would.
     """
-    params = parameters(run_dir, config)
+    params = parameters(run_dir, config, incremental)
     found = [
         pipeline.to_deployment(
             name="nightly",
             cron=cron,
             parameters=params["nightly"],
             concurrency_limit=1,
-            description="Every stage in order, on the configured corpus.",
+            description="Every stage in order, on the configured corpus"
+            + (" (incremental: new files are appended, training continues)." if incremental else "."),
         )
     ]
     for s in STAGES:
@@ -54,7 +60,9 @@ def deployments(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig
     return found
 
 
-def serve(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None) -> None:
+def serve(
+    run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | None = None, incremental: bool = True
+) -> None:
     """Serve the deployments until SIGINT or SIGTERM, which stop this process at once: one line, exit status 0,
     whether or not the API server is still up.
 
@@ -69,7 +77,7 @@ def serve(run_dir: str, cron: str | None = NIGHTLY, config: PipelineConfig | Non
         def handle_sigterm(self, *args, **kwargs) -> None:  # Runner.start installs this for SIGTERM
             _stop(signal.SIGTERM)
 
-    found = deployments(run_dir, cron, config)
+    found = deployments(run_dir, cron, config, incremental)
     runner = _Runner(pause_on_shutdown=False)
     for d in found:
         runner.add_deployment(d)
@@ -124,7 +132,8 @@ def prefect_yaml(run_dir: str, cron: str = NIGHTLY, config: PipelineConfig | Non
 
     nightly = {
         "name": "nightly",
-        "description": "The whole pipeline, every night, on the run directory's configured corpus.",
+        "description": "The whole pipeline, every night, on the run directory's configured corpus (incremental: new "
+        "files are appended, training continues).",
         "entrypoint": "flows/pipeline.py:pipeline",
         "parameters": params["nightly"],
         "concurrency_limit": 1,

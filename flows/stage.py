@@ -122,6 +122,12 @@ def _dest(option: str) -> str:
     return option.lstrip("-").replace("-", "_")
 
 
+def incremental(run: RunDir) -> bool:
+    """Whether the run directory's recorded configuration asks for incremental runs (``incremental = true``,
+    ``xlmflow run --incremental``): the data stages append, the vocabulary stays, training continues."""
+    return bool((read_record(run) or {}).get("incremental", False))
+
+
 def holds_run_lock(fn):
     """A flow body that holds its run directory's lock (:mod:`xlmflow.storage.lock`): one run at a time per
     run directory, whoever starts it (CLI, deployment, Python). Re-entrant, so the pipeline and the stage

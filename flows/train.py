@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, stage_body, task_runner
+from xlmflow.flows.stage import Stage, incremental, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import train
 from xlmflow.tasks.common import artifacts
-from xlmflow.tasks.common.runtime import Ref, run_unit
+from xlmflow.tasks.common.runtime import Ref, logger, run_unit
 from xlmflow.tasks.train import TrainParams
 from xlmflow.tasks.train.ui import train_report
 
@@ -16,8 +16,12 @@ from xlmflow.tasks.train.ui import train_report
 @flow(name="train", task_runner=task_runner())
 @stage_body("train")
 def train_flow(run_dir: str, params: TrainParams | None = None) -> Ref:
-    unit = train.plan_task(RunDir.of(run_dir), params)
-    ref = run_unit(train.train_task, unit)
+    run = RunDir.of(run_dir)
+    ref = train.covered(run) if incremental(run) else None
+    if ref is not None:
+        logger().info("train: the committed model has trained on every increment; nothing new to train on")
+    else:
+        ref = run_unit(train.train_task, train.plan_task(run, params, incremental(run)))
     artifacts.publish_task("train", run_dir, train_report)
     return ref
 

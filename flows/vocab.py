@@ -4,19 +4,32 @@ from __future__ import annotations
 
 from prefect import flow
 
-from xlmflow.flows.stage import Stage, stage_body, task_runner
+from xlmflow.flows.stage import Stage, incremental, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import vocab
 from xlmflow.tasks.common import artifacts
-from xlmflow.tasks.common.runtime import Ref, run_unit
+from xlmflow.tasks.common.runtime import Ref, logger, run_unit
 from xlmflow.tasks.vocab import ui as vocab_ui
 
 
 @flow(name="vocab", task_runner=task_runner())
 @stage_body("vocab")
 def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
-    unit = vocab.plan_task(RunDir.of(run_dir), params)
-    ref = run_unit(vocab.vocab_task, unit)
+    run = RunDir.of(run_dir)
+    ref = vocab.frozen(run) if incremental(run) else None
+    if ref is None:
+        ref = run_unit(vocab.vocab_task, vocab.plan_task(run, params))
+    else:
+        logger().info("vocab: frozen (an incremental run keeps the committed vocabulary; --force retrains it)")
+        for lang, n in vocab.untagged_docs(run).items():
+            logger().warning(
+                "vocab: frozen, and language %r (%d clean documents) has no <lang:%s> tag: its documents are left out "
+                "of the shards (counted as untagged in shard/shards.json); `xlmflow vocab --force` retrains the "
+                "vocabulary with it, and every shard is written again",
+                lang,
+                n,
+                lang,
+            )
     artifacts.publish_task(vocab.STAGE, run_dir, vocab_ui.report)
     return ref
 

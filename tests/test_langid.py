@@ -56,7 +56,7 @@ def make_ingest(run_dir, tmp_path, files: dict[str, list[tuple[str, str | None]]
     commit_stage(ingest.stage_for(run, params, refs), refs)
 
 
-def run_langid(run_dir, params: LangidParams | None = None):
+def run_langid(run_dir, params: LangidParams | None = None, incremental: bool = False):
     """Every unit of the stage without Prefect, in the flow's order; returns the stage manifest."""
     params = params or LangidParams(min_lang_docs=1)
     run = RunDir.of(run_dir)
@@ -64,11 +64,12 @@ def run_langid(run_dir, params: LangidParams | None = None):
     score_refs = [langid.score_unit(u) for u in scores]
     signal_refs = [langid.signals_unit(u) for u in signals]
     filter_refs = [langid.filter_unit(u) for u in filters]
-    dedup_units = langid.plan_dedup(run, params, filter_refs)
+    earlier, new, ledger = langid.plan_dedup(run, params, filters, filter_refs, incremental)
+    dedup_units = earlier + new
     dedup_refs = [langid.dedup_unit(u) for u in dedup_units]
     clean_refs = [langid.clean_unit(u) for u in langid.plan_clean(run, dedup_units, dedup_refs)]
     refs = score_refs + signal_refs + filter_refs + dedup_refs + clean_refs
-    langid.commit_langid(langid.stage_for(run, params, refs), refs)
+    langid.commit_langid(langid.stage_for(run, params, refs), refs, ledger)
     return load_output(run.stage("langid"), "langid")
 
 
@@ -179,7 +180,7 @@ def test_bucketed_dedup_equals_the_in_memory_definition(tmp_path, monkeypatch):
         batches = [(pl.Series(ids[k : k + 97]), norm[k : k + 97]) for k in range(0, len(texts), 97)]
         scratch = tmp_path / f"b{buckets}"
         scratch.mkdir()
-        n, dropped = dedup_buckets.find_duplicates(batches, p, str(scratch), len(texts))
+        n, dropped, _ = dedup_buckets.find_duplicates(batches, p, str(scratch), len(texts))
         assert n == len(texts) and sorted(dropped.select("doc_id", "dup_of").rows()) == expected
 
 

@@ -306,12 +306,7 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
                 logger().info("%s: removing %s (no unit makes it any more)", unit.stage, group)
                 stage_loc.fs.rm(stage_loc.child(group).path, recursive=True)
             continue
-        for name in stage_loc.child(group).subfolders():
-            loc = stage_loc.child(group, name)
-            remove_asides(loc)  # a killed commit's leftovers in a unit that is current (so never committed again)
-            if loc.uri not in keep and loc.child(MANIFEST).exists():
-                logger().info("%s: removing %s/%s (its input is gone)", unit.stage, group, name)
-                loc.fs.rm(loc.path, recursive=True)
+        _remove_stale_units(unit.stage, stage_loc.child(group), keep)
     manifests = [unit_manifest(r) for r in refs]
     adopt = [replace(f, path=f"{relative(unit.out, r.uri)}/{f.path}") for r, m in zip(refs, manifests) for f in m.files]
 
@@ -320,6 +315,22 @@ def commit_stage(unit: Unit, refs: list[Ref], build: Callable[[Aside], dict[str,
         return sum_stats([m.stats for m in manifests]) | {"units": len(refs)} | (extra or {})
 
     return ensure(unit, build_stage, adopt=adopt)
+
+
+def _remove_stale_units(stage: str, folder: Location, keep: set[str]) -> None:
+    """Delete the unit folders below ``folder`` (a folder holding a manifest, at any depth: ``lang=fr/inc=0002``)
+    that no unit makes any more, and the partition folders that leaves empty."""
+    for name in folder.subfolders():
+        loc = folder.child(name)
+        remove_asides(loc)  # a killed commit's leftovers in a unit that is current (so never committed again)
+        if loc.child(MANIFEST).exists():
+            if loc.uri not in keep:
+                logger().info("%s: removing %s (its input is gone)", stage, loc)
+                loc.fs.rm(loc.path, recursive=True)
+            continue
+        _remove_stale_units(stage, loc, keep)
+        if not loc.fs.ls(loc.path):
+            loc.fs.rmdir(loc.path)
 
 
 def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:

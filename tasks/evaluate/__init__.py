@@ -44,9 +44,11 @@ from xlmflow.storage import (
     read_manifest,
     tree_sha256,
 )
+from xlmflow.storage.increments import EVALUATION, versions
 from xlmflow.tasks.common.parallel_sets import parallel_files, read_set, set_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, plain_step, stage_unit, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
+from xlmflow.tasks.evaluate import nights
 from xlmflow.tasks.evaluate import report as eval_report
 from xlmflow.tasks.evaluate.finetuned import finetuned_unit
 from xlmflow.tasks.evaluate.params import EvalParams
@@ -212,6 +214,10 @@ def stage_for(run: RunDir, params: EvalParams, refs: list[Ref]) -> Unit:
     train = read_manifest(run.stage(TRAIN))
     if train is not None:
         inputs["train"] = {"stage": Input(run.stage(TRAIN).uri, train.fingerprint)}
+        kept = [v for v in versions(run, TRAIN) if v.fingerprint != train.fingerprint]
+        if kept and kept[-1].loc.child(EVALUATION).exists():  # the model before this one, and its evaluation
+            prev = kept[-1].loc.child(EVALUATION)
+            inputs["previous"] = {kept[-1].name: Input(prev.uri, file_sha256(prev.fs, prev.path)[0])}
     settings = params.model_dump(mode="json", exclude={"models", "parallel", "batch_size"})  # what `status` compares
     return stage_unit(run.stage(STAGE).uri, STAGE, refs, code_version(__name__), settings, inputs=inputs)
 
@@ -230,6 +236,9 @@ def commit_evaluation(unit: Unit, refs: list[Ref]) -> Ref:
             with Location(unit.input("train").uri).child("metrics.jsonl").open("rb") as f:
                 train_rows = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
         metrics = eval_report.merge(parts, vocab_report)
+        for version, prev in unit.each("previous"):
+            with Location(prev.uri).open("rb") as f:
+                metrics["previous_model"] = nights.compare(json.loads(f.read()), metrics, version)
         write_metrics(aside, metrics)
         eval_report.write(aside, metrics, train_rows)
         return {"models": sorted(metrics["models"]), "languages": len(metrics["bits_per_byte"])}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+from xlmflow.tasks.evaluate import nights
+
 
 def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
@@ -26,6 +28,8 @@ def markdown(metrics: dict, images: list[str] | None = None) -> str:
     lines = ["# Evaluation", ""]
     lines += [f"Models: {', '.join(models)}. Lower bits per byte is better; accuracies are beside chance.", ""]
     lines += _headline_section(metrics, models)
+    if "previous_model" in metrics:
+        lines += nights.markdown(metrics["previous_model"])
     lines += _bits_per_byte_section(metrics, models)
     for m in models:
         mm = metrics["models"][m]

@@ -33,11 +33,12 @@ def report(run: RunDir) -> Report:
     mean = sum(v for _, v in bpb) / max(len(bpb), 1)
     retrieval = {s: round(r["acc_at_1"], 3) for s, r in m["retrieval"].items() if r.get("acc_at_1") is not None}
     beats = {s: "yes" if r["beats_baselines"] else "no" for s, r in m["retrieval"].items() if r.get("pairs")}
-    return Report(
-        md,
-        f"evaluate: {mean:.3f} bits/byte on average over {len(bpb)} languages",
-        {"bits_per_byte": round(mean, 3), "retrieval_acc_at_1": retrieval, "beats_lexical_overlap": beats},
-    )
+    regressions = m.get("previous_model", {}).get("regressions")
+    summary = f"evaluate: {mean:.3f} bits/byte on average over {len(bpb)} languages"
+    if regressions is not None:
+        summary += f"; {len(regressions)} regression(s) against {m['previous_model']['version']}"
+    figures = {"bits_per_byte": round(mean, 3), "retrieval_acc_at_1": retrieval, "beats_lexical_overlap": beats}
+    return Report(md, summary, figures | ({"regressions": regressions} if regressions is not None else {}))
 
 
 def _layers_chart(name: str, r: dict) -> str:

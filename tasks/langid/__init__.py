@@ -34,7 +34,6 @@ in :mod:`.ui`.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any, Iterator
 
 import orjson
@@ -53,9 +52,9 @@ from xlmflow.storage import (
     partition,
     partition_value,
     read_batches,
-    read_table,
     split_path,
 )
+from xlmflow.storage.increments import LEDGER, increment_part, ledger_bytes, read_ledger
 from xlmflow.tasks.common.parallel_sets import parallel_files
 from xlmflow.tasks.common.runtime import (
     Input,
@@ -70,10 +69,10 @@ from xlmflow.tasks.common.runtime import (
     sum_stats,
     unit_manifest,
 )
-from xlmflow.tasks.langid import dedup, dedup_buckets, overlap
+from xlmflow.tasks.langid import increments, overlap
 from xlmflow.tasks.langid import stats as langid_stats
 from xlmflow.tasks.langid.decide import decide, holdout_segments
-from xlmflow.tasks.langid.dedup import DedupParams
+from xlmflow.tasks.langid.dedup_units import INDEX, clean_unit, dedup_unit
 from xlmflow.tasks.langid.lid import load_model, model_file, model_fingerprint
 from xlmflow.tasks.langid.params import LangidParams
 from xlmflow.tasks.langid.schemas import KEPT_SCHEMA, REJECTED, REJECTED_SCHEMA, SCORES_SCHEMA, SIGNALS_SCHEMA
@@ -146,11 +145,23 @@ def plan(run: RunDir, params: LangidParams) -> tuple[list[Unit], list[Unit], lis
     return scores, signals, filters
 
 
-def plan_dedup(run: RunDir, params: LangidParams, filter_refs: list[Ref]) -> list[Unit]:
-    """One unit per language the filter kept, depending on the content of those files."""
+def plan_dedup(
+    run: RunDir, params: LangidParams, filter_units: list[Unit], filter_refs: list[Ref], incremental: bool = False
+) -> tuple[list[Unit], list[Unit], dict]:
+    """(the earlier increments' dedup units, the new increment's, the ledger to commit).
+
+    The new increment's units: one per language its filter units kept, depending on the content of those files
+    and, in an incremental run, on the index of every earlier increment of that language (:mod:`.increments`)."""
+    stage = run.stage(STAGE)
+    inc = increments.split(stage, params.dedup.model_dump(), filter_units, incremental)
+    earlier = increments.earlier_units(inc, run.root)
+    index: dict[str, dict[str, Input]] = {}
+    for u in earlier:
+        index.setdefault(u.params["lang"], {})[u.name] = Input(Location(u.out).child(INDEX).uri, u.fingerprint)
     by_lang: dict[str, dict[str, Input]] = {}
     rows: dict[str, int] = {}
-    for ref in sorted(filter_refs, key=lambda r: r.uri):
+    new_refs = [r for u, r in zip(filter_units, filter_refs) if u.name in inc.new]
+    for ref in sorted(new_refs, key=lambda r: r.uri):
         m = unit_manifest(ref)
         for f in m.files:
             lang = partition_value(f.path, "lang")
@@ -161,18 +172,33 @@ def plan_dedup(run: RunDir, params: LangidParams, filter_refs: list[Ref]) -> lis
                 rows[lang] = rows.get(lang, 0) + (f.rows or 0)
     code = code_version(__name__)
     unit_params = {"dedup": params.dedup.model_dump(), "min_lang_docs": params.min_lang_docs}
-    return [
-        Unit(
-            stage=STAGE,
-            name=partition("lang", lang),
-            out=run.unit(STAGE, partition("lang", lang), group="dedup").uri,
-            code_version=code,
-            params={**unit_params, "lang": lang},
-            inputs={"kept": files},
-            options={"expected_docs": rows[lang]},  # sizes the hash buckets; not in the key
+    new = []
+    for lang, files in sorted(by_lang.items()):
+        name = partition("lang", lang, increment_part(inc.number))
+        new.append(
+            Unit(
+                stage=STAGE,
+                name=name,
+                out=run.unit(STAGE, name, group="dedup").uri,
+                code_version=code,
+                params={**unit_params, "lang": lang, "increment": inc.number},
+                inputs={"kept": files, "index": index.get(lang, {})},
+                options={"expected_docs": rows[lang]},  # sizes the hash buckets; not in the key
+            )
         )
-        for lang, files in sorted(by_lang.items())
-    ]
+    if inc.new and not incremental:
+        logger().info("langid: one increment of %d inputs (not an incremental run)", len(inc.new))
+    elif inc.new:
+        logger().info(
+            "langid: increment %d: %d new or changed inputs, deduplicated against %d earlier increments (%s)",
+            inc.number,
+            len(inc.new),
+            len(inc.earlier),
+            inc.full_reason or "appended",
+        )
+    else:
+        logger().info("langid: no new inputs; %d increments as committed", len(inc.earlier))
+    return earlier, new, increments.ledger(inc, new, run.root, read_ledger(stage))
 
 
 def plan_clean(run: RunDir, dedup_units: list[Unit], dedup_refs: list[Ref]) -> list[Unit]:
@@ -187,7 +213,7 @@ def plan_clean(run: RunDir, dedup_units: list[Unit], dedup_refs: list[Ref]) -> l
                     name=u.name,
                     out=run.unit(STAGE, u.name, group="clean").uri,
                     code_version=u.code_version,
-                    params={"lang": lang},
+                    params={"lang": lang, "increment": u.params["increment"]},
                     inputs={"kept": u.inputs["kept"], "dedup": {u.name: Input(ref.uri, ref.fingerprint)}},
                 )
             )
@@ -301,66 +327,6 @@ def filter_unit(unit: Unit, scores: Ref | None = None, signals: Ref | None = Non
     return ensure(unit, build)
 
 
-def dedup_unit(unit: Unit) -> Ref:
-    """Exact + near dedup of one language, and the ``min_lang_docs`` rule; writes the rejected documents."""
-    p = DedupParams(**unit.params["dedup"])
-    lang = unit.params["lang"]
-    files = [Location(i.uri) for _, i in unit.each("kept")]
-
-    def build(aside: Aside) -> dict:
-        with tempfile.TemporaryDirectory(prefix="xlmflow-dedup-") as scratch:
-            n, dropped = dedup_buckets.find_duplicates(
-                _normalised(files), p, scratch, unit.options.get("expected_docs", 0)
-            )
-        if n == 0:
-            return {"dedup_kept": {lang: 0}, "rejected": {}}
-        left = n - dropped.height
-        if 0 < left < unit.params["min_lang_docs"]:  # the few documents left: all rejected as rare
-            drop = dropped["doc_id"].implode()
-            rest = pl.concat(
-                pl.from_arrow(b).filter(~pl.col("doc_id").is_in(drop))
-                for f in files
-                for b in read_batches(f, ["doc_id"])
-            ).select("doc_id", pl.lit(None, pl.String).alias("dup_of"), pl.lit("rare_language").alias("reason"))
-            dropped, left = pl.concat([dropped, rest]).sort("doc_id"), 0
-        writer = PartWriter(lambda n: aside.path("rejected.parquet"), REJECTED_SCHEMA)
-        for f in files:
-            for b in read_batches(f):
-                hit = pl.from_arrow(b).join(dropped, on="doc_id", how="inner", maintain_order="left")
-                writer.write(hit.select(REJECTED_SCHEMA.names).to_arrow())
-        writer.close()
-        counts = dict(dropped.group_by("reason").len().rows())
-        return {"dedup_kept": {lang: left}, "rejected": {r: {lang: n} for r, n in sorted(counts.items())}}
-
-    return ensure(unit, build)
-
-
-def _normalised(files: list[Location]) -> Iterator[tuple[pl.Series, pl.Series]]:
-    """(doc_id, normalised text) batches of a language's kept documents: all dedup reads of the texts."""
-    for f in files:
-        for b in read_batches(f, ["doc_id", "text"]):
-            text = pl.from_arrow(b.column(1)).rename("text").to_frame()
-            yield pl.from_arrow(b.column(0)).rename("doc_id"), text.select(dedup.normalise(pl.col("text")))["text"]
-
-
-def clean_unit(unit: Unit) -> Ref:
-    """The clean partition of one language: the filter's kept documents minus dedup's rejected ones."""
-    dedup_loc = Location(unit.input("dedup").uri)
-    drop = pl.from_arrow(read_table(dedup_loc.child("rejected.parquet"), ["doc_id"]))["doc_id"].implode()
-
-    def build(aside: Aside) -> dict:
-        writer, n = PartWriter(aside.path, KEPT_SCHEMA), 0
-        for _, kept in unit.each("kept"):
-            for b in read_batches(Location(kept.uri)):
-                keep = pl.from_arrow(b).filter(~pl.col("doc_id").is_in(drop))
-                writer.write(keep.to_arrow())
-                n += keep.height
-        writer.close()
-        return {"clean": {unit.params["lang"]: n}}
-
-    return ensure(unit, build)
-
-
 # ---------------------------------------------------------------- the stage
 def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
     ingest = load_output(run.stage(INGEST), INGEST)
@@ -375,14 +341,27 @@ def stage_for(run: RunDir, params: LangidParams, refs: list[Ref]) -> Unit:
     )
 
 
-def commit_langid(unit: Unit, refs: list[Ref]) -> Ref:
-    """Commit the stage with stats.json (counts per language and reason, per claimed/detected pair)."""
+def commit_langid(unit: Unit, refs: list[Ref], ledger: dict | None = None) -> Ref:
+    """Commit the stage with stats.json (counts per language and reason, per claimed/detected pair) and the
+    ledger of its increments (:data:`LEDGER`), each with the clean documents it added per language."""
 
     def build(aside: Aside) -> dict:
-        summary = langid_stats.summarise(sum_stats([unit_manifest(r).stats for r in refs]))
+        manifests = [unit_manifest(r) for r in refs]
+        summary = langid_stats.summarise(sum_stats([m.stats for m in manifests]))
         with aside.path("stats.json").open("wb") as f:
             f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-        return {"languages": summary["languages"], "documents": summary["documents"]["clean"]}
+        if ledger is not None:
+            for entry in ledger["increments"]:
+                entry["documents"] = sum_stats(
+                    [m.stats.get("clean", {}) for m in manifests if m.params.get("increment") == entry["number"]]
+                )
+            with aside.path(LEDGER).open("wb") as f:
+                f.write(ledger_bytes(ledger))
+        return {
+            "languages": summary["languages"],
+            "documents": summary["documents"]["clean"],
+            "increments": len(ledger["increments"]) if ledger else 1,
+        }
 
     return commit_stage(unit, refs, build=build)
 

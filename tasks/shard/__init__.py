@@ -45,6 +45,7 @@ from xlmflow.storage import (
     relative,
     stable_hashes,
 )
+from xlmflow.storage.increments import increment_of, read_ledger
 from xlmflow.storage.shards import INDEX, PAIRS, SPLITS, STAGE, shard_file, shard_name
 from xlmflow.tasks.common.runtime import (
     Input,
@@ -58,11 +59,18 @@ from xlmflow.tasks.common.runtime import (
     step,
     unit_manifest,
 )
-from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag
+from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag, untagged
 from xlmflow.tasks.shard import pairs
 from xlmflow.tasks.shard.encode import load_tokenizer, shard_schema, token_type, tokenize
 from xlmflow.tasks.shard.params import ShardParams
-from xlmflow.tasks.shard.split import check_ids, file_ranges, split_language, train_cuts, valid_cuts
+from xlmflow.tasks.shard.split import (
+    check_ids,
+    file_ranges,
+    positions_below,
+    split_language,
+    train_cuts,
+    valid_cuts,
+)
 
 LANGID, VOCAB = "langid", "vocab"
 READS = (LANGID, VOCAB)  # the stages whose committed output it reads
@@ -87,42 +95,53 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
                 lang_tag(lang),
             )
             continue
-        sizes = [f.rows or 0 for f in files]
-        threshold, valid_pos = split_language(langid_loc, [f.path for f in files], sum(sizes), params)
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        for split, cuts in (
-            ("train", train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
-            ("valid", valid_cuts(valid_pos, params.shard_docs)),
-        ):
-            for number, (lo, hi, docs) in enumerate(cuts):
-                ranges = file_ranges(files, starts, lo, hi)
-                name = shard_name(lang, number)
-                unit_params = {
-                    "split": split,
-                    "lang": lang,
-                    "number": number,
-                    "ranges": ranges,
-                    "threshold": threshold,
-                    "docs": docs,
-                    "seed": params.seed,
-                    "token_type": ids_type,
-                    "row_group_tokens": params.row_group_tokens,
-                }
-                inputs = {
-                    "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
-                    "langid": {p: Input(langid_loc.child(p).uri, langid.file(p).sha256) for p, _, _ in ranges},
-                }
-                units.append(
-                    Unit(
-                        stage=STAGE,
-                        name=f"{split}/{name}",
-                        out=run.unit(STAGE, name, group=split).uri,
-                        code_version=code,
-                        params=unit_params,
-                        inputs=inputs,
-                        options={"batch_docs": params.batch_docs},
+        by_increment: dict[int, list] = {}
+        for f in files:
+            by_increment.setdefault(increment_of(f.path) or 1, []).append(f)
+        threshold, numbers = None, {"train": 0, "valid": 0}
+        for increment, inc_files in sorted(by_increment.items()):
+            sizes = [f.rows or 0 for f in inc_files]
+            paths = [f.path for f in inc_files]
+            if threshold is None:  # the language's first increment sets its threshold; later ones keep it
+                threshold, valid_pos = split_language(langid_loc, paths, sum(sizes), params)
+            else:
+                valid_pos = positions_below(langid_loc, paths, threshold, params.seed)
+            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            for split, cuts in (
+                ("train", train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
+                ("valid", valid_cuts(valid_pos, params.shard_docs)),
+            ):
+                for number, (lo, hi, docs) in enumerate(cuts, start=numbers[split]):
+                    ranges = file_ranges(inc_files, starts, lo, hi)
+                    name = shard_name(lang, number)
+                    unit_params = {
+                        "split": split,
+                        "lang": lang,
+                        "number": number,
+                        "increment": increment,
+                        "ranges": ranges,
+                        "threshold": threshold,
+                        "docs": docs,
+                        "seed": params.seed,
+                        "token_type": ids_type,
+                        "row_group_tokens": params.row_group_tokens,
+                    }
+                    inputs = {
+                        "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
+                        "langid": {p: Input(langid_loc.child(p).uri, langid.file(p).sha256) for p, _, _ in ranges},
+                    }
+                    units.append(
+                        Unit(
+                            stage=STAGE,
+                            name=f"{split}/{name}",
+                            out=run.unit(STAGE, name, group=split).uri,
+                            code_version=code,
+                            params=unit_params,
+                            inputs=inputs,
+                            options={"batch_docs": params.batch_docs},
+                        )
                     )
-                )
+                numbers[split] += len(cuts)
     if not units:
         raise ValueError(
             f"{langid_loc}: no clean documents in a language the vocabulary has a tag for; "
@@ -264,17 +283,21 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
                     "sha256": f.sha256,
                     "tokens": m.stats["tokens"][split][lang],
                     "fingerprint": m.fingerprint,
+                    "increment": m.params.get("increment", 1),
                 }
             )
         rows.sort(key=lambda r: r["path"])
         totals = _totals(rows)
         tok_sha, vocab_fp = unit.input("tokenizer").fingerprint, unit.input("vocab").fingerprint
+        langid_loc = Location(unit.input("langid").uri)
         index = {
             "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok_sha, "vocab_fingerprint": vocab_fp},
             "token_type": token_type_name,
             "shards": rows,
             "totals": totals,
             "pairs": sorted(pair_rows, key=lambda r: r["path"]),
+            "increments": _increments(read_ledger(langid_loc), rows),
+            "untagged": _untagged(langid_loc, Location(unit.input("tokenizer").uri).parent),
         }
         with aside.path(INDEX).open("wb") as out:
             out.write(_json(index))
@@ -287,6 +310,26 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
         }
 
     return commit_stage(unit, refs, build)
+
+
+def _increments(ledger: dict | None, rows: list[dict]) -> list[dict[str, Any]]:
+    """Per increment (the langid ledger's): its number, date, input files and the tokens its shards hold."""
+    out = []
+    for entry in (ledger or {}).get("increments", []):
+        tokens: dict[str, dict[str, int]] = {}
+        for r in rows:
+            if r["increment"] == entry["number"]:
+                by_lang = tokens.setdefault(r["split"], {})
+                by_lang[r["lang"]] = by_lang.get(r["lang"], 0) + r["tokens"]
+        out.append(
+            {"number": entry["number"], "date": entry["date"], "inputs": sorted(entry["inputs"]), "tokens": tokens}
+        )
+    return out
+
+
+def _untagged(langid_loc: Location, vocab_loc: Location) -> dict[str, int]:
+    """Clean documents of the languages the tokenizer has no tag for (left out of the shards)."""
+    return untagged(partitions(load_output(langid_loc, LANGID), "clean"), load_tokenizer(vocab_loc))
 
 
 def _totals(rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:

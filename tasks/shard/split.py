@@ -60,6 +60,19 @@ def split_language(langid_loc: Location, paths: list[str], n_docs: int, params: 
     return threshold, np.sort(keep_pos[keep_h < threshold])
 
 
+def positions_below(langid_loc: Location, paths: list[str], threshold: int, seed: int) -> np.ndarray:
+    """Positions (in the files' row sequence) of the documents whose hash is below ``threshold``: a later
+    increment of a language is split by the threshold its first increment set (the same hash rule)."""
+    found, row = [np.zeros(0, np.int64)], 0
+    for path in paths:
+        for batch in read_batches(langid_loc.child(path), ["doc_id"], 1 << 16):
+            check_ids(batch.column(0), langid_loc.child(path), row)
+            h = stable_hashes(batch.column(0), seed) if batch.num_rows else np.zeros(0, np.int64)
+            found.append(np.flatnonzero(h < threshold) + row)
+            row += len(h)
+    return np.concatenate(found).astype(np.int64)
+
+
 def check_ids(ids: pa.Array, loc: Location, first_row: int) -> None:
     if ids.null_count:
         bad = first_row + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])

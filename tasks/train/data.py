@@ -211,6 +211,10 @@ class BlockLoader:
     ``tag_ids`` maps a language to its ``<lang:xx>`` token id; a language missing from it takes
     the first token of its first document. Every shard is verified (size, sha256) before any read:
     one hash pass over the split's shards at start-up.
+
+    Continued training (an incremental run) names the ``fresh`` shards (the new increments'): blocks are drawn
+    from them with the mixture of their tokens, and a ``replay`` share of blocks from the earlier shards with the
+    mixture of theirs (Ibrahim et al. 2024: replaying some old data keeps what the model learnt from it).
     """
 
     def __init__(
@@ -224,10 +228,13 @@ class BlockLoader:
         tag_ids: dict[str, int] | None = None,
         batch_rows: int = 1024,
         record: bool = False,
+        fresh: list[str] | None = None,
+        replay: float = 0.0,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.spec, self.split, self.rank, self.world_size = spec, split, rank, world_size
+        self.fresh, self.replay = (None if fresh is None else sorted(fresh)), (replay if fresh is not None else 0.0)
         shards = sorted(list_shards(shards_stage, split, langs), key=lambda s: s.path)
         by_lang = {lang: [s for s in shards if s.lang == lang] for lang in {s.lang for s in shards}}
         self.langs = sorted(by_lang if langs is None else langs)
@@ -236,25 +243,52 @@ class BlockLoader:
             raise ValueError(f"{shards_stage}: no {split} shards for {missing or 'any language'}")
         for s in shards:
             verify(s)
-        self._streams = {x: _Stream(x, by_lang[x], rank, world_size, spec.seed, batch_rows) for x in self.langs}
-        self.tokens_total = {lang: st.total for lang, st in self._streams.items()}
-        self.tokens_available = {lang: st.available for lang, st in self._streams.items()}
-        self.probs = mixture(self.tokens_total, spec.alpha)
-        self.tag_ids = {lang: (tag_ids or {}).get(lang, st.first_token) for lang, st in self._streams.items()}
+        # the sources blocks are drawn from: (name, language, stream); all shards of a language, or with ``fresh``
+        # its new shards (named by the language) then its earlier ones (``<lang>:replay``)
+        self._sources: list[tuple[str, str, _Stream]] = []
+        groups = [(lang, by_lang[lang]) for lang in self.langs]
+        if self.fresh is not None:
+            new = set(self.fresh)
+            groups = [(lang, [s for s in by_lang[lang] if s.path in new]) for lang in self.langs]
+            groups += [(f"{lang}:replay", [s for s in by_lang[lang] if s.path not in new]) for lang in self.langs]
+            if not any(g for _, g in groups[: len(self.langs)]):
+                raise ValueError(f"{shards_stage}: none of the new shards {self.fresh[:3]}... is a {split} shard")
+        for name, group in groups:
+            if group:
+                stream = _Stream(name.split(":")[0], group, rank, world_size, spec.seed, batch_rows)
+                self._sources.append((name, name.split(":")[0], stream))
+        self._new = [i for i, (name, _, _) in enumerate(self._sources) if ":" not in name]
+        self._old = [i for i, (name, _, _) in enumerate(self._sources) if ":" in name]
+        self.tokens_total = {name: st.total for name, _, st in self._sources}
+        self.tokens_available = {name: st.available for name, _, st in self._sources}
+        self.probs = mixture({self._sources[i][0]: self._sources[i][2].total for i in self._new}, spec.alpha)
+        if self._old:
+            self.probs |= mixture({self._sources[i][0]: self._sources[i][2].total for i in self._old}, spec.alpha)
+        first = {lang: st.first_token for _, lang, st in reversed(self._sources)}
+        self.tag_ids = {lang: (tag_ids or {}).get(lang, first[lang]) for lang in self.langs}
         self._tags = np.array(sorted(set(self.tag_ids.values())), dtype=np.int64)
         self._pairs = None
         if spec.pair_share:
             files = list_pairs(shards_stage)
             self._pairs = _Pairs(files, self.langs, rank, world_size, spec.seed)
         self.step = 0
-        for st in self._streams.values() if record else ():
+        for _, _, st in self._sources if record else ():
             st.loaded = []
 
     def _choices(self, step: int) -> np.ndarray:
-        """Language index of each block of ``step``, or -1 for a pair block: depends on (seed, rank, step) only,
-        never on history. The pair draw has a generator of its own, so a share of 0 changes nothing."""
+        """Source index of each block of ``step``, or -1 for a pair block: depends on (seed, rank, step) only,
+        never on history. The replay and pair draws have generators of their own, so a share of 0 changes
+        nothing."""
         rng = np.random.default_rng([self.spec.seed, self.rank, step])
-        choice = rng.choice(len(self.langs), size=self.spec.batch_size, p=[self.probs[lang] for lang in self.langs])
+        new = np.array(self._new)
+        p = [self.probs[self._sources[i][0]] for i in self._new]
+        choice = new[rng.choice(len(new), size=self.spec.batch_size, p=p)]
+        if self.replay and self._old:
+            old = np.array(self._old)
+            g = np.random.default_rng([self.spec.seed, self.rank, step, 2])
+            back = g.random(self.spec.batch_size) < self.replay
+            draw = old[g.choice(len(old), size=self.spec.batch_size, p=[self.probs[self._sources[i][0]] for i in old])]
+            choice = np.where(back, draw, choice)
         if self._pairs is not None:
             pair = np.random.default_rng([self.spec.seed, self.rank, step, 1]).random(self.spec.batch_size)
             choice[pair < self.spec.pair_probability(step)] = -1
@@ -263,11 +297,12 @@ class BlockLoader:
     def next_batch(self) -> dict[str, np.ndarray]:
         t, choice = self.spec.block_size, self._choices(self.step)
         blocks = []
-        for j, li in enumerate(choice):
-            if li < 0:
+        for j, si in enumerate(choice):
+            if si < 0:
                 blocks.append(self._pairs.block(self.step, j, t))
             else:
-                blocks.append((self._streams[self.langs[li]].take(t), np.full(t, li + 1)))
+                _, lang, stream = self._sources[si]
+                blocks.append((stream.take(t), np.full(t, self.langs.index(lang) + 1)))
         self.step += 1
         ids = np.stack([b[0] for b in blocks]).astype(np.int64)
         lang_ids = np.stack([b[1] for b in blocks]).astype(np.int64)
@@ -279,34 +314,35 @@ class BlockLoader:
             yield self.next_batch()
 
     def documents_read(self) -> dict[str, list[int]]:
-        """With ``record=True``: per language, the index (in the language's shard sequence) of every document read."""
-        return {lang: list(st.loaded or []) for lang, st in self._streams.items()}
+        """With ``record=True``: per source (language), the index (in its shard sequence) of every document read."""
+        return {name: list(st.loaded or []) for name, _, st in self._sources}
 
     @property
     def tokens_seen(self) -> dict[str, int]:
-        return {lang: st.consumed for lang, st in self._streams.items()}
+        return {name: st.consumed for name, _, st in self._sources}
 
     def effective_epochs(self) -> dict[str, float]:
-        """Tokens drawn on this rank / tokens this rank holds, per language (above 1.0: repeated data)."""
-        return {lang: st.consumed / st.available for lang, st in self._streams.items()}
+        """Tokens drawn on this rank / tokens this rank holds, per source (above 1.0: repeated data)."""
+        return {name: st.consumed / st.available for name, _, st in self._sources}
 
     def _config(self) -> dict:
-        return {"split": self.split, "langs": self.langs, "world_size": self.world_size, **asdict(self.spec)}
+        extra = {} if self.fresh is None else {"fresh": self.fresh, "replay": self.replay}
+        return {"split": self.split, "langs": self.langs, "world_size": self.world_size, **asdict(self.spec), **extra}
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "step": self.step, **self._config()}
 
     def load_state_dict(self, d: dict) -> None:
-        """Restore from a state saved by any rank: replay the language draws, then seek each stream."""
+        """Restore from a state saved by any rank: replay the source draws, then seek each stream."""
         saved = {k: d.get(k) for k in self._config()}
         if d.get("version") != STATE_VERSION or saved != self._config():
             raise ValueError(f"loader state {saved} does not match this loader {self._config()}: keep them on resume")
-        counts = np.zeros(len(self.langs), np.int64)
+        counts = np.zeros(len(self._sources), np.int64)
         for s in range(d["step"]):
             choice = self._choices(s)
-            counts += np.bincount(choice[choice >= 0], minlength=len(self.langs))
-        for li, lang in enumerate(self.langs):
-            self._streams[lang].seek(int(counts[li]) * self.spec.block_size)
+            counts += np.bincount(choice[choice >= 0], minlength=len(self._sources))
+        for si, (_, _, stream) in enumerate(self._sources):
+            stream.seek(int(counts[si]) * self.spec.block_size)
         self.step = d["step"]
 
 

@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from xlmflow.tasks.train.build import build_model
 from xlmflow.tasks.train.checkpoints import STATE, STEP_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401
+from xlmflow.tasks.train.continued import save_optimizer, start_from
 from xlmflow.tasks.train.data import IGNORE, BlockLoader, BlockSpec, valid_blocks
 
 if TYPE_CHECKING:  # torch and the model are imported where used: the CLI imports this module for its constants
@@ -50,6 +51,7 @@ PROGRESS = "XLMFLOW-PROGRESS "
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 RESUMED = "resumed from checkpoint"  # how a process that resumes says so (the parent notes it)
+CONTINUED = "continued from"  # how a continued training (incremental run) says what it started from
 #: a process whose configuration cannot train prints this and the error, then exits with CONFIG_EXIT; the parent
 #: reads the line (launchers exit 1 whatever their processes exited with) and does not retry
 CONFIG_ERROR = "XLMFLOW-CONFIG-ERROR "
@@ -96,6 +98,7 @@ class Trainer:
     fingerprint: str | None
     bf16: bool
     start: int = 0  # the step this process starts (or resumes) from
+    continued: dict | None = None  # a continued training's base (incremental runs): the spec's ``continued``
 
     @property
     def metrics(self) -> Path:
@@ -173,6 +176,8 @@ def _setup(spec: dict) -> Trainer:
         eps=1e-8,
         fused=True,  # one kernel for all parameters, on CPUs too
     )
+    if spec.get("init_from"):  # an incremental run's continued training
+        accelerator.print(CONTINUED + " " + start_from(spec, model, optimizer))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t["warmup_steps"], t["max_steps"], t["schedule"], t["min_lr_ratio"])
     )
@@ -186,7 +191,18 @@ def _setup(spec: dict) -> Trainer:
         max_steps=t["max_steps"],
     )
     record = t.get("record_documents", False)
-    loader = BlockLoader(spec["shards"], "train", spec_data, rank, world, spec["langs"], tag_ids, record=record)
+    loader = BlockLoader(
+        spec["shards"],
+        "train",
+        spec_data,
+        rank,
+        world,
+        spec["langs"],
+        tag_ids,
+        record=record,
+        fresh=spec.get("fresh"),
+        replay=t.get("replay", 0.0),
+    )
     valid = {
         lang: valid_blocks(spec["shards"], lang, t["block_size"], t["eval_blocks"], tag_ids, i + 1)
         for i, lang in enumerate(spec["langs"])
@@ -195,7 +211,8 @@ def _setup(spec: dict) -> Trainer:
     # checkpointing (Accelerate pickles registered objects): it is saved with the loader in STATE
     model, optimizer = accelerator.prepare(model, optimizer)
     fingerprint = spec.get("fingerprint")
-    return Trainer(t, accelerator, model, optimizer, scheduler, loader, valid, ckdir, final, fingerprint, bf16)
+    tr = Trainer(t, accelerator, model, optimizer, scheduler, loader, valid, ckdir, final, fingerprint, bf16)
+    return replace(tr, continued=spec.get("continued"))
 
 
 def resume(tr: Trainer) -> int:
@@ -333,10 +350,14 @@ def finish(tr: Trainer) -> dict:
             "effective_epochs": loader.effective_epochs(),
             "world_size": accelerator.num_processes,
         }
+        if tr.continued:
+            c = tr.continued
+            summary |= {"continued_from": c, "total_steps": c["total_steps"] + t["max_steps"]}
         final = tr.final
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_with_code(accelerator.unwrap_model(tr.model), tmp)
+        save_optimizer(tr.optimizer, tmp)  # where the next continued training starts
         shutil.copyfile(tr.metrics, tmp / METRICS)
         for read in sorted(tr.ckdir.glob("documents-rank-*.json")):  # committed with the model: checkpoints go
             shutil.copyfile(read, tmp / read.name)

@@ -124,6 +124,18 @@ def _preset_default(what: str) -> str:
     return f"{what}; None: the preset's (see --preset)"
 
 
+#: the fields that shape continued training only (incremental runs): not in a fresh training's key
+CONTINUE = (
+    "continue_epochs",
+    "continue_min_steps",
+    "continue_max_steps",
+    "replay_share",
+    "replay_new_language",
+    "rewarm_fraction",
+    "keep_versions",
+)
+
+
 class TrainParams(BaseModel):
     """The train stage's settings. Left unset, a field takes its preset's value: the demo preset trains on a CPU in
     a few minutes."""
@@ -183,6 +195,30 @@ class TrainParams(BaseModel):
         "auto", description="auto: python for one CPU process, torchrun for several, accelerate launch on GPUs"
     )
     accelerate_config: str | None = Field(None, description="an accelerate config file (multi-GPU, multi-node)")
+    continue_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="incremental runs: passes over the new increments' train tokens when training continues (the "
+        "replay share comes on top); None: the passes the model made over its earlier tokens, at most 1",
+    )
+    continue_min_steps: int = Field(50, ge=1, description="incremental runs: fewest steps of a continued training")
+    continue_max_steps: int | None = Field(
+        None, ge=1, description="incremental runs: most steps of a continued training; None: max_steps (the preset's)"
+    )
+    replay_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="incremental runs: share of blocks drawn from earlier increments' shards while training "
+        "continues on new ones (5-10% keeps what was learnt when the new data is like the old)",
+    )
+    replay_new_language: float = Field(
+        0.25, ge=0, lt=1, description="incremental runs: the replay share when the new data brings a language"
+    )
+    rewarm_fraction: float = Field(
+        0.1, gt=0, le=1, description="incremental runs: share of a continued training's steps spent re-warming the lr"
+    )
+    keep_versions: int = Field(5, ge=1, description="earlier models kept in versions/train (xlmflow rollback)")
     record_documents: bool = Field(
         False,
         description="each rank writes which documents it read (documents-rank-R.json, "

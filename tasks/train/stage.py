@@ -35,13 +35,23 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from xlmflow.storage import Aside, Location, RunDir, code_version, file_sha256, load_output, remove_checkpoints
+from xlmflow.storage import (
+    Aside,
+    Location,
+    RunDir,
+    code_version,
+    file_sha256,
+    load_output,
+    remove_checkpoints,
+)
 from xlmflow.storage.shards import PAIRS
 from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.train import loop as train_loop
+from xlmflow.tasks.train.incremental import committed_model, continued, covered, rollback, shard_rows  # noqa: F401
 from xlmflow.tasks.train.params import (  # noqa: F401  (TRAINING, DROPOUT_OFF: re-exported)
+    CONTINUE,
     DROPOUT_OFF,
     PRESETS,
     TRAINING,
@@ -85,7 +95,7 @@ def _checked_model(params: TrainParams) -> dict[str, Any]:
     return model
 
 
-def plan(run: RunDir, params: TrainParams) -> Unit:
+def plan(run: RunDir, params: TrainParams, incremental: bool = False) -> Unit:
     """The one unit of the stage, fingerprinted by the shards, the tokenizer (and alignment) and the parameters.
 
     The run directory and the model configuration are checked first: a configuration no attempt can train is a
@@ -112,7 +122,7 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
         inputs["accelerate_config"] = {loc.name: Input(loc.uri, file_sha256(loc.fs, loc.path)[0])}
     tokens = sum(n.get("tokens", 0) for n in shards.stats["totals"]["train"].values())
     resolved = params.training_resolved(train_tokens=tokens, block_size=block)  # the preset's where unset
-    train = params.model_dump(exclude={"preset", "model", *OPTIONS}) | {"block_size": block}
+    train = params.model_dump(exclude={"preset", "model", *OPTIONS, *CONTINUE}) | {"block_size": block}
     train |= {k: v for k, v in resolved.items() if k in train}
     train["alpha"] = params.alpha if params.alpha is not None else vocab.params.get("alpha", 0.3)
     if train["parallel_share"] and not any(f.path.startswith(f"{PAIRS}/") for f in shards.files):
@@ -130,10 +140,20 @@ def plan(run: RunDir, params: TrainParams) -> Unit:
         name=STAGE,
         out=run.stage(STAGE).uri,
         code_version=code_version(PACKAGE),
-        params={"model": model, "train": train, "langs": langs, "align": params.align, "libraries": libraries},
+        params={
+            "model": model,
+            "train": train,
+            "langs": langs,
+            "align": params.align,
+            "libraries": libraries,
+            "increment": max((r["increment"] for r in shard_rows(shard_loc)), default=1),
+        },
         inputs=inputs,
         options=params.model_dump(include=set(OPTIONS)) | {k: v for k, v in resolved.items() if k in OPTIONS},
     )
+    base = committed_model(run) if incremental else None
+    if base is not None:
+        unit = continued(run, params, unit, base)
     ckpt = run.checkpoints(STAGE, unit.fingerprint)
     return replace(unit, options=unit.options | {"checkpoints": ckpt.path})
 
@@ -154,7 +174,15 @@ def spec_of(unit: Unit) -> dict[str, Any]:
         "checkpoints": ckpt,
         "final": os.path.join(ckpt, "final"),
         "fingerprint": unit.fingerprint,
-    }
+    } | (
+        {
+            "init_from": Location(unit.input("base").uri).parent.path,
+            "continued": p["continued"],
+            "fresh": p["continued"]["fresh"],
+        }
+        if "continued" in p
+        else {}
+    )
 
 
 def command(unit: Unit, spec_path: str) -> list[str]:
@@ -256,7 +284,7 @@ def launch(cmd: list[str], ckpt: Location, what: str = STAGE) -> None:
             elif line:
                 tail.append(line)
                 log.info("%s: %s", what, line)
-                if line.startswith(train_loop.RESUMED):
+                if line.startswith((train_loop.RESUMED, train_loop.CONTINUED)):
                     progress.note(f"{what}: {line}")
     if proc.returncode and (config_error is not None or proc.returncode == train_loop.CONFIG_EXIT):
         raise TrainingConfigError(

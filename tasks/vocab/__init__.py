@@ -39,15 +39,17 @@ from xlmflow.storage import (
     Location,
     RunDir,
     code_version,
+    committed,
     file_sha256,
     load_output,
     partitions,
     read_batches,
+    read_manifest,
     stable_uniform,
 )
 from xlmflow.tasks.common.parallel_sets import parallel_files
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
-from xlmflow.tasks.common.specials import EOS, PAD, lang_tag
+from xlmflow.tasks.common.specials import EOS, PAD, TOKENIZER_FILE, lang_tag, untagged
 from xlmflow.tasks.vocab.params import VocabParams
 
 STAGE = "vocab"
@@ -264,6 +266,22 @@ def build_vocab(unit: Unit) -> Ref:
         }
 
     return ensure(unit, build)
+
+
+def frozen(run: RunDir) -> Ref | None:
+    """The committed vocabulary when it is whole: an incremental run keeps it (token ids stay comparable
+    between nights; ``xlmflow vocab --force`` retrains it deliberately). None: nothing to keep."""
+    loc = run.stage(STAGE)
+    m = read_manifest(loc)
+    if m is None or committed(loc, m.fingerprint) is None:
+        return None
+    return Ref(loc.uri, m.fingerprint)
+
+
+def untagged_docs(run: RunDir) -> dict[str, int]:
+    """Clean documents per language the committed tokenizer has no ``<lang:xx>`` tag for."""
+    tok = Tokenizer.from_file(run.stage(STAGE).child(TOKENIZER_FILE).path)
+    return untagged(partitions(load_output(run.stage(LANGID), LANGID), "clean"), tok)
 
 
 def read_report(ref: Ref) -> dict:
