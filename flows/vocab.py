@@ -21,15 +21,7 @@ def vocab_flow(run_dir: str, params: vocab.VocabParams | None = None) -> Ref:
         ref = run_unit(vocab.vocab_task, vocab.plan_task(run, params))
     else:
         logger().info("vocab: frozen (an incremental run keeps the committed vocabulary; --force retrains it)")
-        for lang, n in vocab.untagged_docs(run).items():
-            logger().warning(
-                "vocab: frozen, and language %r (%d clean documents) has no <lang:%s> tag: its documents are left out "
-                "of the shards (counted as untagged in shard/shards.json); `xlmflow vocab --force` retrains the "
-                "vocabulary with it, and every shard is written again",
-                lang,
-                n,
-                lang,
-            )
+        vocab.warn_untagged(run)
     artifacts.publish_task(vocab.STAGE, run_dir, vocab_ui.report)
     return ref
 

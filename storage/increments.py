@@ -43,12 +43,15 @@ def increment_of(path: str) -> int | None:
 
 
 def read_ledger(stage: Location) -> dict[str, Any] | None:
-    """The committed ledger of a stage folder (None: no committed stage, or no ledger in it)."""
-    m = read_manifest(stage)
-    if m is None or not any(f.path == LEDGER for f in m.files):
+    """The ledger in a stage folder (None: none). Read whether or not the stage's manifest is there: a commit
+    killed after the old manifest went still leaves a whole ledger (the old one, or the new one renamed into
+    place, whose units are all committed), so a run started again appends what the killed one would have."""
+    loc = stage.child(LEDGER)
+    try:
+        with loc.open("rb") as f:
+            return orjson.loads(f.read())
+    except FileNotFoundError:
         return None
-    with stage.child(LEDGER).open("rb") as f:
-        return orjson.loads(f.read())
 
 
 def ledger_bytes(ledger: dict[str, Any]) -> bytes:

@@ -15,15 +15,18 @@ threshold or set of kept languages re-runs only the cheap steps, never the model
   Chinese is often labelled ``ja``; no kana means zh), ``keep_langs``, the claimed vs
   detected handling (relabel, or drop) and the quality rules. Kept documents go to
   ``lang=<xx>/part-NNNNN.parquet``, the others to ``rejected/`` with their reason.
-* ``dedup/lang=<xx>/`` one unit per detected language: exact and MinHash near-dedup
-  (:mod:`.dedup`) and the ``min_lang_docs`` rule; ``rejected.parquet`` holds the
+* ``dedup/lang=<xx>/inc=NNNN/`` one unit per detected language and increment (:mod:`.increments`: a run
+  without ``incremental`` makes one increment of everything): exact and MinHash near-dedup
+  (:mod:`.dedup`) and the ``min_lang_docs`` rule, in an incremental run also against the
+  ``index.parquet`` of the earlier increments (kept documents stay kept); ``rejected.parquet`` holds the
   dropped documents with reason and ``dup_of``. Per language is exact: the label is a
   function of the text alone (relabel keeps the detected label; drop keeps only
   documents whose claim agrees), so identical texts share a language. Texts equal only
   after normalisation (case, punctuation) could in rare cases get different labels
   and then both survive.
-* ``clean/lang=<xx>/part-NNNNN.parquet`` the contract for later stages.
-* ``stats.json`` counts per language and reason, and per (claimed, detected) pair.
+* ``clean/lang=<xx>/inc=NNNN/part-NNNNN.parquet`` the contract for later stages.
+* ``stats.json`` counts per language and reason, and per (claimed, detected) pair; ``increments.json`` the
+  ledger: each increment's number, date, inputs and dedup units.
 
 This module is the stage: its planning, unit bodies and commit. The parts live apart:
 its parameters in :mod:`.params`, output schemas in :mod:`.schemas`, one batch's scores and

@@ -19,7 +19,6 @@ from xlmflow.storage import Location, RunDir, hash_json, read_manifest, relative
 from xlmflow.storage.increments import read_ledger
 from xlmflow.tasks.common.runtime import Input, Unit, logger
 
-
 STAGE = "langid"  # the stage whose folder holds the ledger
 
 

@@ -131,6 +131,8 @@ CONTINUE = (
     "continue_max_steps",
     "replay_share",
     "replay_new_language",
+    "replay_max",
+    "continue_lr_scale",
     "rewarm_fraction",
     "keep_versions",
 )
@@ -203,17 +205,34 @@ class TrainParams(BaseModel):
     )
     continue_min_steps: int = Field(50, ge=1, description="incremental runs: fewest steps of a continued training")
     continue_max_steps: int | None = Field(
-        None, ge=1, description="incremental runs: most steps of a continued training; None: max_steps (the preset's)"
+        None,
+        ge=1,
+        description="incremental runs: most steps of a continued training (a night's budget); None: a fifth of "
+        "max_steps (the preset's)",
+    )
+    continue_lr_scale: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="incremental runs: a continued training re-warms to lr x this, then decays (a short "
+        "continuation at the full peak forgets more than it learns: bench/RESULTS.md)",
     )
     replay_share: float = Field(
         0.1,
         ge=0,
         lt=1,
-        description="incremental runs: share of blocks drawn from earlier increments' shards while training "
-        "continues on new ones (5-10% keeps what was learnt when the new data is like the old)",
+        description="incremental runs: least share of blocks drawn from earlier increments' shards while training "
+        "continues on new ones (5-10% when the new data is like the old, in every language)",
     )
     replay_new_language: float = Field(
-        0.25, ge=0, lt=1, description="incremental runs: the replay share when the new data brings a language"
+        0.25, ge=0, lt=1, description="incremental runs: the least replay share when the new data brings a language"
+    )
+    replay_max: float = Field(
+        0.75,
+        ge=0,
+        lt=1,
+        description="incremental runs: the replay share rises to the old mixture's weight of the languages the new "
+        "data does not cover, up to this",
     )
     rewarm_fraction: float = Field(
         0.1, gt=0, le=1, description="incremental runs: share of a continued training's steps spent re-warming the lr"

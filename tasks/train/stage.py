@@ -49,7 +49,7 @@ from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.train import loop as train_loop
-from xlmflow.tasks.train.incremental import committed_model, continued, covered, rollback, shard_rows  # noqa: F401
+from xlmflow.tasks.train.incremental import base_model, continued, covered, rollback, shard_rows  # noqa: F401
 from xlmflow.tasks.train.params import (  # noqa: F401  (TRAINING, DROPOUT_OFF: re-exported)
     CONTINUE,
     DROPOUT_OFF,
@@ -151,8 +151,10 @@ def plan(run: RunDir, params: TrainParams, incremental: bool = False) -> Unit:
         inputs=inputs,
         options=params.model_dump(include=set(OPTIONS)) | {k: v for k, v in resolved.items() if k in OPTIONS},
     )
-    base = committed_model(run) if incremental else None
-    if base is not None:
+    base = base_model(run) if incremental else None
+    if base is not None and base.upstream.get(f"tokenizer/{TOKENIZER_FILE}") != unit.input("tokenizer").fingerprint:
+        logger().warning("train: the vocabulary changed since the last model (vocab --force): training from step 0")
+    elif base is not None:
         unit = continued(run, params, unit, base)
     ckpt = run.checkpoints(STAGE, unit.fingerprint)
     return replace(unit, options=unit.options | {"checkpoints": ckpt.path})

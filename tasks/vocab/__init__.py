@@ -47,6 +47,7 @@ from xlmflow.storage import (
     read_manifest,
     stable_uniform,
 )
+from xlmflow.tasks.common import progress
 from xlmflow.tasks.common.parallel_sets import parallel_files
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure, logger, plain_step, step
 from xlmflow.tasks.common.specials import EOS, PAD, TOKENIZER_FILE, lang_tag, untagged
@@ -278,10 +279,20 @@ def frozen(run: RunDir) -> Ref | None:
     return Ref(loc.uri, m.fingerprint)
 
 
-def untagged_docs(run: RunDir) -> dict[str, int]:
-    """Clean documents per language the committed tokenizer has no ``<lang:xx>`` tag for."""
+def warn_untagged(run: RunDir) -> dict[str, int]:
+    """Say which languages' clean documents the frozen tokenizer has no ``<lang:xx>`` tag for, and how many: the
+    shard stage leaves them out (and counts them), since a new tag would change the vocabulary and every shard."""
     tok = Tokenizer.from_file(run.stage(STAGE).child(TOKENIZER_FILE).path)
-    return untagged(partitions(load_output(run.stage(LANGID), LANGID), "clean"), tok)
+    found = untagged(partitions(load_output(run.stage(LANGID), LANGID), "clean"), tok)
+    for lang, n in found.items():
+        text = (
+            f"vocab: frozen, and language {lang!r} ({n} clean documents) has no <lang:{lang}> tag: its documents are "
+            "left out of the shards (counted as untagged in shard/shards.json); `xlmflow vocab --force` retrains "
+            "the vocabulary with it, and every shard is written again"
+        )
+        logger().warning(text)
+        progress.note(text)
+    return found
 
 
 def read_report(ref: Ref) -> dict:
