@@ -1,5 +1,5 @@
-"""Incremental runs (``xlmflow run --incremental``): day 1 is the session's small run (tests/small_run.py); day 2 adds
-files to its source folder. The data stages append, the vocabulary stays, training continues from day 1's model,
+"""Incremental runs (``xlmflow run --incremental``): day 1 runs on a small corpus; day 2 adds files to its source
+folder. The data stages append, the vocabulary stays, training continues from day 1's model,
 the report compares the two models, and a day 2 killed at random moments ends with the bytes of one never killed."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from xlmflow import PACKAGE_ROOT
 
 sys.path.insert(0, str(PACKAGE_ROOT / "bench"))
 from kill_pipeline import files_of, kill_during, start  # noqa: E402
+from small_run import CONFIG  # noqa: E402
 
 
 def _demo_lines(name: str, lo: int, hi: int) -> list[str]:
@@ -32,35 +33,38 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def days(small_run, prefect_server, tmp_path_factory):
+def days(prefect_server, tmp_path_factory):
     """(day 1 run directory, day 2 run directory never killed, day 2's output, seconds it took, env, the day-1
-    documents repeated on day 2). Day 2's source folder gains more-fr.jsonl (new French documents, one day-1 document
-    verbatim, one with a word added) and es.jsonl (a language the frozen vocabulary has no tag for)."""
+    documents repeated on day 2). Day 1: the demo's first English and French documents under tests/small_run.py's
+    configuration (a tiny model), run with ``--incremental``. Day 2's source folder gains more-fr.jsonl (new French
+    documents, one day-1 document verbatim, one with a word added) and es.jsonl (a language the frozen vocabulary
+    has no tag for)."""
     import time
-
-    from xlmflow.storage import RunDir, read_record, write_record
 
     root = tmp_path_factory.mktemp("incremental")
     corpus = root / "corpus"
-    shutil.copytree(Path(small_run.config).parent / "corpus", corpus)
+    corpus.mkdir()
+    for lang in ("en", "fr"):
+        (corpus / f"{lang}.jsonl").write_text("".join(_demo_lines(f"debian-handbook-{lang}.jsonl.zst", 0, 300)))
+    config = root / "xlmflow.toml"
+    config.write_text(CONFIG.format(corpus=corpus))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
     day1 = root / "day1"
-    shutil.copytree(small_run.run_dir, day1, symlinks=True)
-    record = read_record(RunDir.of(str(day1)))
-    record["ingest"]["sources"][0]["path"] = str(corpus)
-    write_record(RunDir.of(str(day1)), record | {"incremental": True})  # day 1 was a full run: increment 1
+    p = start(str(day1), str(config), env=env, flags=("--quiet", "--incremental"))
+    first = p.communicate()[0]
+    assert p.returncode == 0, first[-3000:]
     kept = pq.read_table(next((day1 / "langid" / "clean" / "lang=fr" / "inc=0001").glob("*.parquet"))).to_pylist()
     long = [r for r in kept if len(r["text"]) > 150][:2]
     repeats = {"exact": long[0], "near": long[1]}
-    lines = _demo_lines("debian-handbook-fr.jsonl.zst", 400, 520)
+    lines = _demo_lines("debian-handbook-fr.jsonl.zst", 300, 420)
     lines += [json.dumps({"text": long[0]["text"], "lang": "fr"}) + "\n"]
     lines += [json.dumps({"text": long[1]["text"] + " ok", "lang": "fr"}) + "\n"]
     (corpus / "more-fr.jsonl").write_text("".join(lines))
-    (corpus / "es.jsonl").write_text("".join(_demo_lines("debian-handbook-es.jsonl.zst", 0, 60)))
+    (corpus / "es.jsonl").write_text("".join(_demo_lines("debian-handbook-es.jsonl.zst", 0, 150)))
     day2 = root / "day2"
     shutil.copytree(day1, day2, symlinks=True)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
     t0 = time.monotonic()
-    p = start(str(day2), None, env=env, flags=("--incremental",))
+    p = start(str(day2), None, env=env, flags=())
     out = p.communicate()[0]
     assert p.returncode == 0, out[-3000:]
     return day1, day2, out, time.monotonic() - t0, env, repeats
@@ -78,7 +82,7 @@ def test_day_two_appends_and_keeps_every_day_one_file(days):
     assert sorted(n.split("-")[0] for n in ledger["increments"][1]["inputs"]) == ["es.jsonl", "more"]
     index = json.loads((day2 / "shard" / "shards.json").read_text())
     new = [s for s in index["shards"] if s["increment"] == 2]
-    assert new and {s["lang"] for s in new} <= {"fr", "en", "de"}
+    assert new and {s["lang"] for s in new} <= {"fr", "en"}
     assert [i["number"] for i in index["increments"]] == [1, 2] and index["increments"][1]["tokens"]["train"]
     assert index["untagged"].get("es", 0) > 20, index["untagged"]  # counted apart, not sharded
     assert "no <lang:es> tag" in out, out[-2000:]
@@ -110,7 +114,7 @@ def test_training_continues_from_day_one_and_the_report_compares_the_models(days
     assert _sha(version / "model.safetensors") == _sha(day1 / "train" / "model.safetensors")
     metrics = json.loads((day2 / "evaluate" / "metrics.json").read_text())
     night = metrics["previous_model"]
-    assert night["version"] == version.name and set(night["bits_per_byte"]) >= {"en", "fr", "de"}
+    assert night["version"] == version.name and set(night["bits_per_byte"]) >= {"en", "fr"}
     assert "## Against the previous model" in (day2 / "evaluate" / "report.md").read_text()
 
 
@@ -132,11 +136,12 @@ def test_status_says_frozen_and_a_rollback_restores_day_one(days, tmp_path, caps
 
 @pytest.mark.slow
 def test_a_killed_day_two_resumes_to_the_same_bytes(days, tmp_path):
-    """Killed (SIGKILL, the whole process group) while the new increment's documents are written, while the
-    continued training has a checkpoint, and while the evaluation runs; the run after the kills ends with every
-    file of the day 2 never killed, its kept version of day 1's model included."""
+    """Killed (SIGKILL, the whole process group) while the new increment's documents are written and while the
+    continued training has a checkpoint (the stateful steps: the ledger, the kept version, the resumed continued
+    training); the run after the kills ends with every file of the day 2 never killed, its kept version of day 1's
+    model included. bench/kill_pipeline.py's kill_during takes any marks (an evaluation in progress, say)."""
     day1, day2, _, _, env, _ = days
-    marks = ["langid/clean/lang=fr/inc=0002", ".checkpoints/train/*/step-*", "evaluate/lm"]
+    marks = ["langid/clean/lang=fr/inc=0002", ".checkpoints/train/*/step-*"]
     result = kill_during(str(tmp_path), str(day1), str(day2), marks, env=env)
-    assert [stage for _, stage in result["kills"]] == ["langid", "train", "evaluate"], result
+    assert [stage for _, stage in result["kills"]] == ["langid", "train"], result
     assert result["identical"] and result["files_compared"] > 50, result
