@@ -155,8 +155,10 @@ SAME_WORKER = {
     "tests/test_canary.py": "tests/test_kill.py",  # the small run (``small_run``)
     "tests/test_eval_bpb.py": "tests/test_eval_retrieval.py",  # a tiny trained model (``trained_tiny``)
 }
-#: the longest unit (the small run, then 20 kills): handed out first, so that it does not start last
+#: the longest unit (the small run, then 20 kills): handed out first, so that it does not start last; then the
+#: next longest (two days of a small pipeline and kills inside the second), so that it starts on the other worker
 FIRST = "tests/test_kill.py"
+SECOND = "tests/test_incremental.py"
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -197,7 +199,7 @@ def pytest_xdist_make_scheduler(config, log):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """On an xdist worker (the collection order is the order units are handed out, --no-loadscope-reorder):
-    the :data:`FIRST` unit first, the others in their order."""
+    the :data:`FIRST` unit first, then :data:`SECOND`, the others in their order."""
     if hasattr(config, "workerinput"):
         first = {FIRST, *(m for m, other in SAME_WORKER.items() if other == FIRST)}
-        items.sort(key=lambda i: i.nodeid.split("::", 1)[0] not in first)  # stable
+        items.sort(key=lambda i: (i.nodeid.split("::", 1)[0] not in first, i.nodeid.split("::", 1)[0] != SECOND))

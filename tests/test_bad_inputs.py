@@ -285,7 +285,8 @@ def test_unknown_key_in_a_config_file(tmp_path):
         PipelineConfig.load(p)
     p.write_text("[lang_id]\nthreshold = 0.3\n")
     with pytest.raises(
-        ValueError, match=r"xlmflow\.toml: unknown key 'lang_id'.*\(known here: evaluate, finetune, ingest, langid"
+        ValueError,
+        match=r"xlmflow\.toml: unknown key 'lang_id'.*\(known here: evaluate, finetune, incremental, ingest, langid",
     ):
         PipelineConfig.load(p)
     p.write_text("[langid\nthreshold = 0.3\n")

@@ -45,7 +45,7 @@ def days(prefect_server, tmp_path_factory):
     corpus = root / "corpus"
     corpus.mkdir()
     for lang in ("en", "fr"):
-        (corpus / f"{lang}.jsonl").write_text("".join(_demo_lines(f"debian-handbook-{lang}.jsonl.zst", 0, 300)))
+        (corpus / f"{lang}.jsonl").write_text("".join(_demo_lines(f"debian-handbook-{lang}.jsonl.zst", 0, 250)))
     config = root / "xlmflow.toml"
     config.write_text(CONFIG.format(corpus=corpus))
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
@@ -56,7 +56,7 @@ def days(prefect_server, tmp_path_factory):
     kept = pq.read_table(next((day1 / "langid" / "clean" / "lang=fr" / "inc=0001").glob("*.parquet"))).to_pylist()
     long = [r for r in kept if len(r["text"]) > 150][:2]
     repeats = {"exact": long[0], "near": long[1]}
-    lines = _demo_lines("debian-handbook-fr.jsonl.zst", 300, 420)
+    lines = _demo_lines("debian-handbook-fr.jsonl.zst", 250, 370)
     lines += [json.dumps({"text": long[0]["text"], "lang": "fr"}) + "\n"]
     lines += [json.dumps({"text": long[1]["text"] + " ok", "lang": "fr"}) + "\n"]
     (corpus / "more-fr.jsonl").write_text("".join(lines))
@@ -136,12 +136,13 @@ def test_status_says_frozen_and_a_rollback_restores_day_one(days, tmp_path, caps
 
 @pytest.mark.slow
 def test_a_killed_day_two_resumes_to_the_same_bytes(days, tmp_path):
-    """Killed (SIGKILL, the whole process group) while the new increment's documents are written and while the
+    """Killed (SIGKILL, the whole process group) as the new increment's dedup starts and while the
     continued training has a checkpoint (the stateful steps: the ledger, the kept version, the resumed continued
     training); the run after the kills ends with every file of the day 2 never killed, its kept version of day 1's
     model included. bench/kill_pipeline.py's kill_during takes any marks (an evaluation in progress, say)."""
     day1, day2, _, _, env, _ = days
-    marks = ["langid/clean/lang=fr/inc=0002", ".checkpoints/train/*/step-*"]
+    marks = ["langid/dedup/lang=fr/inc=0002", ".checkpoints/train/*/step-*"]
     result = kill_during(str(tmp_path), str(day1), str(day2), marks, env=env)
-    assert [stage for _, stage in result["kills"]] == ["langid", "train"], result
+    stages = [stage for _, stage in result["kills"]]
+    assert stages[0] in ("langid", "vocab", "shard") and stages[1] == "train", result  # the first: racing the commit
     assert result["identical"] and result["files_compared"] > 50, result

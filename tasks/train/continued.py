@@ -4,7 +4,7 @@ state instead of a fresh initialisation.
 Weights load where the shapes match; a language embedding table is copied row by row by language name, so a
 language new to training gets a fresh row and the others keep theirs. The optimiser state loads only when
 every parameter's shape matches (a new language leaves it fresh); its hyper-parameters are this run's.
-Nothing is unpickled: weights are safetensors, the optimiser state ``torch.load(weights_only=True)``.
+Nothing is pickled: weights and the optimiser state are safetensors (the param groups as JSON in its metadata).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OPTIMIZER = "optimizer.pt"  # saved beside the model, for the next continued training
+OPTIMIZER = "optimizer.safetensors"  # the AdamW state, saved beside the model for the next continued training
 WEIGHTS = "model.safetensors"
 
 
@@ -71,20 +71,25 @@ def _tied(model, name: str) -> bool:
 def load_optimizer(optimizer, folder: Path) -> bool:
     """Load the AdamW state saved in ``folder`` when every parameter's shape matches; this run's learning rate,
     betas and weight decay stay. False: no state there, or shapes differ (the optimiser starts fresh)."""
-    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     path = folder / OPTIMIZER
     if not path.exists():
         return False
-    state = torch.load(path, weights_only=True)
+    with safe_open(str(path), "pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    saved: dict[int, dict] = {}
+    for key, tensor in load_file(str(path)).items():
+        index, _, name = key.partition(".")
+        saved.setdefault(int(index), {})[name] = tensor
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    saved = state.get("state", {})
     if len(saved) != len(params) or any(
         saved[i]["exp_avg"].shape != p.shape for i, p in enumerate(params) if i in saved
     ):
         return False
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict({"state": saved, "param_groups": groups})
     for group, keep in zip(optimizer.param_groups, hyper):
         group.pop("initial_lr", None)
         group.update(keep)
@@ -92,6 +97,16 @@ def load_optimizer(optimizer, folder: Path) -> bool:
 
 
 def save_optimizer(optimizer, folder: Path) -> None:
+    """The AdamW state as safetensors (tensors ``<param index>.<name>``; the param groups as JSON in its metadata):
+    no pickle in a model folder."""
     import torch
+    from safetensors.torch import save_file
 
-    torch.save(optimizer.state_dict(), folder / OPTIMIZER)
+    state = optimizer.state_dict()
+    tensors = {
+        f"{i}.{name}": value.detach().contiguous()
+        for i, entry in state["state"].items()
+        for name, value in entry.items()
+        if torch.is_tensor(value)
+    }
+    save_file(tensors, str(folder / OPTIMIZER), metadata={"param_groups": json.dumps(state["param_groups"])})
