@@ -135,7 +135,8 @@ def _tempered(tokens: dict[str, int], alpha: float) -> dict[str, float]:
 def continued_steps(run: RunDir, params: TrainParams, base: Manifest, t: dict, new_tokens: int, replay: float) -> int:
     """Steps of a continued training on ``new_tokens``: ``continue_epochs`` passes over them (None: as many as the
     model made over the tokens it has trained on, at most one, so new data weighs what old data did), the replay
-    blocks on top, between ``continue_min_steps`` and ``continue_max_steps`` (None: ``max_steps``)."""
+    blocks on top, between ``continue_min_steps`` (at most ``max_steps``) and ``continue_max_steps`` (None: a fifth
+    of ``max_steps``)."""
     step_tokens = t["batch_size"] * t["block_size"] * t["grad_accum"] * t["num_processes"]
     passes = params.continue_epochs
     if passes is None:
@@ -144,8 +145,9 @@ def continued_steps(run: RunDir, params: TrainParams, base: Manifest, t: dict, n
         trained = base.stats.get("total_steps", base.stats.get("steps", 0)) * step_tokens
         passes = min(1.0, trained / old) if old else 1.0
     steps = math.ceil(passes * new_tokens / ((1 - replay) * step_tokens))
-    cap = params.continue_max_steps or max(params.continue_min_steps, t["max_steps"] // 5)
-    return min(max(steps, params.continue_min_steps), cap)
+    floor = min(params.continue_min_steps, t["max_steps"])  # never more than a whole first training
+    cap = params.continue_max_steps or max(floor, t["max_steps"] // 5)
+    return min(max(steps, floor), cap)
 
 
 def keep_current(run: RunDir, keep: int) -> Version | None:

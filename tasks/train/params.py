@@ -203,7 +203,9 @@ class TrainParams(BaseModel):
         description="incremental runs: passes over the new increments' train tokens when training continues (the "
         "replay share comes on top); None: the passes the model made over its earlier tokens, at most 1",
     )
-    continue_min_steps: int = Field(50, ge=1, description="incremental runs: fewest steps of a continued training")
+    continue_min_steps: int = Field(
+        50, ge=1, description="incremental runs: fewest steps of a continued training (at most max_steps)"
+    )
     continue_max_steps: int | None = Field(
         None,
         ge=1,
