@@ -143,11 +143,11 @@ def stage_in_progress(run_dir: str) -> str:
     return "done"
 
 
-def files_of(run_dir: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
-    """sha256 of every file of every stage, and of the ``extra`` folders (hidden bookkeeping such as stat memos
-    left out)."""
+def files_of(run_dir: str, extra: tuple[str, ...] = (), stages: tuple[str, ...] = STAGES) -> dict[str, str]:
+    """sha256 of every file of ``stages`` (default: every stage), and of the ``extra`` folders (hidden bookkeeping
+    such as stat memos left out)."""
     found = {}
-    for s in (*STAGES, *extra):
+    for s in (*stages, *extra):
         for p in sorted(Path(run_dir, s).rglob("*")):
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(run_dir).parts):
                 found[str(p.relative_to(run_dir))] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -221,26 +221,31 @@ def kill_and_compare(
     return result
 
 
-def kill_during(work: str, start_from: str, clean_dir: str, marks: list[str], env=None, log=print) -> dict:
+def kill_during(
+    work: str, start_from: str, clean_dir: str, marks: list[str], env=None, log=print, until: str | None = None
+) -> dict:
     """Kills inside one run that carries state (an incremental day 2): a copy of ``start_from`` (day 1) is run with
     ``xlmflow run --quiet`` (its recorded configuration) and SIGKILLed the moment a path matching the next of
     ``marks`` (globs in the run directory: ``.checkpoints/train/*/step-*``) appears, run again, and so on; a last
     run finishes. Then every file of every stage and of ``versions/`` is compared with ``clean_dir``'s (the same
     day 2, never killed). No stage is invalidated between rounds: an incremental run keeps what is committed, so a
-    kill lands where a real one would. The stage of each kill: the first whose manifest is not yet the clean run's."""
+    kill lands where a real one would. The stage of each kill: the first whose manifest is not yet the clean run's.
+    ``until``: every run stops after that stage (``--only``), and only the stages up to it are compared."""
     import shutil
 
     killed = Path(work, "killed")
     shutil.copytree(start_from, killed, symlinks=True)
-    done = {s: _fingerprint(clean_dir, s) for s in STAGES}
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    only = [flag for s in stages for flag in ("--only", s)] if until else []
+    done = {s: _fingerprint(clean_dir, s) for s in stages}
     where = []
     forks = ForkServer(env)
     try:
         for mark in marks:
-            p = forks.run(["run", "--quiet", "--run-dir", str(killed)])
+            p = forks.run(["run", "--quiet", "--run-dir", str(killed), *only])
             while not any(killed.glob(mark)) and p.poll() is None:
                 time.sleep(0.01)
-            stage = next((s for s in STAGES if _fingerprint(str(killed), s) != done[s]), "done")
+            stage = next((s for s in stages if _fingerprint(str(killed), s) != done[s]), "done")
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -250,11 +255,11 @@ def kill_during(work: str, start_from: str, clean_dir: str, marks: list[str], en
             log(f"kill at {mark}: during {stage}")
     finally:
         forks.close()
-    p = start(str(killed), None, env=env)
+    p = start(str(killed), None, env=env, flags=("--quiet", *only))
     out = p.communicate()[0]
     if p.returncode:
         raise RuntimeError(f"the run after the kills failed:\n{out[-3000:]}")
-    a, b = files_of(clean_dir, ("versions",)), files_of(str(killed), ("versions",))
+    a, b = files_of(clean_dir, ("versions",), stages), files_of(str(killed), ("versions",), stages)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     result = {"kills": where, "files_compared": len(a), "identical": not differ, "differ": differ[:20]}
     log(json.dumps(result))

@@ -139,10 +139,11 @@ def test_a_killed_day_two_resumes_to_the_same_bytes(days, tmp_path):
     """Killed (SIGKILL, the whole process group) as the new increment's dedup starts and while the
     continued training has a checkpoint (the stateful steps: the ledger, the kept version, the resumed continued
     training); the run after the kills ends with every file of the day 2 never killed, its kept version of day 1's
-    model included. bench/kill_pipeline.py's kill_during takes any marks (an evaluation in progress, say)."""
+    model included; the runs stop after training (the evaluation of a resumed model is the 20-kill test's).
+    bench/kill_pipeline.py's kill_during takes any marks and stages."""
     day1, day2, _, _, env, _ = days
     marks = ["langid/dedup/lang=fr/inc=0002", ".checkpoints/train/*/step-*"]
-    result = kill_during(str(tmp_path), str(day1), str(day2), marks, env=env)
+    result = kill_during(str(tmp_path), str(day1), str(day2), marks, env=env, until="train")  # the stateful part
     stages = [stage for _, stage in result["kills"]]
     assert stages[0] in ("langid", "vocab", "shard") and stages[1] == "train", result  # the first: racing the commit
     assert result["identical"] and result["files_compared"] > 50, result
