@@ -3,7 +3,8 @@
 Layout (one committed unit folder per shard, so each shard is cached and rebuilt alone)::
 
     shard/_manifest.json             every shard file with bytes, sha256, rows; totals in stats
-    shard/shards.json                the index: per shard split, lang, rows, tokens, bytes, sha256
+    shard/shards.json                the index: per shard split, lang, rows, tokens, bytes, sha256, increment;
+                                     the increments (number, date, inputs, tokens) and untagged documents
     shard/<split>/<lang>-NNNNN/<split>-<lang>-NNNNN.parquet
     shard/pairs/<set>/pairs-<set>.parquet   a parallel set's train part, tokenised (tasks/shard/pairs.py)
 

@@ -19,6 +19,12 @@ threshold, and the code - so same input, vocabulary and seed give the same bytes
 changed input file rebuilds only the shards that read it. Order inside a shard is input
 order; shuffling is the loader's job (shard order per epoch, a shuffle buffer).
 
+Languages are planned per increment (the langid stage's ``clean/lang=xx/inc=NNNN/``, :mod:`xlmflow.storage.increments`):
+a later increment of a language is split by the threshold its first increment set and its shards are numbered
+after the earlier ones, so an incremental run appends shard files and every earlier shard stays the same unit,
+with the same bytes. ``shards.json`` gives each shard its increment, lists the increments (number, date, inputs,
+tokens) and counts the documents of languages the tokenizer has no tag for (``untagged``: left out).
+
 Tokenisation runs ``Tokenizer.encode_batch_fast`` (Rust, multi-threaded, no offsets) on
 batches of texts; tags and end-of-text are added with numpy offsets, not per document.
 """
