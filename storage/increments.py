@@ -110,8 +110,8 @@ def archive(run: RunDir, stage: str, keep: int, extra: dict[str, Location] | Non
 
 
 def restore(run: RunDir, stage: str, version: Version) -> None:
-    """Make ``version`` the committed ``stage`` folder: linked aside, then swapped in by renames; the folder it
-    replaces is archived first (so a rollback can itself be rolled back)."""
+    """Make ``version`` the committed ``stage`` folder: linked aside, then swapped in by renames (the caller keeps
+    the folder it replaces as a version first, so a rollback can itself be rolled back)."""
     src, dst = version.loc, run.stage(stage)
     tmp = run.root.child(f".{stage}-restore-{uuid.uuid4().hex[:8]}")
     _link_tree(src.path, tmp.path)

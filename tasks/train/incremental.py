@@ -63,12 +63,13 @@ def continued(run: RunDir, params: TrainParams, unit: Unit, base: Manifest) -> U
     if version is None or version.fingerprint != base.fingerprint:  # train/ is not whole: the base is a version
         version = next(v for v in versions(run, STAGE) if v.fingerprint == base.fingerprint)
     seen = base.params.get("increment", 1)
-    fresh = [r for r in shard_rows(run.stage(SHARD)) if r["split"] == "train" and r["increment"] > seen]
+    rows = shard_rows(run.stage(SHARD))
+    fresh = [r for r in rows if r["split"] == "train" and r["increment"] > seen]
     t = dict(unit.params["train"])
     new_langs = sorted(set(unit.params["langs"]) - set(base.params["langs"]))
-    replay = replay_of(params, shard_rows(run.stage(SHARD)), seen, t["alpha"], bool(new_langs))
+    replay = replay_of(params, rows, seen, t["alpha"], bool(new_langs))
     new_tokens = sum(r["tokens"] for r in fresh)
-    steps = continued_steps(run, params, base, t, new_tokens, replay)
+    steps = continued_steps(rows, params, base, t, new_tokens, replay)
     t |= {
         "max_steps": steps,
         "warmup_steps": max(1, math.ceil(steps * params.rewarm_fraction)),
@@ -132,7 +133,9 @@ def _tempered(tokens: dict[str, int], alpha: float) -> dict[str, float]:
     return {x: v / sum(w.values()) for x, v in w.items()}
 
 
-def continued_steps(run: RunDir, params: TrainParams, base: Manifest, t: dict, new_tokens: int, replay: float) -> int:
+def continued_steps(
+    rows: list[dict], params: TrainParams, base: Manifest, t: dict, new_tokens: int, replay: float
+) -> int:
     """Steps of a continued training on ``new_tokens``: ``continue_epochs`` passes over them (None: as many as the
     model made over the tokens it has trained on, at most one, so new data weighs what old data did), the replay
     blocks on top, between ``continue_min_steps`` (at most ``max_steps``) and ``continue_max_steps`` (None: a fifth
@@ -141,7 +144,7 @@ def continued_steps(run: RunDir, params: TrainParams, base: Manifest, t: dict, n
     passes = params.continue_epochs
     if passes is None:
         seen = base.params.get("increment", 1)
-        old = sum(r["tokens"] for r in shard_rows(run.stage(SHARD)) if r["split"] == "train" and r["increment"] <= seen)
+        old = sum(r["tokens"] for r in rows if r["split"] == "train" and r["increment"] <= seen)
         trained = base.stats.get("total_steps", base.stats.get("steps", 0)) * step_tokens
         passes = min(1.0, trained / old) if old else 1.0
     steps = math.ceil(passes * new_tokens / ((1 - replay) * step_tokens))
@@ -190,7 +193,8 @@ def estimated_steps(run: RunDir, params: TrainParams, seen_bytes: int, new_bytes
     base = committed_model(run)
     if base is None or read_manifest(run.stage(SHARD)) is None or not seen_bytes:
         return None
-    tokens = sum(r["tokens"] for r in shard_rows(run.stage(SHARD)) if r["split"] == "train")
+    rows = shard_rows(run.stage(SHARD))
+    tokens = sum(r["tokens"] for r in rows if r["split"] == "train")
     t = base.params["train"]
     t = t | {"max_steps": params.training_resolved(tokens, t["block_size"])["max_steps"]}  # not the last night's
-    return continued_steps(run, params, base, t, round(new_bytes * tokens / seen_bytes), params.replay_max)
+    return continued_steps(rows, params, base, t, round(new_bytes * tokens / seen_bytes), params.replay_max)
