@@ -373,11 +373,10 @@ def incremental_preview(run, config) -> str:
     p = preview(run, units)
     if p is None:
         return "incremental: no increments yet; the next run makes the first of every input"
+    fate = "left out of the shards: drop_removed" if config.shard.drop_removed else "their documents stay"
     if not (p["new"] or p["reread"]):
-        gone = (
-            f"; {len(p['removed'])} input(s) gone from the sources: {', '.join(p['removed'])}" if p["removed"] else ""
-        )
-        return f"incremental: no new input files{gone}"
+        gone = f"; {len(p['removed'])} input(s) gone from the sources ({fate}): {', '.join(p['removed'])}"
+        return f"incremental: no new input files{gone if p['removed'] else ''}"
     seen = sum(_size(u.input("input").uri) for u in units if u.name in p["seen"])
     steps = estimated_steps(run, config.train, seen, p["bytes"])
     lines = [
@@ -388,7 +387,7 @@ def incremental_preview(run, config) -> str:
     ]
     if p["removed"]:
         gone = ", ".join(p["removed"])
-        lines.append(f"{'':13s}{len(p['removed'])} input(s) gone from the sources (their documents stay): {gone}")
+        lines.append(f"{'':13s}{len(p['removed'])} input(s) gone from the sources ({fate}): {gone}")
     return "\n".join(lines)
 
 

@@ -36,5 +36,10 @@ STAGE = Stage(
     reads=shard.READS,
     parallel_field="parallel",
     help="tokenise the clean corpus into train/valid Parquet token shards with a checksummed manifest",
-    flags={"--valid-fraction": "valid_fraction", "--min-valid-docs": "min_valid_docs", "--shard-docs": "shard_docs"},
+    flags={
+        "--valid-fraction": "valid_fraction",
+        "--min-valid-docs": "min_valid_docs",
+        "--shard-docs": "shard_docs",
+        "--drop-removed": "drop_removed",
+    },
 )

@@ -147,3 +147,59 @@ def test_a_killed_day_two_resumes_to_the_same_bytes(days, tmp_path):
     stages = [stage for _, stage in result["kills"]]
     assert stages[0] in ("langid", "vocab", "shard") and stages[1] == "train", result  # the first: racing the commit
     assert result["identical"] and result["files_compared"] > 50, result
+
+
+def test_drop_removed_leaves_a_gone_files_documents_out_of_the_shards(days, tmp_path, prefect_api, capsys):
+    """Day 2's more-fr.jsonl gone from the sources: the langid ledger lists it, and with ``--drop-removed`` the
+    shards that held its documents are written again without them; every other shard file keeps its bytes, and
+    shards.json and ``xlmflow status`` say what was left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from xlmflow.flows.cli import main
+
+    run, corpus = tmp_path / "run", tmp_path / "corpus"
+    shutil.copytree(days[1], run, symlinks=True)
+    shutil.copytree(days[0].parent / "corpus", corpus, ignore=shutil.ignore_patterns("more-fr.jsonl"))
+    (tmp_path / "xlmflow.toml").write_text(CONFIG.format(corpus=corpus))
+    clean = pa.concat_tables(pq.read_table(f) for f in (run / "langid" / "clean").glob("lang=*/inc=0002/*.parquet"))
+    from_gone = set(clean.filter(pc.equal(clean["source"], "more-fr.jsonl"))["doc_id"].to_pylist())
+    shards = {k: v for k, v in files_of(str(run), stages=("shard",)).items() if k.endswith(".parquet")}
+    stages = ["--only", "ingest", "--only", "langid", "--only", "shard"]
+    args = ["--run-dir", str(run), "--config", str(tmp_path / "xlmflow.toml"), "--quiet"]
+    assert main(["run", *args, *stages, "--drop-removed"]) == 0
+    ledger = json.loads((run / "langid" / "increments.json").read_text())
+    gone = next(n for n in ledger["increments"][1]["inputs"] if n.startswith("more-fr"))
+    assert ledger["removed"] == [gone] and len(ledger["increments"]) == 2
+    after = files_of(str(run), stages=("shard",))
+    index = json.loads((run / "shard" / "shards.json").read_text())
+    day2 = {f"shard/{s['path']}" for s in index["shards"] if s["increment"] == 2}  # its documents: fr and en
+    changed = {k for k, sha in shards.items() if after.get(k) != sha}
+    assert from_gone and changed and changed <= day2, (changed, day2)
+    ids = [pq.read_table(run / "shard" / s["path"], columns=["doc_id"])[0].to_pylist() for s in index["shards"]]
+    assert not from_gone & {i for part in ids for i in part}
+    assert index["removed"] == {"inputs": [gone], "documents": len(from_gone)}, index.get("removed")
+    capsys.readouterr()
+    assert main(["status", "--run-dir", str(run)]) == 0
+    assert f"gone from the sources (left out of the shards: drop_removed): {gone}" in capsys.readouterr().out
+
+
+def test_an_input_gone_from_the_sources_is_reported_and_listed_in_the_ledger(tmp_path, caplog):
+    from xlmflow.storage import Location
+    from xlmflow.storage.increments import LEDGER, ledger_bytes
+    from xlmflow.tasks.common.runtime import Input, Unit
+    from xlmflow.tasks.langid import increments
+
+    def unit(name: str, fp: str) -> Unit:
+        docs = {"docs": {"part": Input(str(tmp_path / name), fp)}}
+        return Unit(stage="langid", name=name, out=str(tmp_path / name), code_version="c", params={}, inputs=docs)
+
+    a, b = unit("a.jsonl-0a0a0a0a", "1"), unit("b.jsonl-0b0b0b0b", "2")
+    first = {"number": 1, "date": "2026-11-29", "inputs": increments.inputs_of([a, b]), "dedup": []}
+    (tmp_path / LEDGER).write_bytes(ledger_bytes({"dedup": {}, "increments": [first]}))
+    inc = increments.split(Location.of(str(tmp_path)), {}, [a], incremental=True)
+    assert inc.removed == [b.name] and not inc.new
+    assert increments.ledger(inc, [], Location.of(str(tmp_path)), None)["removed"] == [b.name]
+    assert f"input {b.name} is gone from the sources" in caplog.text and "--drop-removed" in caplog.text
+    kept = increments.split(Location.of(str(tmp_path)), {}, [a, b], incremental=True)
+    assert "removed" not in increments.ledger(kept, [], Location.of(str(tmp_path)), None)

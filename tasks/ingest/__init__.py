@@ -37,6 +37,7 @@ from xlmflow.storage import (
     tree_sha256,
 )
 from xlmflow.tasks.common import progress
+from xlmflow.tasks.common.inputs import input_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, ensure, logger, plain_step, stage_unit, step
 from xlmflow.tasks.ingest import readers
 from xlmflow.tasks.ingest.params import IngestParams, Source
@@ -78,7 +79,7 @@ def plan(run: RunDir, params: IngestParams) -> list[Unit]:
             revision = hub_revision(uri, source) if fmt == "hf" else None
             fp = _content_fingerprint(uri, fmt, source, revision)
             key = input_key(index, rel)
-            name = f"{_slug(rel)}-{key[:8]}"
+            name = input_name(rel, key)
             unit_params = {
                 "source": source.model_dump(exclude={"path"}),
                 "format": fmt,
@@ -165,10 +166,6 @@ def _is_saved_dataset(fs, path: str) -> bool:
 
 def _uri(fs, path: str) -> str:
     return Location.of(fs.unstrip_protocol(path)).uri
-
-
-def _slug(rel: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", rel)[-80:].strip("._") or "input"
 
 
 def _content_fingerprint(uri: str, fmt: str, source: Source, revision: str | None = None) -> str:

@@ -4,8 +4,9 @@ A run without ``incremental`` decides every document again: one increment holdin
 dedup over all of them (the exact full rebuild). An incremental run keeps the ledger's increments as they are
 (their dedup units are re-planned from the ledger, so they are current and never re-decided) and makes the
 ingest units it has not seen (new files, and files whose bytes changed) the next increment, deduplicated
-against the indexes of the earlier ones. A file gone from the sources is reported, its documents stay (they
-are in committed shards and models). Changing the dedup settings makes the indexes useless: that run is a
+against the indexes of the earlier ones. A file gone from the sources is reported and listed in the ledger
+(``removed``); its documents stay in the clean corpus (they are in committed models), and the shard stage leaves
+them out when told to (``drop_removed``). Changing the dedup settings makes the indexes useless: that run is a
 full rebuild, and says so.
 """
 
@@ -61,8 +62,8 @@ def split(stage: Location, dedup: dict[str, Any], filter_units: list[Unit], incr
     removed = sorted(name for name in seen if name not in current)
     for name in removed:
         logger().warning(
-            "langid: input %s is gone from the sources; its documents stay in the earlier increments (run without "
-            "--incremental to rebuild without them)",
+            "langid: input %s is gone from the sources; its documents stay in the earlier increments (--drop-removed "
+            "leaves them out of the shards; run without --incremental to rebuild the model without them)",
             name,
         )
     for name in changed:
@@ -81,8 +82,8 @@ def earlier_units(inc: Increments, root: Location) -> list[Unit]:
 
 
 def ledger(inc: Increments, new_units: list[Unit], root: Location, previous: dict | None) -> dict[str, Any]:
-    """The ledger to commit: the earlier entries, and the new increment's (its date kept from a ledger that
-    already has it, so a run started again commits the same bytes)."""
+    """The ledger to commit: the earlier entries, the new increment's (its date kept from a ledger that
+    already has it, so a run started again commits the same bytes), and the inputs gone from the sources."""
     entries = list(inc.earlier)
     if inc.new:
         date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -97,7 +98,10 @@ def ledger(inc: Increments, new_units: list[Unit], root: Location, previous: dic
                 "dedup": [unit_record(u, root) for u in new_units],
             }
         )
-    return {"dedup": inc.dedup, "increments": entries}
+    out = {"dedup": inc.dedup, "increments": entries}
+    if inc.removed:  # the shard stage's drop_removed reads it
+        out["removed"] = inc.removed
+    return out
 
 
 def unit_record(unit: Unit, root: Location) -> dict[str, Any]:

@@ -23,7 +23,8 @@ Languages are planned per increment (the langid stage's ``clean/lang=xx/inc=NNNN
 a later increment of a language is split by the threshold its first increment set and its shards are numbered
 after the earlier ones, so an incremental run appends shard files and every earlier shard stays the same unit,
 with the same bytes. ``shards.json`` gives each shard its increment, lists the increments (number, date, inputs,
-tokens) and counts the documents of languages the tokenizer has no tag for (``untagged``: left out).
+tokens) and counts the documents of languages the tokenizer has no tag for (``untagged``: left out). With
+``drop_removed``, the documents of input files gone from the sources are left out too (:mod:`.dropped`).
 
 Tokenisation runs ``Tokenizer.encode_batch_fast`` (Rust, multi-threaded, no offsets) on
 batches of texts; tags and end-of-text are added with numpy offsets, not per document.
@@ -53,6 +54,7 @@ from xlmflow.storage import (
 )
 from xlmflow.storage.increments import increment_of, read_ledger
 from xlmflow.storage.shards import INDEX, PAIRS, SPLITS, STAGE, shard_file, shard_name
+from xlmflow.tasks.common.inputs import from_inputs
 from xlmflow.tasks.common.runtime import (
     Input,
     Ref,
@@ -66,7 +68,7 @@ from xlmflow.tasks.common.runtime import (
     unit_manifest,
 )
 from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag, untagged
-from xlmflow.tasks.shard import pairs
+from xlmflow.tasks.shard import dropped, pairs
 from xlmflow.tasks.shard.encode import load_tokenizer, shard_schema, token_type, tokenize
 from xlmflow.tasks.shard.params import ShardParams
 from xlmflow.tasks.shard.split import (
@@ -91,6 +93,7 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
     tok_sha, tok = _tokenizer_of(run)
     ids_type = str(token_type(tok.get_vocab_size(with_added_tokens=True)))
     units: list[Unit] = []
+    removed = dropped.removed_by_increment(langid_loc, params.drop_removed)
     for lang, files in partitions(langid, "clean").items():
         files = [f for f in files if f.path.endswith(".parquet")]
         if tok.token_to_id(lang_tag(lang)) is None:
@@ -112,6 +115,7 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
                 threshold, valid_pos = split_language(langid_loc, paths, sum(sizes), params)
             else:
                 valid_pos = positions_below(langid_loc, paths, threshold, params.seed)
+            found = dropped.positions(langid_loc, paths, removed[increment]) if increment in removed else {}
             starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
             for split, cuts in (
                 ("train", train_cuts(valid_pos, int(starts[-1]), params.shard_docs)),
@@ -132,6 +136,8 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
                         "token_type": ids_type,
                         "row_group_tokens": params.row_group_tokens,
                     }
+                    if drop := dropped.drops_in(found, lo, hi):
+                        unit_params["drop"] = drop
                     inputs = {
                         "tokenizer": {TOKENIZER_FILE: Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)},
                         "langid": {p: Input(langid_loc.child(p).uri, langid.file(p).sha256) for p, _, _ in ranges},
@@ -190,7 +196,8 @@ def shard_unit(unit: Unit) -> Ref:
         name = shard_file(split, lang, p["number"])
         writer = FileWriter(aside.path(name), shard_schema(ids_type), weight=("n_tokens", p["row_group_tokens"]))
         docs = empty = 0
-        for batch in _documents(unit, unit.options["batch_docs"]):
+        gone = {"documents": 0}
+        for batch in _documents(unit, unit.options["batch_docs"], gone):
             ids, n_tokens = tokenize(tok, batch.column("text"), tag_id, eos_id, ids_type)
             keep = n_tokens > 2
             empty += int((~keep).sum())
@@ -209,7 +216,7 @@ def shard_unit(unit: Unit) -> Ref:
             writer.write(table)
         writer.close()
         tokens = writer.weighed
-        if docs + empty != p["docs"]:
+        if docs + empty + gone["documents"] != p["docs"]:
             raise RuntimeError(
                 f"{unit.name}: read {docs + empty} documents, the plan says {p['docs']}; "
                 f"the langid output changed while sharding: rerun"
@@ -220,23 +227,30 @@ def shard_unit(unit: Unit) -> Ref:
             "documents": {split: {lang: docs}},
             "tokens": {split: {lang: tokens}},
             "empty_dropped": empty,
+            **({"removed_dropped": gone["documents"]} if "drop" in p else {}),
             "row_groups": writer.row_groups,
         }
 
     return ensure(unit, build)
 
 
-def _documents(unit: Unit, batch_docs: int) -> Iterator[pa.RecordBatch]:
-    """The shard's documents in input order, in batches of about ``batch_docs``, split by hash."""
+def _documents(unit: Unit, batch_docs: int, gone: dict[str, int]) -> Iterator[pa.RecordBatch]:
+    """The shard's documents in input order, in batches of about ``batch_docs``, split by hash; those of the
+    inputs in its ``drop`` parameter (:mod:`.dropped`) left out and counted in ``gone``."""
     p, files = unit.params, unit.inputs["langid"]
+    columns = ["doc_id", "text", "source"] if p.get("drop") else ["doc_id", "text"]
     pending: list[pa.RecordBatch] = []
     rows = 0
     for path, start, stop in p["ranges"]:
         loc = Location(files[path].uri)
-        for batch in read_batches(loc, ["doc_id", "text"], batch_docs, start, stop):
+        for batch in read_batches(loc, columns, batch_docs, start, stop):
             check_ids(batch.column(0), loc, start)
             is_valid = stable_hashes(batch.column(0), p["seed"]) < p["threshold"]
             batch = batch.filter(pa.array(is_valid if p["split"] == "valid" else ~is_valid))
+            if p.get("drop"):
+                keep = ~from_inputs(batch, p["drop"])
+                gone["documents"] += int((~keep).sum())
+                batch = batch.filter(pa.array(keep)).select(["doc_id", "text"])
             pending.append(batch)
             rows += batch.num_rows
             if rows >= batch_docs:
@@ -269,9 +283,11 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
     """Commit the stage: every shard file in the manifest, ``shards.json``, totals per split and language."""
 
     def build(aside: Aside) -> dict[str, Any]:
-        rows, pair_rows, token_type_name = [], [], None
+        rows, pair_rows, token_type_name, left_out = [], [], None, {"inputs": set(), "documents": 0}
         for ref in refs:
             m = unit_manifest(ref)
+            left_out["inputs"].update(m.params.get("drop", []))
+            left_out["documents"] += m.stats.get("removed_dropped", 0)
             token_type_name = m.params["token_type"]
             f = next(e for e in m.files if e.path.endswith(".parquet"))
             rel = relative(unit.out, Location(ref.uri).child(f.path).uri)
@@ -305,6 +321,8 @@ def commit_shards(unit: Unit, refs: list[Ref]) -> Ref:
             "increments": _increments(read_ledger(langid_loc), rows),
             "untagged": _untagged(langid_loc, Location(unit.input("tokenizer").uri).parent),
         }
+        if left_out["inputs"]:  # drop_removed: the documents of input files gone from the sources
+            index["removed"] = {"inputs": sorted(left_out["inputs"]), "documents": left_out["documents"]}
         with aside.path(INDEX).open("wb") as out:
             out.write(_json(index))
         return {

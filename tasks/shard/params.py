@@ -23,6 +23,13 @@ class ShardParams(BaseModel):
     )
     row_group_tokens: int = Field(1 << 20, ge=1, description="tokens per Parquet row group (~2 MB of uint16 ids)")
     batch_docs: int = Field(8192, ge=1, description="documents per encode_batch call")
+    drop_removed: bool = Field(
+        False,
+        description="leave the documents of input files gone from the sources (an incremental run's langid ledger "
+        "lists them) out of the shards: the shards that held some are written again without them, every other "
+        "shard stays as it is; a model that already trained on them keeps what it learned (a full rebuild, "
+        "--no-incremental, trains without them)",
+    )
     parallel: Paths = Field(
         default_factory=list,
         description="parallel sets whose train parts are tokenised for training's translation-pair blocks (eval "
