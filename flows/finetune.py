@@ -23,6 +23,22 @@ def finetune_flow(run_dir: str, params: FinetuneParams | None = None) -> Ref:
     return ref
 
 
+def _flags(g) -> None:
+    g.add_argument(
+        "--labelled",
+        action="append",
+        metavar="PATH",
+        help="a labelled set: a Parquet/TSV table with text, label, lang (and split) columns; a zero-shot classifier "
+        "is fine-tuned on its classify_lang rows and tested on every language (repeatable; replaces the configured "
+        "ones)",
+    )
+
+
+def _apply(args, params: FinetuneParams) -> None:
+    if getattr(args, "labelled", None):
+        params.labelled = list(args.labelled)
+
+
 STAGE = Stage(
     name="finetune",
     report=finetune_report,
@@ -30,7 +46,7 @@ STAGE = Stage(
     params=FinetuneParams,
     reads=finetune.READS,
     help="fine-tune the pretrained model: translation (finetune/translate; xlmflow translate) and a zero-shot "
-    "cross-lingual classifier per parallel set (finetune/classify-<set>)",
+    "cross-lingual classifier per parallel set and labelled set (finetune/classify-<set>)",
     parallel_field="parallel",
     flags={
         "--translate": "translate",
@@ -40,4 +56,6 @@ STAGE = Stage(
         "--finetune-batch-size": "batch_size",
         "--finetune-lr": "lr",
     },
+    extra_flags=_flags,
+    apply_extra=_apply,
 )

@@ -303,3 +303,85 @@ def test_a_classifier_trained_on_english_is_tested_on_every_language(pretrained,
     off = params.model_copy(update={"classify": False})
     finetune.commit_stage(finetune.stage_for(RunDir.of(str(run)), off, []), [])
     assert not folder.exists() and (run / "finetune" / "_manifest.json").exists()
+
+
+def test_a_labelled_table_gives_a_classifier_tested_on_every_languages_eval_rows(pretrained, tmp_path, monkeypatch):
+    """A user's ``text, label, lang, split`` table: a classifier trained on its English train rows, its eval rows of
+    every language kept beside the model, and the evaluate stage's unit for it reporting accuracy per language
+    beside the majority class."""
+    import polars as pl
+    from test_pairs import EN, FR, ZH
+
+    from xlmflow.tasks import finetune
+    from xlmflow.tasks.common.labelled_sets import EVAL_ROWS
+    from xlmflow.tasks.common.runtime import Unit, commit_stage
+    from xlmflow.tasks.evaluate import _finetuned_units
+    from xlmflow.tasks.evaluate import finetuned as ft
+    from xlmflow.tasks.evaluate.params import EvalParams
+
+    root, _ = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(root, run)
+    labels = ["net" if i % 2 else "doc" for i in range(len(EN))]
+    rows = [
+        {"text": t, "label": c, "lang": lang, "split": split}
+        for lang, texts, split in (("en", EN, "train"), ("en", EN[:4], "eval"), ("fr", FR, "eval"), ("zh", ZH, "eval"))
+        for t, c in zip(texts, labels)
+    ]
+    pl.DataFrame(rows).write_csv(tmp_path / "topics.tsv", separator="\t", quote_style="never")
+    params = _params(translate=False, labelled=[str(tmp_path / "topics.tsv")], classify_steps=6, classify_min_rows=2)
+    (unit,) = finetune.plan(RunDir.of(str(run)), params)
+    assert unit.name == "classify-topics" and unit.params["labelled"] and unit.params["lang"] == "en"
+    ref = finetune.finetune_unit(unit)
+    summary = json.loads((Path(ref.uri) / "summary.json").read_text())
+    assert summary["examples"] == {"doc": 4, "net": 4}  # English train rows only
+    held = pl.read_parquet(Path(ref.uri) / EVAL_ROWS)
+    assert held.height == 4 + len(FR) - 1 + len(ZH) and set(held["lang"]) == {"en", "fr", "zh"}  # FR[2] is empty
+    commit_stage(finetune.stage_for(RunDir.of(str(run)), params, [ref]), [ref])
+
+    (evaluation,) = _finetuned_units(RunDir.of(str(run)), EvalParams(), {}, {"max_segments": 100}, {}, "code")
+    assert evaluation.params["labelled"] and evaluation.name == "finetune--topics" and "set" not in evaluation.inputs
+    monkeypatch.setattr(ft, "detected", lambda model, texts, lang: np.array([bool(t) for t in texts]))
+    (model_in,) = evaluation.inputs["finetuned"].values()
+    got = ft._labelled_classification(
+        Unit("evaluate", "x", "", "", {"max_segments": 100}, options={"batch_size": 4}), model_in, None
+    )
+    assert set(got["per_language"]) == {"en", "fr", "zh"} and got["trained_on"] == "en"
+    assert got["per_language"]["en"]["n"] == 4 and got["per_language"]["fr"]["n"] == len(FR) - 1
+    assert got["per_language"]["zh"]["majority"] == pytest.approx(labels.count(got["majority_class"]) / len(ZH))
+
+
+def test_a_labelled_table_is_split_by_text_and_its_errors_name_the_row(tmp_path):
+    import polars as pl
+
+    from xlmflow.tasks.common.labelled_sets import read_labelled
+    from xlmflow.tasks.common.parallel_sets import parallel_files
+
+    texts = [f"document number {i} about a topic" for i in range(400)]
+    table = pl.DataFrame({"text": texts, "label": ["a", "b"] * 200, "lang": ["en"] * 400, "extra": ["x"] * 400})
+    table.write_parquet(tmp_path / "t.parquet")
+    df = read_labelled(Location.of(str(tmp_path / "t.parquet")))
+    held = df.filter(pl.col("split") == "eval")["text"].to_list()
+    assert 40 < len(held) < 120 and df.columns == ["text", "label", "lang", "split"]
+    table.reverse().write_parquet(tmp_path / "r.parquet")  # the split follows the text, not the row order
+    assert sorted(
+        read_labelled(Location.of(str(tmp_path / "r.parquet"))).filter(pl.col("split") == "eval")["text"]
+    ) == sorted(held)
+    for bad, message in (
+        (table.drop("lang"), "no lang column"),
+        (table.with_columns(pl.lit("english").alias("lang")), "row 1: 'english' is not a language code"),
+        (table.with_columns(pl.lit("test").alias("split")), "row 1 has split 'test'; use train or eval"),
+        (
+            table.with_columns(pl.when(pl.int_range(400) == 7).then(None).otherwise(pl.col("label")).alias("label")),
+            "row 8 has no label",
+        ),
+    ):
+        bad.write_parquet(tmp_path / "bad.parquet")
+        with pytest.raises(ValueError, match=message):
+            read_labelled(Location.of(str(tmp_path / "bad.parquet")))
+    # a lone file named NAME.train.tsv is a train part (a user's translation pairs), any other file an eval set
+    pl.DataFrame({"en": ["a"], "fr": ["b"]}).write_csv(tmp_path / "mine.train.tsv", separator="\t")
+    assert parallel_files([str(tmp_path / "mine.train.tsv"), str(tmp_path / "t.parquet")]) == [
+        ("train", Location.of(str(tmp_path / "mine.train.tsv"))),
+        ("eval", Location.of(str(tmp_path / "t.parquet"))),
+    ]

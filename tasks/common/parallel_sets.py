@@ -6,7 +6,8 @@ holds named sets split in two: ``NAME.train.parquet`` (or ``.tsv``) may shape th
 translation pairs to training and fine-tuning, and train the transfer probe and the classifier;
 ``NAME.eval.parquet`` (or ``.tsv``) is held out: the langid stage
 removes documents that repeat an eval segment or share an n-gram with one, so evaluation on
-them stays unseen by everything trained downstream. A single *file* a user names is an eval set.
+them stays unseen by everything trained downstream. A single *file* a user names is an eval set, unless it is
+named ``NAME.train.parquet`` (or ``.tsv``): then it is a train part, a user's own translation pairs.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def set_name(loc: Location) -> str:
 
 def parallel_files(paths: str | list[str] | None, splits: tuple[str, ...] = SPLITS) -> list[tuple[str, Location]]:
     """(split, file) for every set of ``paths``: a folder's ``NAME.<split>.parquet`` (or ``.tsv``) files, sorted by
-    name; a file is an eval set."""
+    name; a file named ``NAME.train.parquet`` (or ``.tsv``) is a train part (translation pairs for training and
+    fine-tuning, never held out), any other file an eval set."""
     found = []
     for path in _as_list(paths):
         loc = Location.of(path)
@@ -96,8 +98,9 @@ def parallel_files(paths: str | list[str] | None, splits: tuple[str, ...] = SPLI
                 ]
         elif not loc.exists():
             raise ValueError(f"parallel set {path!r}: no such file or folder")
-        elif "eval" in splits:
-            found.append(("eval", loc))
+        else:  # a file named NAME.train.parquet (.tsv) is a train part; any other file an eval set
+            split = "train" if loc.name.endswith(tuple(f".train{ext}" for ext in FORMATS)) else "eval"
+            found += [(split, loc)] if split in splits else []
     return found
 
 
@@ -111,20 +114,7 @@ def read_set(loc: Location, min_rows: int = 1) -> pl.DataFrame:
         raise ValueError(f"parallel set {loc}: no such file")
     if not loc.name.endswith(FORMATS):
         raise ValueError(f"parallel set {loc}: not a Parquet or TSV file (name it .parquet or .tsv)")
-    try:
-        if loc.name.endswith(".tsv"):
-            with loc.open("rb") as f:
-                data = f.read()
-            ragged(data, loc)
-            df = pl.read_csv(io.BytesIO(data), separator="\t", quote_char=None, infer_schema=False)
-        else:
-            df = pl.from_arrow(read_table(loc))
-    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, pa.ArrowInvalid, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"parallel set {loc}: unreadable ({first}); check that every row has the same number of "
-            f"tab-separated fields as the header"
-        ) from None
+    df = read_table_file(loc, f"parallel set {loc}")
     bad = [c for c in df.columns if re.fullmatch(r"[a-z]{2,3}", c.lower()) and c.lower() not in ISO_639_1 | {"id"}]
     if bad:
         raise ValueError(
@@ -145,7 +135,24 @@ def read_set(loc: Location, min_rows: int = 1) -> pl.DataFrame:
     return df.select(keep).with_columns(pl.col(langs).cast(pl.String))
 
 
-def ragged(data: bytes, loc: Location) -> None:
+def read_table_file(loc: Location, what: str) -> pl.DataFrame:
+    """A Parquet file, or a TSV file (every field a string, no quoting), as a table; errors begin with ``what``."""
+    try:
+        if loc.name.endswith(".tsv"):
+            with loc.open("rb") as f:
+                data = f.read()
+            ragged(data, what)
+            return pl.read_csv(io.BytesIO(data), separator="\t", quote_char=None, infer_schema=False)
+        return pl.from_arrow(read_table(loc))
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, pa.ArrowInvalid, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{what}: unreadable ({first}); check that every row has the same number of tab-separated fields as "
+            f"the header"
+        ) from None
+
+
+def ragged(data: bytes, what: str) -> None:
     """Refuse a TSV whose rows do not all have the header's number of fields, naming the first such line.
 
     polars fills a short row's missing fields with nulls, which would silently misalign a set (a
@@ -157,7 +164,7 @@ def ragged(data: bytes, loc: Location) -> None:
     if wrong.any():
         i = int(wrong.arg_max())
         raise ValueError(
-            f"parallel set {loc}: unreadable: line {i + 1} has {tabs[i] + 1} tab-separated fields, the header "
+            f"{what}: unreadable: line {i + 1} has {tabs[i] + 1} tab-separated fields, the header "
             f"has {tabs[0] + 1}; give every row one field per column (an empty field is still a field)"
         )
 

@@ -45,6 +45,7 @@ from xlmflow.storage import (
     tree_sha256,
 )
 from xlmflow.storage.increments import EVALUATION, versions
+from xlmflow.tasks.common.labelled_sets import EVAL_ROWS
 from xlmflow.tasks.common.parallel_sets import parallel_files, read_set, set_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, plain_step, stage_unit, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
@@ -170,25 +171,38 @@ def plan(run: RunDir, params: EvalParams) -> tuple[list[Unit], list[Unit], list[
                     options={"batch_size": params.batch_size},
                 )
             )
+    finetuned = _finetuned_units(run, params, sets, set_params, lid_in, code) if not params.models else []
+    return lms, per_set, finetuned
+
+
+def _finetuned_units(
+    run: RunDir, params: EvalParams, sets: dict[str, dict[str, Input]], set_params: dict, lid_in: dict, code: str
+) -> list[Unit]:
+    """One per parallel set with an eval part and a fine-tuned model to test on it (the translation model, the
+    set's classifier), and one per labelled set's classifier (tested on the eval rows its folder holds)."""
+
+    def unit(name: str, inputs: dict, **extra) -> Unit:
+        return Unit(
+            stage=STAGE,
+            name=f"{FINETUNE}--{name}",
+            out=run.unit(STAGE, f"{FINETUNE}--{name}", group="finetuned").uri,
+            code_version=code,
+            params=set_params | {"set": name, "tuned_from": "model"} | extra,
+            inputs=inputs | {"lid": lid_in},
+            options={"batch_size": params.batch_size},
+        )
+
+    tuned = _finetuned_models(run)
     finetuned = []
-    tuned = _finetuned_models(run) if not params.models else {}
     for name, parts in sorted(sets.items()):
         models = {k: v for k, v in tuned.items() if k in (TRANSLATE_ROLE, f"{CLASSIFY_ROLE}-{name}")}
-        if "eval" not in parts or not models:
-            continue
-        unit_name = f"{FINETUNE}--{name}"
-        finetuned.append(
-            Unit(
-                stage=STAGE,
-                name=unit_name,
-                out=run.unit(STAGE, unit_name, group="finetuned").uri,
-                code_version=code,
-                params=set_params | {"set": name, "tuned_from": "model"},
-                inputs={"finetuned": models, "lid": lid_in, "set": parts},
-                options={"batch_size": params.batch_size},
-            )
-        )
-    return lms, per_set, finetuned
+        if "eval" in parts and models:
+            finetuned.append(unit(name, {"finetuned": models, "set": parts}))
+    for role, model in tuned.items():
+        name = role.removeprefix(f"{CLASSIFY_ROLE}-")
+        if role.startswith(CLASSIFY_ROLE) and name not in sets and Location(model.uri).child(EVAL_ROWS).exists():
+            finetuned.append(unit(name, {"finetuned": {role: model}}, labelled=True))
+    return finetuned
 
 
 def _finetuned_models(run: RunDir) -> dict[str, Input]:

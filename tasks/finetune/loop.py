@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xlmflow.storage.shards import Shard
+from xlmflow.tasks.common.labelled_sets import EVAL_ROWS
 from xlmflow.tasks.finetune.data import LabelledExamples, StepLoader, TranslationExamples
 from xlmflow.tasks.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from xlmflow.tasks.train.loop import CONFIG_ERROR, CONFIG_EXIT, PROGRESS, RESUMED, accumulate, lr_factor
@@ -45,6 +46,7 @@ class Tuner:
     loader: StepLoader
     ckdir: Path
     task: str  # translate or classify
+    held_out: Any = None  # a labelled set's eval rows (polars), saved beside its classifier for the evaluate stage
 
 
 def run(spec: dict) -> dict:
@@ -99,6 +101,7 @@ def setup(spec: dict) -> Tuner:
     transformers.utils.logging.disable_progress_bar()
     try:
         model, examples = classifier(spec) if spec["task"] == "classify" else translator(spec)
+        held = _held_out(spec) if t.get("labelled") else None
     except (ValueError, KeyError, OSError) as e:
         print(f"{CONFIG_ERROR}{type(e).__name__}: {' '.join(str(e).split())}", flush=True)
         sys.exit(CONFIG_EXIT)
@@ -111,7 +114,7 @@ def setup(spec: dict) -> Tuner:
     ckdir = Path(spec["checkpoints"])
     ckdir.mkdir(parents=True, exist_ok=True)
     loader = StepLoader(examples, t["seed"], t["batch_size"])
-    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir, spec["task"])
+    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir, spec["task"], held)
 
 
 def translator(spec: dict):
@@ -125,6 +128,14 @@ def translator(spec: dict):
     return model, TranslationExamples(files, t["directions"], cfg.langs, cfg.pad_token_id, t["max_len"])
 
 
+def _held_out(spec: dict):
+    """A labelled set's eval rows (every language): the rows its classifier is tested on, never trained on."""
+    from xlmflow.storage import Location
+    from xlmflow.tasks.common import labelled_sets
+
+    return labelled_sets.eval_rows(labelled_sets.read_labelled(Location(spec["set"])))
+
+
 def classifier(spec: dict):
     """A sequence classifier built on the pretrained model (its head new), and the labelled examples: the rows of the
     set's ``lang`` side whose class has ``min_rows`` rows or more."""
@@ -132,10 +143,14 @@ def classifier(spec: dict):
     from tokenizers import Tokenizer
 
     from xlmflow.storage import Location
+    from xlmflow.tasks.common import labelled_sets
     from xlmflow.tasks.common.parallel_sets import labelled_rows, read_set
 
     t = spec["train"]
-    rows = labelled_rows(read_set(Location(spec["set"])), t["lang"], t["min_rows"])
+    if t.get("labelled"):
+        rows = labelled_sets.train_rows(labelled_sets.read_labelled(Location(spec["set"])), t["lang"], t["min_rows"])
+    else:
+        rows = labelled_rows(read_set(Location(spec["set"])), t["lang"], t["min_rows"])
     config = transformers.AutoConfig.from_pretrained(spec["model"])
     tok = Tokenizer.from_file(spec["tokenizer"])
     examples = LabelledExamples.encode(
@@ -195,6 +210,8 @@ def finish(tu: Tuner, final: Path, seconds: float) -> dict:
         plain.generation_config.eos_token_id = plain.config.eos_token_id
         plain.generation_config.pad_token_id = plain.config.pad_token_id
     save_with_code(plain, tmp)
+    if tu.held_out is not None:
+        tu.held_out.write_parquet(tmp / EVAL_ROWS)
     shutil.copyfile(tu.ckdir / METRICS, tmp / METRICS)
     (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(final, ignore_errors=True)

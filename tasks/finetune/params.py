@@ -42,6 +42,12 @@ class FinetuneParams(BaseModel):
         default_factory=list,
         description="parallel sets (folders of NAME.train/NAME.eval.parquet or .tsv); the pipeline's",
     )
+    labelled: Paths = Field(
+        default_factory=list,
+        description="labelled sets: Parquet/TSV tables with text, label and lang columns (and split: train or eval; "
+        "without it a hash of the text holds out a fifth of the rows); a classifier each (finetune/classify-<name>), "
+        "trained on classify_lang's train rows, tested by the evaluate stage on every language's eval rows",
+    )
     classify_sets: list[str] = Field(
         default_factory=list, description="the sets (by name) to fine-tune classifiers on; empty: every set"
     )

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from xlmflow.storage import Location, RunDir, code_version, file_sha256, load_output
 from xlmflow.storage.shards import list_pairs
+from xlmflow.tasks.common import labelled_sets
 from xlmflow.tasks.common.parallel_sets import PIVOT, labelled_rows, parallel_files, read_set, set_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, logger, plain_step, stage_unit, step
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
@@ -122,23 +123,32 @@ def _translate_unit(run: RunDir, params: FinetuneParams, config: dict, model: di
 
 
 def _classify_units(run: RunDir, params: FinetuneParams, config: dict, model: dict, shared: dict) -> list[Unit]:
-    """One per parallel set whose train part has ids and ``classify_lang`` rows of two classes or more."""
+    """One per parallel set whose train part has ids, and one per labelled set (:mod:`..common.labelled_sets`),
+    with ``classify_lang`` train rows of two classes or more."""
     lang, files = params.classify_lang, parallel_files(params.parallel, ("train",))
-    if files and lang not in config["langs"]:
+    labelled = [(True, Location.of(path)) for path in params.labelled]
+    if (files or labelled) and lang not in config["langs"]:
         raise ValueError(
             f"finetune.classify_lang {lang!r} is not a language of the model ({', '.join(config['langs'])}): set "
             "it to one of them, or turn classification off (--no-classify)"
         )
-    units = []
-    for _, loc in files:
+    units, names = [], set()
+    for is_table, loc in [(False, loc) for _, loc in files] + labelled:
         name = set_name(loc)
         if params.classify_sets and name not in params.classify_sets:
             continue
-        classes = labelled_rows(read_set(loc), lang, params.classify_min_rows)["class"].n_unique()
-        if classes < 2:
-            logger().warning("finetune: %s has fewer than two classes of %s rows with ids: no classifier", loc, lang)
+        if name in names:
+            raise ValueError(f"finetune: two sets are named {name!r} ({loc}); rename one (its classifier's folder)")
+        names.add(name)
+        if is_table:
+            rows = labelled_sets.train_rows(labelled_sets.read_labelled(loc), lang, params.classify_min_rows)
+        else:
+            rows = labelled_rows(read_set(loc), lang, params.classify_min_rows)
+        if rows["class"].n_unique() < 2:
+            logger().warning("finetune: %s has fewer than two classes of %s train rows: no classifier", loc, lang)
             continue
         task = {"task": CLASSIFY, "set": name, "lang": lang, "min_rows": params.classify_min_rows}
+        task |= {"labelled": True} if is_table else {}
         units.append(
             Unit(
                 stage=STAGE,
