@@ -147,6 +147,32 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights_and_loads_with_transform
     assert pad == tok.convert_tokens_to_ids(PAD) != model.generation_config.eos_token_id
 
 
+def test_two_processes_fine_tune_to_the_weights_of_one(pretrained, finetuned, tmp_path, caplog):
+    """``num_processes = 2`` (torchrun, CPU): each process takes its half of every batch and the gradients are those
+    of the whole batch, so the weights match the one-process fine-tune's (to float rounding)."""
+    from safetensors.numpy import load_file
+
+    from xlmflow.tasks import finetune
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrained[0], run)
+    (unit,) = finetune.plan(RunDir.of(str(run)), _params(num_processes=2))
+    assert unit.params["num_processes"] == 2
+    caplog.set_level(logging.INFO, logger="xlmflow")
+    ref = finetune.finetune_unit(unit)
+    assert "torch.distributed.run" in caplog.text and "--nproc_per_node=2" in caplog.text
+    assert json.loads((Path(ref.uri) / "summary.json").read_text())["processes"] == 2
+    two = load_file(str(Path(ref.uri) / "model.safetensors"))
+    one = load_file(str(finetuned / "finetune" / "translate" / "model.safetensors"))
+    before = load_file(str(pretrained[0] / "train" / "model.safetensors"))
+    assert two.keys() == one.keys()
+    moved = max(float(np.abs(one[k] - before[k]).max()) for k in one if k in before)
+    apart = max(float(np.abs(one[k] - two[k]).max()) for k in one)
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+    with pytest.raises(ValueError, match="batch_size 4 does not divide among num_processes 3"):
+        _params(num_processes=3)
+
+
 def test_translate_writes_one_line_per_line_and_errors_name_the_problem(finetuned, tmp_path, capsys):
     from xlmflow.flows.cli import main
 

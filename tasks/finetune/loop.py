@@ -10,7 +10,9 @@ train loop's :func:`~xlmflow.tasks.train.loop.accumulate`), the schedule, the ch
 the configuration's fingerprint in each, :mod:`xlmflow.tasks.train.checkpoints`), the progress lines and the
 configuration-error exit are the pretraining loop's, so a killed fine-tune resumes to the same weights as one never
 stopped, and the stage's launcher (:func:`xlmflow.tasks.train.stage.launch`) reads this process as it reads training.
-One process: fine-tuning the demo's model takes seconds; several would need the batch split over ranks.
+``num_processes`` processes (torchrun on CPU, accelerate launch on GPUs) each draw the step's whole batch and take
+their own rows of it (``rank::world``); the gradients are averaged by DDP, so what is optimised is the whole batch's
+loss, as in one process.
 """
 
 from __future__ import annotations
@@ -59,17 +61,22 @@ def run(spec: dict) -> dict:
     if last is not None:
         load_checkpoint(tu.accelerator, last, tu.scheduler, tu.loader)
         print(f"{RESUMED} {last.name} at step {tu.loader.step}", flush=True)
-    kept = [r for r in _rows(metrics) if r["step"] <= tu.loader.step]
-    metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    counts = ", ".join(f"{k}: {v}" for k, v in tu.loader.examples.counts.items())
-    print(f"fine-tuning ({spec['task']}; examples {counts}), steps {tu.loader.step} -> {t['max_steps']}", flush=True)
+    main, rank, world = tu.accelerator.is_main_process, tu.accelerator.process_index, tu.accelerator.num_processes
+    if main:
+        kept = [r for r in _rows(metrics) if r["step"] <= tu.loader.step]
+        metrics.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        counts = ", ".join(f"{k}: {v}" for k, v in tu.loader.examples.counts.items())
+        steps = f"steps {tu.loader.step} -> {t['max_steps']}, {world} process(es)"
+        print(f"fine-tuning ({spec['task']}; examples {counts}), {steps}", flush=True)
     began = window_start = time.perf_counter()
     tokens = 0
     for step in range(tu.loader.step, t["max_steps"]):
-        batch = {k: torch.from_numpy(v).to(tu.accelerator.device) for k, v in tu.loader.next_batch().items()}
-        tokens += batch["input_ids"].numel()
+        # every process draws the step's whole batch (a function of seed and step) and takes its own rows of it
+        share = {k: v[rank::world] for k, v in tu.loader.next_batch().items()}
+        batch = {k: torch.from_numpy(v).to(tu.accelerator.device) for k, v in share.items()}
+        tokens += batch["input_ids"].numel() * world
         row = train_step(tu, batch, step + 1)
-        if row:
+        if row and main:
             with metrics.open("a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
             now = time.perf_counter()
@@ -177,9 +184,10 @@ def classify_loss(accelerator, model, batch: dict) -> tuple:
 
 def train_step(tu: Tuner, batch: dict, done: int) -> dict | None:
     """One optimiser step on ``batch``; its metrics row when step ``done`` logs (else None)."""
-    if tu.task == "classify":
+    if tu.task == "classify":  # a mean over this process's rows; the processes' gradients are averaged
         loss_sum, total = classify_loss(tu.accelerator, tu.model, batch)
-    else:
+        total *= tu.accelerator.num_processes
+    else:  # over the targets of every process (accumulate's normalisation)
         loss_sum, total = accumulate(tu.accelerator, tu.model, [batch])
     grad_norm = tu.accelerator.clip_grad_norm_(tu.model.parameters(), tu.t["grad_clip"])
     lr = tu.scheduler.get_last_lr()[0]
@@ -188,17 +196,23 @@ def train_step(tu: Tuner, batch: dict, done: int) -> dict | None:
     tu.optimizer.zero_grad(set_to_none=True)
     if done % tu.t["log_every"] and done not in (1, tu.t["max_steps"]):
         return None
+    loss_sum = tu.accelerator.reduce(loss_sum, "sum")  # every process reaches it: the same steps log
     return {"step": done, "loss": float(loss_sum / total), "lr": lr, "grad_norm": float(grad_norm)}
 
 
 def finish(tu: Tuner, final: Path, seconds: float) -> dict:
-    """Save the model folder (written aside, renamed to ``final``): weights, config, the model's code, the metrics
-    and the summary; for translation a generation config that stops at EOS and pads with PAD."""
+    """Save the model folder (written aside, renamed to ``final``; the main process, once every process is done):
+    weights, config, the model's code, the metrics and the summary; for translation a generation config that stops
+    at EOS and pads with PAD."""
     from xlmflow.tasks.common.model import save_with_code
 
+    tu.accelerator.wait_for_everyone()
+    if not tu.accelerator.is_main_process:  # one process saves
+        return {}
     rows = _rows(tu.ckdir / METRICS)
     summary = {
         "steps": tu.t["max_steps"],
+        "processes": tu.accelerator.num_processes,
         "examples": tu.loader.examples.counts,
         "loss_first": rows[0]["loss"],
         "loss_last": rows[-1]["loss"],

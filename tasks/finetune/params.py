@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xlmflow.tasks.common.parallel_sets import Paths
 from xlmflow.tasks.finetune.data import Direction
@@ -30,6 +30,12 @@ class FinetuneParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
     seed: int = Field(0, description="seed of the example draws")
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="processes (CPU: torchrun; GPUs: accelerate launch), each taking its share of every batch "
+        "(batch_size must divide by it); the gradients are those of the whole batch",
+    )
     log_every: int = Field(10, ge=1, description="a loss line every N steps")
     checkpoint_every: int = Field(100, ge=1, description="a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="the newest N checkpoints are kept while fine-tuning")
@@ -61,3 +67,12 @@ class FinetuneParams(BaseModel):
         for d in value:
             Direction.parse(d)
         return value
+
+    @model_validator(mode="after")
+    def _equal_shares(self) -> "FinetuneParams":
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                f"finetune.batch_size {self.batch_size} does not divide among num_processes {self.num_processes}: "
+                "each process takes an equal share of every batch"
+            )
+        return self

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import sys
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -35,7 +34,7 @@ from xlmflow.tasks.common.runtime import Input, Ref, Unit, commit_stage, logger,
 from xlmflow.tasks.common.specials import TOKENIZER_FILE
 from xlmflow.tasks.finetune import loop as finetune_loop
 from xlmflow.tasks.finetune.params import FinetuneParams
-from xlmflow.tasks.train.stage import launch_and_commit
+from xlmflow.tasks.train.stage import launch_and_commit, launch_command
 
 PACKAGE = "xlmflow.tasks.finetune"
 STAGE = "finetune"
@@ -82,7 +81,8 @@ def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
         )
     model = {TRAIN: Input(run.stage(TRAIN).uri, train.fingerprint)}
     shared = params.model_dump(include={"batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay"})
-    shared |= params.model_dump(include={"grad_clip", "seed"}) | {"max_len": params.max_len or config["n_positions"]}
+    shared |= params.model_dump(include={"grad_clip", "seed", "num_processes"})
+    shared["max_len"] = params.max_len or config["n_positions"]
     shared["libraries"] = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")}
     units = []
     if params.translate:
@@ -186,7 +186,7 @@ def finetune_unit(unit: Unit) -> Ref:
     return launch_and_commit(
         unit,
         spec_of(unit),
-        lambda spec_path: [sys.executable, "-m", finetune_loop.__name__, spec_path],
+        lambda spec_path: launch_command(unit.params["num_processes"], "auto", None, spec_path, finetune_loop.__name__),
         Location(unit.input("model").uri),
         f"{STAGE} {unit.name}",
         finetune_loop.SUMMARY,

@@ -188,18 +188,27 @@ def spec_of(unit: Unit) -> dict[str, Any]:
 
 
 def command(unit: Unit, spec_path: str) -> list[str]:
-    """The launch command: plain python, torchrun (CPU, several processes) or accelerate launch."""
-    n, how = unit.params["train"]["num_processes"], unit.options["launcher"]
+    """The training processes' launch command (:func:`launch_command`)."""
+    o = unit.options
+    return launch_command(unit.params["train"]["num_processes"], o["launcher"], o["accelerate_config"], spec_path)
+
+
+def launch_command(
+    n: int, how: str, accelerate_config: str | None, spec_path: str, module: str = train_loop.__name__
+) -> list[str]:
+    """``python -m module spec_path`` in ``n`` processes: plain python, torchrun (CPU, several processes) or accelerate
+    launch (GPUs, an accelerate config file); ``auto`` picks accelerate with a config or a GPU, else torchrun for
+    several processes, else python."""
     if how == "auto":
-        how = "accelerate" if unit.options["accelerate_config"] or _gpu() else ("torchrun" if n > 1 else "python")
-    body = ["-m", train_loop.__name__, spec_path]
+        how = "accelerate" if accelerate_config or _gpu() else ("torchrun" if n > 1 else "python")
+    body = ["-m", module, spec_path]
     if how == "python":
         if n != 1:
             raise ValueError("launcher 'python' runs one process; use torchrun or accelerate for num_processes > 1")
         return [sys.executable, *body]
     if how == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *body]
-    cfg = ["--config_file", unit.options["accelerate_config"]] if unit.options["accelerate_config"] else []
+    cfg = ["--config_file", accelerate_config] if accelerate_config else []
     return [sys.executable, "-m", "accelerate.commands.launch", *cfg, f"--num_processes={n}", *body]
 
 
