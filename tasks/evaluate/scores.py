@@ -32,17 +32,22 @@ def tokens(texts: list[str | None]) -> list[list[str]]:
 
 
 class ScriptTokenizer:
-    """rouge-score's tokenizer protocol (an object with ``tokenize(text)``) over :func:`tokens`."""
+    """rouge-score's tokenizer protocol (an object with ``tokenize(text)``) over :func:`tokens`, the texts it will
+    be asked for tokenised beforehand in one vectorised call (rouge-score asks one text at a time)."""
+
+    def __init__(self, texts: list[str] = ()):
+        self.known = dict(zip(texts, tokens(list(texts)))) if texts else {}
 
     def tokenize(self, text: str) -> list[str]:
-        return tokens([text])[0]
+        found = self.known.get(text)
+        return list(found) if found is not None else tokens([text])[0]
 
 
 def rouge(hyps: list[str], refs: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over segments (rouge-score, :class:`ScriptTokenizer`); 0.0 for no segments."""
     from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=ScriptTokenizer())
+    scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=ScriptTokenizer([*dict.fromkeys([*hyps, *refs])]))
     scores = [scorer.score(r, h) for h, r in zip(hyps, refs, strict=True)]
     return {
         f"rouge_{t.removeprefix('rouge').lower()}": float(np.mean([s[t].fmeasure for s in scores])) if scores else 0.0
@@ -124,10 +129,17 @@ def translation_scores(
 def distinct_2(text: str | None) -> float:
     """Distinct bigrams / bigrams of a text's tokens (:func:`tokens`; its characters when it has fewer than three
     tokens, so one repeated letter or mark is a loop too). 1.0 when there is no bigram at all."""
-    toks = tokens([text])[0]
-    units = toks if len(toks) >= 3 else [c for c in (text or "") if not c.isspace()]
-    pairs = list(zip(units, units[1:]))
-    return len(set(pairs)) / len(pairs) if pairs else 1.0
+    return float(distinct_2s([text])[0])
+
+
+def distinct_2s(texts: list[str | None]) -> np.ndarray:
+    """:func:`distinct_2` of each text, the texts tokenised in one call."""
+    out = np.ones(len(texts))
+    for i, (text, toks) in enumerate(zip(texts, tokens(texts))):
+        units = toks if len(toks) >= 3 else [c for c in (text or "") if not c.isspace()]
+        pairs = list(zip(units, units[1:]))
+        out[i] = len(set(pairs)) / len(pairs) if pairs else 1.0
+    return out
 
 
 def degenerate(texts: list[str | None]) -> np.ndarray:
@@ -136,5 +148,5 @@ def degenerate(texts: list[str | None]) -> np.ndarray:
     language a language-ID model calls it."""
     series = pl.Series(texts, dtype=pl.String).fill_null("")
     empty = ~series.str.contains(r"[\p{L}\p{N}]").to_numpy()
-    looping = np.array([distinct_2(t) < DEGENERATE_DISTINCT_2 for t in series.to_list()], dtype=bool)
+    looping = distinct_2s(series.to_list()) < DEGENERATE_DISTINCT_2
     return empty | looping

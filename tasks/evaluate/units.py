@@ -220,7 +220,7 @@ def _generation(
         "rate": float(hits.mean()) if len(hits) else 0.0,
         "n": len(both),
         "degenerate": int(bad.sum()),
-        "distinct_2": float(np.mean([scores.distinct_2(t) for t in both])) if both else 0.0,
+        "distinct_2": float(np.mean(scores.distinct_2s(both))) if both else 0.0,
     }
     out |= scores.rouge(both, refs + refs)
     texts = [
