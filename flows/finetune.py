@@ -8,7 +8,7 @@ from xlmflow.flows.stage import Stage, stage_body, task_runner
 from xlmflow.storage import RunDir
 from xlmflow.tasks import finetune
 from xlmflow.tasks.common import artifacts
-from xlmflow.tasks.common.runtime import Ref, run_unit
+from xlmflow.tasks.common.runtime import Ref, run_unit, submit_units
 from xlmflow.tasks.finetune.params import FinetuneParams
 from xlmflow.tasks.finetune.ui import finetune_report
 
@@ -17,7 +17,8 @@ from xlmflow.tasks.finetune.ui import finetune_report
 @stage_body("finetune")
 def finetune_flow(run_dir: str, params: FinetuneParams | None = None) -> Ref:
     run = RunDir.of(run_dir)
-    refs = [run_unit(finetune.finetune_task, u) for u in finetune.plan_task(run, params)]
+    # the units at once (each a process with its share of the cores): a small model's steps use cores poorly
+    refs = [f.result() for f in submit_units(finetune.finetune_task, finetune.plan_task(run, params))]
     ref = run_unit(finetune.commit_task, finetune.stage_for(run, params, refs), refs)
     artifacts.publish_task("finetune", run_dir, finetune_report)
     return ref

@@ -161,7 +161,6 @@ def test_two_processes_fine_tune_to_the_weights_of_one(pretrained, finetuned, tm
     caplog.set_level(logging.INFO, logger="xlmflow")
     ref = finetune.finetune_unit(unit)
     assert "torch.distributed.run" in caplog.text and "--nproc_per_node=2" in caplog.text
-    assert json.loads((Path(ref.uri) / "summary.json").read_text())["processes"] == 2
     two = load_file(str(Path(ref.uri) / "model.safetensors"))
     one = load_file(str(finetuned / "finetune" / "translate" / "model.safetensors"))
     before = load_file(str(pretrained[0] / "train" / "model.safetensors"))

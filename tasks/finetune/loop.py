@@ -212,7 +212,6 @@ def finish(tu: Tuner, final: Path, seconds: float) -> dict:
     rows = _rows(tu.ckdir / METRICS)
     summary = {
         "steps": tu.t["max_steps"],
-        "processes": tu.accelerator.num_processes,
         "examples": tu.loader.examples.counts,
         "loss_first": rows[0]["loss"],
         "loss_last": rows[-1]["loss"],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -90,8 +91,15 @@ def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
     if params.classify:
         units += _classify_units(run, params, config, model, shared)
     options = params.model_dump(include=set(OPTIONS))
+    # the units run at once (flows/finetune.py): the cores are shared out, so no process spins threads on another's
+    threads = max(1, (os.cpu_count() or 1) // len(units)) if len(units) > 1 else None
     return [
-        replace(u, options=u.options | options | {"checkpoints": run.checkpoints(STAGE, u.fingerprint).path})
+        replace(
+            u,
+            options=u.options
+            | options
+            | {"checkpoints": run.checkpoints(STAGE, u.fingerprint).path, "threads": threads},
+        )
         for u in units
     ]
 
@@ -190,6 +198,7 @@ def finetune_unit(unit: Unit) -> Ref:
         Location(unit.input("model").uri),
         f"{STAGE} {unit.name}",
         finetune_loop.SUMMARY,
+        unit.options.get("threads"),
     )
 
 

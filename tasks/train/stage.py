@@ -239,7 +239,13 @@ def train_unit(unit: Unit) -> Ref:
 
 
 def launch_and_commit(
-    unit: Unit, spec: dict[str, Any], cmd, tokenizer: Location, what: str = STAGE, summary: str = train_loop.SUMMARY
+    unit: Unit,
+    spec: dict[str, Any],
+    cmd,
+    tokenizer: Location,
+    what: str = STAGE,
+    summary: str = train_loop.SUMMARY,
+    threads: int | None = None,
 ) -> Ref:
     """Commit ``unit``: its training processes (``cmd(spec path)``) write the model to ``<checkpoints>/final`` unless
     a finished one is there (a killed commit), then the folder and ``tokenizer``'s files are committed and the
@@ -253,7 +259,7 @@ def launch_and_commit(
             spec_path = ckpt.child("spec.json")
             with spec_path.open("wb") as f:
                 f.write(json.dumps(spec, indent=2, sort_keys=True).encode())
-            launch(cmd(spec_path.path), ckpt, what)
+            launch(cmd(spec_path.path), ckpt, what, threads)
         else:
             logger().info("%s: %s already holds the trained model; committing it", what, final)
         for name in sorted(final.fs.ls(final.path, detail=False)):
@@ -270,9 +276,10 @@ def launch_and_commit(
     return ref
 
 
-def launch(cmd: list[str], ckpt: Location, what: str = STAGE) -> None:
+def launch(cmd: list[str], ckpt: Location, what: str = STAGE, threads: int | None = None) -> None:
     """Run the training processes, streaming their output to the Prefect log and progress artifact; ``what`` (the
-    stage: train, finetune) heads each line."""
+    stage: train, finetune) heads each line; ``threads``: each process's CPU threads (OMP_NUM_THREADS), when
+    several launches share the machine (more threads than cores spin and slow every process down)."""
     log = logger()
     log.info("%s: %s (checkpoints in %s)", what, " ".join(cmd), ckpt)
     env = {
@@ -280,7 +287,7 @@ def launch(cmd: list[str], ckpt: Location, what: str = STAGE) -> None:
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
+    } | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     tail: deque[str] = deque(maxlen=20)
     shown = Progress(what)
     config_error = None
