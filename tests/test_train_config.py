@@ -273,7 +273,7 @@ def test_a_retried_training_task_says_so(prefect_api, inputs, tmp_path, monkeypa
     shutil.copytree(inputs, run_dir)
     calls = []
 
-    def launch(cmd, ckpt, what="train"):
+    def launch(cmd, ckpt, what="train", threads=None):
         calls.append(cmd)
         if len(calls) == 1:
             raise train.TrainingFailed("training exited with code 137")  # killed: retried
