@@ -212,11 +212,14 @@ def test_bf16_autocast_runs_on_cpu(inputs, tmp_path):
     train.train_unit(unit)
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     assert np.isfinite(summary["loss_last"]) and summary["loss_last"] != summary["loss_first"], "it did not train"
+    assert summary["precision"] == "bf16"
     config = json.loads((run_dir / "train" / "config.json").read_text())
     assert config["dtype"] == "float32" and len(config["anchor_ids"]) == config["vocab_size"]
 
     cat, chat, tag = tok.token_to_id("Ġcat"), tok.token_to_id("Ġchat"), tok.token_to_id("<lang:fr>")
     model = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "train").eval()
+    # trained with eager attention on a CPU in bf16 (tasks/common/precision.py); loaded with the library's default
+    assert model.config._attn_implementation == "sdpa"
     assert model.anchor_map[chat] == cat and config["anchor_ids"][chat] == cat, "chat does not read cat's row"
     with torch.no_grad():
         ids = torch.tensor([[tag, chat], [tag, cat]])

@@ -35,6 +35,15 @@ UNIT = (
 _UNIT_SEED = 0x6E6772616D73  # seeds the unit hashes: any fixed value, it only has to stay the same
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by a sort: numpy 2.4's ``np.unique`` hashes, ~70x slower on millions of uint64 hashes
+    (measured: 4.0 s against 0.06 s for 4M random uint64, numpy 2.4.6)."""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def mix(h: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the polynomial's bits so nearby n-grams do not share low bits."""
     with np.errstate(over="ignore"):
@@ -98,12 +107,12 @@ class NgramIndex:
     def add(self, flat_ids: np.ndarray, doc_starts: np.ndarray) -> None:
         """Index whole documents: ``flat_ids`` concatenated, ``doc_starts`` each one's offset (ascending)."""
         hashes, _ = ngram_hashes(flat_ids, doc_starts, self.n)
-        self._parts.append(np.unique(hashes))
+        self._parts.append(sorted_unique(hashes))
 
     def freeze(self) -> None:
         """Sort and deduplicate everything added so far (``hits``, ``counts`` and ``size`` call it when needed)."""
         if self._parts:
-            self._sorted, self._parts = np.unique(np.concatenate([self._sorted, *self._parts])), []
+            self._sorted, self._parts = sorted_unique(np.concatenate([self._sorted, *self._parts])), []
 
     def counts(self, flat_ids: np.ndarray, doc_starts: np.ndarray) -> np.ndarray:
         """Per document (as in :meth:`add`): how many of its n-gram positions are in the index."""

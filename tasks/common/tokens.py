@@ -6,6 +6,7 @@ What an id means as text (:func:`surfaces`), a batch encoded to flat ids
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -26,8 +27,8 @@ def encode_ids(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray
         if hasattr(tok, "encode_batch_fast")
         else tok.encode_batch(texts, add_special_tokens=False)
     )
-    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+    lengths = np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int64, count=int(lengths.sum()))
     return ids, lengths
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from xlmflow.storage.shards import Shard
 from xlmflow.tasks.common.labelled_sets import EVAL_ROWS
+from xlmflow.tasks.common.precision import suit, use_bf16
 from xlmflow.tasks.finetune.data import LabelledExamples, StepLoader, TranslationExamples
 from xlmflow.tasks.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from xlmflow.tasks.train.loop import CONFIG_ERROR, CONFIG_EXIT, PROGRESS, RESUMED, accumulate, lr_factor
@@ -49,6 +50,7 @@ class Tuner:
     ckdir: Path
     task: str  # translate or classify
     held_out: Any = None  # a labelled set's eval rows (polars), saved beside its classifier for the evaluate stage
+    bf16: bool = False  # trained under bf16 autocast (tasks/common/precision.py)
 
 
 def run(spec: dict) -> dict:
@@ -102,7 +104,9 @@ def setup(spec: dict) -> Tuner:
     from xlmflow.tasks.common.model import register
 
     t = spec["train"]
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    gpu = torch.cuda.is_available()
+    bf16 = use_bf16(t.get("precision", "auto"), gpu)
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not gpu)
     set_seed(t["seed"])
     register()
     transformers.utils.logging.disable_progress_bar()
@@ -112,7 +116,7 @@ def setup(spec: dict) -> Tuner:
     except (ValueError, KeyError, OSError) as e:
         print(f"{CONFIG_ERROR}{type(e).__name__}: {' '.join(str(e).split())}", flush=True)
         sys.exit(CONFIG_EXIT)
-    model.train()
+    suit(model, bf16, gpu).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"], betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t["warmup_steps"], t["max_steps"], "cosine", t["min_lr_ratio"])
@@ -121,7 +125,7 @@ def setup(spec: dict) -> Tuner:
     ckdir = Path(spec["checkpoints"])
     ckdir.mkdir(parents=True, exist_ok=True)
     loader = StepLoader(examples, t["seed"], t["batch_size"])
-    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir, spec["task"], held)
+    return Tuner(t, accelerator, model, optimizer, scheduler, loader, ckdir, spec["task"], held, bf16)
 
 
 def translator(spec: dict):
@@ -215,6 +219,7 @@ def finish(tu: Tuner, final: Path, seconds: float) -> dict:
         "examples": tu.loader.examples.counts,
         "loss_first": rows[0]["loss"],
         "loss_last": rows[-1]["loss"],
+        "precision": "bf16" if tu.bf16 else "fp32",
     } | ({"lang": tu.t["lang"]} if tu.task == "classify" else {})
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xlmflow.tasks.common.parallel_sets import Paths
+from xlmflow.tasks.common.precision import PRECISION_HELP, Precision
 from xlmflow.tasks.finetune.data import Direction
 
 
@@ -36,6 +37,7 @@ class FinetuneParams(BaseModel):
         description="processes (CPU: torchrun; GPUs: accelerate launch), each taking its share of every batch "
         "(batch_size must divide by it); the gradients are those of the whole batch",
     )
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     log_every: int = Field(10, ge=1, description="a loss line every N steps")
     checkpoint_every: int = Field(100, ge=1, description="a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="the newest N checkpoints are kept while fine-tuning")

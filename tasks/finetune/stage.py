@@ -82,7 +82,7 @@ def plan(run: RunDir, params: FinetuneParams) -> list[Unit]:
         )
     model = {TRAIN: Input(run.stage(TRAIN).uri, train.fingerprint)}
     shared = params.model_dump(include={"batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay"})
-    shared |= params.model_dump(include={"grad_clip", "seed", "num_processes"})
+    shared |= params.model_dump(include={"grad_clip", "seed", "num_processes", "precision"})
     shared["max_len"] = params.max_len or config["n_positions"]
     shared["libraries"] = {name: importlib.metadata.version(name) for name in ("torch", "transformers", "accelerate")}
     units = []

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xlmflow.tasks.common.precision import suit, use_bf16
 from xlmflow.tasks.train.build import build_model
 from xlmflow.tasks.train.checkpoints import STATE, STEP_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401
 from xlmflow.tasks.train.continued import save_optimizer, start_from
@@ -157,7 +158,7 @@ def _setup(spec: dict) -> Trainer:
 
     t = spec["train"]
     gpu = torch.cuda.is_available()
-    bf16 = t["precision"] == "bf16" or (t["precision"] == "auto" and gpu and torch.cuda.is_bf16_supported())
+    bf16 = use_bf16(t["precision"], gpu)
     # cpu=True also makes Accelerate see a torchrun job on CPUs (gloo); without it each process runs alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not gpu)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -165,7 +166,7 @@ def _setup(spec: dict) -> Trainer:
     ckdir, final = Path(spec["checkpoints"]), Path(spec["final"])
     ckdir.mkdir(parents=True, exist_ok=True)
 
-    model = build_model(spec)
+    model = suit(build_model(spec), bf16, gpu)
     tag_ids = dict(zip(spec["langs"], model.config.lang_token_ids))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -349,6 +350,7 @@ def finish(tr: Trainer) -> dict:
             "valid_loss": rows[-1]["valid_loss"],
             "effective_epochs": loader.effective_epochs(),
             "world_size": accelerator.num_processes,
+            "precision": "bf16" if tr.bf16 else "fp32",
         }
         if tr.continued:
             c = tr.continued

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from xlmflow.tasks.common.precision import PRECISION_HELP, Precision
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU: ~0.9M parameters with the demo's 4k vocabulary, a few minutes on 2 cores. Two layers, not four, and a 4k
     # vocabulary, not 16k: at this budget both learn more per CPU-second, the vocabulary most (the 16k x 128 output
@@ -184,7 +186,7 @@ class TrainParams(BaseModel):
         "constant", description="late: the pair share rises linearly to twice parallel_share at the last step"
     )
     seed: int = Field(0, description="seed of the weights' initialisation and of the order of the training blocks")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU that has it, else fp32")
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     eval_every: int | None = Field(
         None, ge=1, description=_preset_default("per-language validation loss every N steps (and at the end)")
     )
