@@ -8,16 +8,15 @@ written aside and renamed, the last ``keep_checkpoints`` kept) and ``final`` (th
 process that finds a checkpoint resumes from it (model, optimiser, scheduler, RNG, data position),
 so a killed or failed job started again continues where it was and ends with the same weights.
 
-Nothing in a checkpoint is unpickled, and a checkpoint of another configuration is never resumed
-(:mod:`.checkpoints`).
+Nothing in a checkpoint is unpickled; a checkpoint of another configuration is never resumed (:mod:`.checkpoints`).
 
 One optimiser step = ``grad_accum`` micro-batches per rank. The loss is the sum of token losses
 divided by the number of target tokens of the whole step over all ranks (not a mean of means,
 transformers#34191), so accumulation and world size do not change what is optimised.
 
-A configuration that cannot train (a ValueError, TypeError or KeyError while setting up: a model shape,
-an unknown activation, bf16 on a GPU without it) prints ``XLMFLOW-CONFIG-ERROR <error>`` and exits with
-:data:`CONFIG_EXIT`; the parent raises a permanent error, not retried.
+A configuration that cannot train (a ValueError, TypeError or KeyError while setting up: a model shape, an unknown
+activation, bf16 on a GPU without it) prints ``XLMFLOW-CONFIG-ERROR <error>``, exits with :data:`CONFIG_EXIT`; the
+parent raises a permanent error, not retried.
 
 Rank 0 prints one ``XLMFLOW-PROGRESS {json}`` line every ``log_every`` steps (the Prefect task reads
 them) and appends the deterministic metrics (loss, lr, grad norm, valid loss per language) to
@@ -157,8 +156,7 @@ def _setup(spec: dict) -> Trainer:
     from accelerate.utils import set_seed
 
     t = spec["train"]
-    gpu = torch.cuda.is_available()
-    bf16 = use_bf16(t["precision"], gpu)
+    bf16 = use_bf16(t["precision"], gpu := torch.cuda.is_available())
     # cpu=True also makes Accelerate see a torchrun job on CPUs (gloo); without it each process runs alone
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not gpu)
     rank, world = accelerator.process_index, accelerator.num_processes
