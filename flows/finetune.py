@@ -56,6 +56,7 @@ STAGE = Stage(
         "--finetune-steps": "max_steps",
         "--finetune-batch-size": "batch_size",
         "--finetune-lr": "lr",
+        "--finetune-precision": "precision",
     },
     extra_flags=_flags,
     apply_extra=_apply,
