@@ -20,7 +20,10 @@ def use_bf16(precision: str, gpu: bool) -> bool:
 
     if precision != "auto":
         return precision == "bf16"
-    return torch.cuda.is_bf16_supported() if gpu else torch.cpu._is_amx_tile_supported()
+    if gpu:
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means "not known", fp32
+    return bool(amx and amx())
 
 
 def suit(model, bf16: bool, gpu: bool):
