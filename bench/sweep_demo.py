@@ -58,6 +58,10 @@ POINTS: dict[str, dict] = {
     "2x128-400-lr4e-3": {"model": {"n_layer": 2}, "max_steps": 400, "lr": 4e-3},
     "4x96-450": {"model": {"n_embd": 96, "n_head": 4}, "max_steps": 450, "lr": 4e-3},
     "4x128-450-lr4e-3": {"max_steps": 450, "lr": 4e-3},
+    # bf16 on the CPU's AMX units (since 004a3a8): "today" is 2 x 128, 1,200 steps; wider or deeper at its wall time
+    "3x128-1000": {"model": {"n_layer": 3}, "max_steps": 1000},
+    "2x192-900": {"model": {"n_embd": 192}, "max_steps": 900},
+    "lr6e-3-1200": {"lr": 6e-3},
 }
 
 
