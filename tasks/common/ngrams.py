@@ -37,7 +37,7 @@ _UNIT_SEED = 0x6E6772616D73  # seeds the unit hashes: any fixed value, it only h
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)`` by a sort: numpy 2.4's ``np.unique`` hashes, ~70x slower on millions of uint64 hashes
-    (measured: 4.0 s against 0.06 s for 4M random uint64, numpy 2.4.6)."""
+    (``python bench/bench_unique.py``: 3.58 s against 0.05 s for 4M, numpy 2.4.6)."""
     ordered = np.sort(values)
     keep = np.ones(len(ordered), bool)
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])

@@ -1,9 +1,10 @@
 """Mixed precision for the training processes (pretraining and fine-tuning): when bf16 pays, and what it needs.
 
-On a CPU with AMX units (Intel Xeon since Sapphire Rapids) bf16 matrix products run ~3x faster than fp32; the demo's
-2 x 128 model trains a step in 0.111 s against 0.140 s at equal loss (bench/RESULTS.md, "bf16 on a CPU"). A CPU
-without them emulates bf16, slowly, so ``auto`` keeps fp32 there. PyTorch's CPU flash attention is ~5x slower in
-bf16 than in fp32 (its backward pass), so a CPU in bf16 computes attention with plain matrix products (``eager``).
+On a CPU with AMX units (Intel Xeon since Sapphire Rapids) a step of the demo's 2 x 128 model is 1.71x faster in
+bf16 with plain matrix-product attention (``eager``), but only 1.28x with PyTorch's CPU flash attention (SDPA), whose
+bf16 backward pass is slow (``python bench/bench_precision.py``); in the training loop 0.111 s a step against 0.140 s
+at equal loss (bench/RESULTS.md, "bf16 on a CPU with AMX units"). A CPU without AMX emulates bf16, slowly, so
+``auto`` keeps fp32 there.
 """
 
 from __future__ import annotations
