@@ -1,7 +1,7 @@
 """A training step of the demo's model in fp32 and bf16 on this CPU, with SDPA and with plain ("eager") attention:
 the bare library calls (transformers' GPT-2, fused AdamW, clipping), seconds per step and the ratio to fp32 + SDPA
 (transformers' default), side by side. It is what ``precision = "auto"`` rests on (tasks/common/precision.py):
-bf16 pays on a CPU with AMX bf16 units, and only with eager attention there.
+bf16 pays on a CPU with bf16 matrix units (AMX, or AVX-512 bf16 as on AMD Zen 4), and only with eager attention there.
 
     python bench/bench_precision.py [--steps 40] [--threads N] [--layers 2] [--width 128] [--vocab 4030]
 """
@@ -55,8 +55,10 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4030, help="the demo's 4k vocabulary and its special tokens")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    amx = torch.cpu._is_amx_tile_supported()
-    print(f"torch {torch.__version__}, {a.threads} threads, AMX: {amx}, model {a.layers} x {a.width}, vocab {a.vocab}")
+    amx, avx = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
+    print(
+        f"torch {torch.__version__}, {a.threads} threads, AMX: {amx}, AVX-512 bf16: {avx}, model {a.layers} x {a.width}, vocab {a.vocab}"
+    )
     base = None
     for bf16, attention in ((False, "sdpa"), (False, "eager"), (True, "sdpa"), (True, "eager")):
         s = seconds_per_step(bf16, attention, a)

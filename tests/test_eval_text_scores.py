@@ -260,3 +260,23 @@ def test_generation_prompts_only_documents_the_lid_model_labels_the_prompted_lan
     assert out["prompts"] == 1 and [t["prompt"] for t in texts] == [tok.decode(french[1:k].tolist())]
     out, texts = units._generation(model, tok, lid_model, [catalan], "fr", p, batch=2)
     assert out["prompts"] == 0 and texts == []
+
+
+def test_generation_prompts_end_on_whole_characters():
+    """A prompt cut inside a UTF-8 character would make the continuation start with U+FFFD (read as no text):
+    the prompt is shortened to the last whole character, and the reference starts where the prompt ends."""
+    tok = tiny_tokenizer()
+    text = "配置文件包含打印机的设置和驱动程序的新版本"
+    zh = doc(tok, text)
+    cuts = [k for k in range(3, len(zh) - 2) if tok.decode(zh[1:k].tolist()).endswith("\ufffd")]
+    assert cuts, "the tokenizer keeps every character whole: the test needs byte-level pieces"
+    k = cuts[-1]
+    j = E.whole_character_cut(tok, zh, k)
+    assert 1 < j < k and text.startswith(tok.decode(zh[1:j].tolist()))
+    assert E.whole_character_cut(tok, zh, j) == j, "a cut on a boundary stays"
+    model = make_model(tok, n_positions=128)
+    lid_model = lid.load_model(lid.model_file(None))
+    p = {"prompt_tokens": k, "gen_tokens": 2, "prompts": 1, "seed": 0}
+    out, texts = units._generation(model, tok, lid_model, [zh], "zh", p, batch=2)
+    assert out["prompts"] == 1 and texts[0]["prompt"] == tok.decode(zh[1:j].tolist())
+    assert text == texts[0]["prompt"] + tok.decode(zh[j:].tolist(), skip_special_tokens=True)

@@ -301,3 +301,28 @@ def test_training_needs_committed_shards(tmp_path):
     with pytest.raises(ManifestError, match="run the shard stage first"):
         train.plan(RunDir.of(str(tmp_path / "empty")), PARAMS)
     assert Location.of(str(tmp_path)).exists()
+
+
+@pytest.mark.parametrize(
+    ("precision", "amx", "avx512_bf16", "want"),
+    [
+        ("auto", True, False, True),  # Intel Xeon since Sapphire Rapids
+        ("auto", False, True, True),  # AMD Zen 4, Intel Cooper Lake: AVX-512 bf16 without AMX
+        ("auto", False, False, False),  # bf16 would be emulated: fp32
+        ("auto", None, None, False),  # torch does not say (private checks absent): fp32
+        ("fp32", True, True, False),
+        ("bf16", False, False, True),
+    ],
+)
+def test_auto_precision_on_a_cpu(monkeypatch, precision, amx, avx512_bf16, want):
+    """``auto`` on a CPU means bf16 exactly where the CPU has bf16 matrix units (AMX or AVX-512 bf16)."""
+    import torch
+
+    from xlmflow.tasks.common.precision import use_bf16
+
+    for name, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v)
+    assert use_bf16(precision, gpu=False) is want

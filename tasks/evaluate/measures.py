@@ -153,6 +153,18 @@ class _Sampler:
         return torch.full_like(scores, -math.inf).scatter_(1, drawn, 0.0)
 
 
+def whole_character_cut(tok: Tokenizer, doc: np.ndarray, k: int) -> int:
+    """The longest prompt of at most ``k`` tokens of ``doc`` (tag first) that ends on a character boundary.
+
+    Byte-level BPE tokens can end inside a UTF-8 character (most often in Chinese, Japanese, Arabic): cut there, the
+    prompt asks the model to finish a character's bytes, and the continuation decoded alone starts with U+FFFD,
+    which the degenerate check reads as no text ("�。"). Prompts a user writes end on whole characters."""
+    for j in range(k, 1, -1):
+        if not tok.decode(doc[1:j].tolist()).endswith("\ufffd"):
+            return j
+    return k
+
+
 def generate(
     model,
     tok: Tokenizer,

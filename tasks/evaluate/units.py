@@ -196,18 +196,19 @@ def _generation(
     model, tok, lid_model, docs: list[np.ndarray], lang: str, p: dict, batch: int = 32
 ) -> tuple[dict, list[dict]]:
     """Greedy and sampled continuations of the first ``prompts`` documents long enough to continue whose prompt LID
-    labels ``lang`` (the prompt is their first ``prompt_tokens`` tokens, tag included: a Catalan sentence in the fr
+    labels ``lang`` (the prompt is their first ``prompt_tokens`` tokens, tag included, fewer where that would end
+    inside a character (:func:`.measures.whole_character_cut`): a Catalan sentence in the fr
     shard would ask the model to go on in Catalan), scored: the share LID finds in ``lang`` with degenerate
     texts as misses (:func:`.measures.language_hits`), degenerate count, distinct-2, and ROUGE against each
     document's own next ``gen_tokens`` tokens (the reference a continuation has)."""
     from xlmflow.tasks.evaluate import measures, scores
 
     k, new = p["prompt_tokens"], p["gen_tokens"]
-    long = [d for d in docs if len(d) > k + 1][: 10 * p["prompts"]]
-    in_lang = measures.language_hits(lid_model, [tok.decode(d[1:k].tolist()) for d in long], lang)
-    chosen = [d for d, hit in zip(long, in_lang) if hit][: p["prompts"]]
-    prompts = [d[:k].tolist() for d in chosen]
-    refs = [tok.decode(d[k : k + new].tolist(), skip_special_tokens=True) for d in chosen]
+    long = [(d, measures.whole_character_cut(tok, d, k)) for d in docs if len(d) > k + 1][: 10 * p["prompts"]]
+    in_lang = measures.language_hits(lid_model, [tok.decode(d[1:c].tolist()) for d, c in long], lang)
+    chosen = [dc for dc, hit in zip(long, in_lang) if hit][: p["prompts"]]
+    prompts = [d[:c].tolist() for d, c in chosen]
+    refs = [tok.decode(d[c : c + new].tolist(), skip_special_tokens=True) for d, c in chosen]
     greedy = measures.generate(model, tok, prompts, new, sample=False, batch_size=batch)
     seed = generation_seed(p["seed"], lang)
     sampled = measures.generate(model, tok, prompts, new, sample=True, seed=seed, batch_size=batch)
