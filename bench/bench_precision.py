@@ -56,9 +56,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     amx, avx = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
-    print(
-        f"torch {torch.__version__}, {a.threads} threads, AMX: {amx}, AVX-512 bf16: {avx}, model {a.layers} x {a.width}, vocab {a.vocab}"
-    )
+    print(f"torch {torch.__version__}, {a.threads} threads, AMX: {amx}, AVX-512 bf16: {avx}", end=", ")
+    print(f"model {a.layers} x {a.width}, vocab {a.vocab}")
     base = None
     for bf16, attention in ((False, "sdpa"), (False, "eager"), (True, "sdpa"), (True, "eager")):
         s = seconds_per_step(bf16, attention, a)

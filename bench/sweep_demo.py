@@ -10,7 +10,8 @@ add-one smoothed), both in nats per token, and in bits per byte (tokens / UTF-8 
 out). The baseline is the one the evaluate stage reports ("beats unigram"), on the loop's blocks rather than its
 half-context windows, so the two figures are close but not equal.
 
-    python bench/sweep_demo.py --run-dir runs/demo [--points today lr4e-3 ...] [--out bench/sweep_demo.json] [--generations]
+    python bench/sweep_demo.py --run-dir runs/demo [--points today lr4e-3 ...] [--out bench/sweep_demo.json]
+        [--generations]
 
 Prints one row per point and writes them all to ``--out`` (appending to a file that exists: points run in several
 calls land in one table; a row is keyed by its point and the run's vocabulary size, so the same points on run
