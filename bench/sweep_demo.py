@@ -70,6 +70,7 @@ POINTS: dict[str, dict] = {
     # another seed (initialisation and data order): how much of a point's figures is chance
     "seed1": {"seed": 1},
     "1800-seed1": {"max_steps": 1800, "warmup_steps": 120, "seed": 1},
+    "1500-seed1": {"max_steps": 1500, "warmup_steps": 100, "seed": 1},
 }
 
 

@@ -25,8 +25,8 @@ DEMO_TRAINING = {
     "batch_size": 16,
     "lr": 4e-3,
     "min_lr_ratio": 0.1,
-    "warmup_steps": 80,
-    "max_steps": 1200,
+    "warmup_steps": 100,
+    "max_steps": 1500,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
     "grad_accum": 1,
@@ -234,7 +234,7 @@ def test_train_help_lists_each_preset_with_its_size_and_defaults(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 4e-3", "warm-up 80", "1200 steps"):
+    for needle in ("gpt2-small", "124M", "lr 6e-4", "warm-up 700", "lr 4e-3", "warm-up 100", "1500 steps"):
         assert needle in text, needle
 
 

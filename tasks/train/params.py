@@ -40,9 +40,9 @@ TRAINING: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "lr": 4e-3,
         "min_lr_ratio": 0.1,
-        "warmup_steps": 80,
+        "warmup_steps": 100,
         "warmup_fraction": 0.1,  # a shorter run (--max-steps 50) warms up for a tenth of its steps, not past its end
-        "max_steps": 1200,
+        "max_steps": 1500,
         "weight_decay": 0.1,
         "grad_clip": 1.0,
         "grad_accum": 1,
