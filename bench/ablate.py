@@ -7,8 +7,8 @@ blocks at the default share / 0. Each cell is a run directory that hard-links th
 commits new files) and runs ``xlmflow run --only train --only evaluate`` with its flags, so a cell trains and is
 measured exactly as a user's run is. Per cell, from ``evaluate/metrics.json``: mean bits per byte over the
 languages (and how many are below their unigram baseline), per parallel set the chosen layer's retrieval acc@1 beside
-the bag-of-token-ids and char 3-gram baselines, and the mean chrF++ of the translation probe beside copying the
-source.
+the bag-of-token-ids and char 3-gram baselines, the mean chrF++ of the translation probe beside copying the
+source, and the greedy generations of the 7 core languages that are degenerate (no letter, or distinct-2 < 0.5).
 
     python bench/ablate.py --run-dir runs/demo [--cells base align-none ...] [--work /tmp/xlmflow-ablate]
         [--config FILE] [--out bench/ablate.json] [--plot bench/ablate.png]
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_STAGES = ("ingest", "langid", "vocab", "shard")
+CORE = ("en", "fr", "de", "es", "zh", "ru", "ar")  # the issue's 7 core languages: the greedy generations counted
 #: cell -> the train flags that make it (one change from the base each)
 CELLS: dict[str, list[str]] = {
     "base": [],  # align init, language embeddings on, pair share = the preset's
@@ -75,6 +76,7 @@ def summarise(cell: str, m: dict, wall: float) -> dict:
         "mean_bpb": round(float(np.mean(list(bpb.values()))), 3),
         "below_unigram": f"{sum(bool(v) for v in m['beats_unigram'].values())}/{len(bpb)}",
         "sets": {},
+        "greedy_degenerate": greedy_degenerate(m),
     }
     for name, r in m.get("retrieval", {}).items():
         if r.get("acc_at_1") is None:
@@ -93,11 +95,25 @@ def summarise(cell: str, m: dict, wall: float) -> dict:
     return row
 
 
+def greedy_degenerate(m: dict) -> dict[str, str]:
+    """Per core language, the report's greedy generations that are degenerate, as "k/n"."""
+    from xlmflow.tasks.evaluate.scores import degenerate
+
+    out = {}
+    for lang in CORE:
+        greedy = [g["greedy"] for g in m.get("generations", {}).get(lang, [])]
+        if greedy:
+            out[lang] = f"{int(degenerate(greedy).sum())}/{len(greedy)}"
+    return out
+
+
 def table(rows: list[dict]) -> str:
     sets = sorted({s for r in rows for s in r["sets"]})
     head = "| cell | flags | train + evaluate (s) | mean bits/byte | below unigram |"
     head += "".join(f" {s}: acc@1 (layer) / bag / char3 | {s}: chrF++ / copy |" for s in sets)
-    lines = [head, "|" + "---|" * (5 + 2 * len(sets))]
+    n = next((v.split("/")[1] for r in rows for v in r.get("greedy_degenerate", {}).values()), "?")
+    head += f" greedy degenerate of {n}, " + " / ".join(CORE) + " |"
+    lines = [head, "|" + "---|" * (6 + 2 * len(sets))]
     for r in rows:
         line = f"| {r['cell']} | `{r['flags']}` | {r['wall_s']:.0f} | {r['mean_bpb']:.3f} | {r['below_unigram']} |"
         for s in sets:
@@ -108,6 +124,8 @@ def table(rows: list[dict]) -> str:
                 if c
                 else " - | - |"
             )
+        g = r.get("greedy_degenerate", {})
+        line += " " + " / ".join(g.get(lang, "-").split("/")[0] for lang in CORE) + " |"
         lines.append(line)
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ import pytest
 from shard_fixtures import corpus, make_inputs
 
 from xlmflow.storage import Location, RunDir, read_table
-from xlmflow.storage.shards import PAIRS, list_pairs, usable
+from xlmflow.storage.shards import PAIRS, list_pairs, list_shards, usable
 from xlmflow.tasks.shard import ShardParams, commit_shards, shard_unit, stage_for
 from xlmflow.tasks.shard import plan as plan_shards
 from xlmflow.tasks.train.data import BlockLoader, BlockSpec
@@ -158,3 +158,35 @@ def test_training_takes_pair_blocks_where_the_shards_have_pairs(paired, train_in
         bare = train.plan(RunDir.of(str(train_inputs[0])), params)
     assert bare.params["train"]["parallel_share"] == 0.0 and bare.params["train"]["parallel_schedule"] == "constant"
     assert "no translation pairs" in caplog.text
+
+
+def test_validation_documents_never_become_pairs(tmp_path):
+    """A parallel set cut from the corpus's own manuals (the demo's are): a side holding a validation document is
+    held out, as one sharing an n-gram with an eval part is, so bits per byte on the validation split are not
+    memorised through the pair blocks; a side that repeats a training document still pairs."""
+    run_dir = str(tmp_path / "run")
+    tok = make_inputs(run_dir, corpus({"en": 60, "fr": 60}))
+    run = RunDir.of(run_dir)
+    plain = ShardParams(shard_docs=40, min_valid_docs=4, valid_fraction=0.05)
+
+    def build(params):
+        units = plan_shards(run, params)
+        refs = [shard_unit(u) for u in units]
+        commit_shards(stage_for(run, params, refs), refs)
+
+    def longest(split):
+        shards = list_shards(run.stage("shard"), split, ["en"])
+        docs = [tok.decode(ids.as_py()) for s in shards for ids in read_table(Location(s.uri))["input_ids"]]
+        return max(docs, key=len)
+
+    build(plain)
+    trained, validation = longest("train"), longest("valid")
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    en = [EN[0], f"As the manual says: {validation}", trained]
+    pl.DataFrame({"id": [0, 1, 2], "en": en, "fr": [FR[0], FR[1], FR[5]]}).write_parquet(sets / "manual.train.parquet")
+    build(plain.model_copy(update={"parallel": [str(sets)]}))
+    (pairs,) = list_pairs(run.stage("shard"))
+    assert usable(read_table(Location(pairs.uri)), "en", "fr").tolist() == [True, False, True]
+    index = json.loads(run.stage("shard").child("shards.json").open("rb").read())
+    assert index["pairs"][0]["valid_overlap"] == {"en": 1, "fr": 0}

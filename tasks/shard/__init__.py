@@ -160,7 +160,8 @@ def plan(run: RunDir, params: ShardParams) -> list[Unit]:
             f"check the langid and vocab stages"
         )
     tokenizer = Input(run.stage(VOCAB).child(TOKENIZER_FILE).uri, tok_sha)
-    return units + pairs.plan_pairs(run, params.parallel, tokenizer, ids_type, code)
+    valid = [u for u in units if u.params["split"] == "valid"]
+    return units + pairs.plan_pairs(run, params.parallel, tokenizer, ids_type, code, valid)
 
 
 def _tokenizer_of(run: RunDir) -> tuple[str, Tokenizer]:
