@@ -165,7 +165,7 @@ def test_validation_documents_never_become_pairs(tmp_path):
     held out, as one sharing an n-gram with an eval part is, so bits per byte on the validation split are not
     memorised through the pair blocks; a side that repeats a training document still pairs."""
     run_dir = str(tmp_path / "run")
-    tok = make_inputs(run_dir, corpus({"en": 60, "fr": 60}))
+    tok = make_inputs(run_dir, corpus({"en": 60, "fr": 60, "zh": 30}))
     run = RunDir.of(run_dir)
     plain = ShardParams(shard_docs=40, min_valid_docs=4, valid_fraction=0.05)
 
@@ -174,19 +174,21 @@ def test_validation_documents_never_become_pairs(tmp_path):
         refs = [shard_unit(u) for u in units]
         commit_shards(stage_for(run, params, refs), refs)
 
-    def longest(split):
-        shards = list_shards(run.stage("shard"), split, ["en"])
+    def longest(split, lang="en"):
+        shards = list_shards(run.stage("shard"), split, [lang])
         docs = [tok.decode(ids.as_py()) for s in shards for ids in read_table(Location(s.uri))["input_ids"]]
         return max(docs, key=len)
 
     build(plain)
-    trained, validation = longest("train"), longest("valid")
+    trained, validation, chinese = longest("train"), longest("valid"), longest("valid", "zh")
     sets = tmp_path / "sets"
     sets.mkdir()
-    en = [EN[0], f"As the manual says: {validation}", trained]
-    pl.DataFrame({"id": [0, 1, 2], "en": en, "fr": [FR[0], FR[1], FR[5]]}).write_parquet(sets / "manual.train.parquet")
+    # the fourth English side quotes a validation document of a language the set does not hold: held out too
+    en = [EN[0], f"As the manual says: {validation}", trained, f"{EN[5]} Quote: {chinese}"]
+    fr = [FR[0], FR[1], FR[5], FR[6]]
+    pl.DataFrame({"id": [0, 1, 2, 3], "en": en, "fr": fr}).write_parquet(sets / "manual.train.parquet")
     build(plain.model_copy(update={"parallel": [str(sets)]}))
     (pairs,) = list_pairs(run.stage("shard"))
-    assert usable(read_table(Location(pairs.uri)), "en", "fr").tolist() == [True, False, True]
+    assert usable(read_table(Location(pairs.uri)), "en", "fr").tolist() == [True, False, True, False]
     index = json.loads(run.stage("shard").child("shards.json").open("rb").read())
-    assert index["pairs"][0]["valid_overlap"] == {"en": 1, "fr": 0}
+    assert index["pairs"][0]["valid_overlap"] == {"en": 2, "fr": 0}
