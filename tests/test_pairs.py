@@ -192,3 +192,15 @@ def test_validation_documents_never_become_pairs(tmp_path):
     assert usable(read_table(Location(pairs.uri)), "en", "fr").tolist() == [True, False, True, False]
     index = json.loads(run.stage("shard").child("shards.json").open("rb").read())
     assert index["pairs"][0]["valid_overlap"] == {"en": 2, "fr": 0}
+
+
+def test_valid_overlap_by_ngram_and_by_whole_text():
+    """``holdout_ngram`` units shared with a validation document hold a side out; with 0, only a whole copy does."""
+    from xlmflow.tasks.shard.pairs import valid_overlap
+
+    sides = {"en": pl.Series([EN[0], EN[1], EN[2]]), "fr": pl.Series([FR[0], FR[1], ""])}
+    valid = [pl.Series([f"Nothing to see. {EN[1][:40]}"]), pl.Series([EN[2], "L'administrateur installe"])]
+    by_ngram = valid_overlap(sides, iter(valid), 11)
+    assert by_ngram["en"].tolist() == [False, True, True] and not by_ngram["fr"].any()
+    whole = valid_overlap(sides, iter(valid), 0)
+    assert whole["en"].tolist() == [False, False, True] and not whole["fr"].any()
