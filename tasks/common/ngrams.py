@@ -44,6 +44,14 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
+def members(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """One bool per value: it is in ``sorted_values`` (ascending, unique), by binary search."""
+    pos = np.searchsorted(sorted_values, values)
+    found = pos < len(sorted_values)
+    found[found] = sorted_values[pos[found]] == values[found]
+    return found
+
+
 def mix(h: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the polynomial's bits so nearby n-grams do not share low bits."""
     with np.errstate(over="ignore"):
@@ -118,10 +126,7 @@ class NgramIndex:
         """Per document (as in :meth:`add`): how many of its n-gram positions are in the index."""
         self.freeze()
         hashes, doc = ngram_hashes(flat_ids, doc_starts, self.n)
-        pos = np.searchsorted(self._sorted, hashes)
-        found = pos < len(self._sorted)
-        found[found] = self._sorted[pos[found]] == hashes[found]
-        return np.bincount(doc[found], minlength=len(doc_starts))
+        return np.bincount(doc[members(self._sorted, hashes)], minlength=len(doc_starts))
 
     def hits(self, docs: list[np.ndarray]) -> np.ndarray:
         """One bool per document: it shares at least one n-gram with the index."""

@@ -31,7 +31,7 @@ import pyarrow as pa
 from xlmflow.storage import Aside, FileWriter, Location, RunDir, file_sha256, read_batches, read_record, stable_hashes
 from xlmflow.storage.fingerprint import stable_hashes64
 from xlmflow.storage.shards import PAIRS, STAGE, usable
-from xlmflow.tasks.common.ngrams import ngram_hashes, sorted_unique, text_units
+from xlmflow.tasks.common.ngrams import members, ngram_hashes, sorted_unique, text_units
 from xlmflow.tasks.common.parallel_sets import languages, parallel_files, read_set, set_name
 from xlmflow.tasks.common.runtime import Input, Ref, Unit, ensure
 from xlmflow.tasks.common.specials import EOS, TOKENIZER_FILE, lang_tag
@@ -160,10 +160,10 @@ def valid_overlap(sides: dict[str, pl.Series], valid: Iterable[pl.Series], n: in
     found = [np.zeros(0, np.uint64)]
     for texts in valid:
         h, _ = _grams(texts, n)
-        found.append(h[_members(wanted, h)])
+        found.append(h[members(wanted, h)])
     found_sorted = sorted_unique(np.concatenate(found))
     return {
-        lang: np.bincount(doc[_members(found_sorted, h)], minlength=len(sides[lang])) > 0
+        lang: np.bincount(doc[members(found_sorted, h)], minlength=len(sides[lang])) > 0
         for lang, (h, doc) in grams.items()
     }
 
@@ -174,11 +174,3 @@ def _grams(texts: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
         flat, starts, _ = text_units(texts)
         return ngram_hashes(flat, starts, n)
     return stable_hashes64(texts.to_arrow(), HASH_SEED), np.arange(len(texts))
-
-
-def _members(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """One bool per value: it is in ``sorted_values`` (ascending, unique)."""
-    pos = np.searchsorted(sorted_values, values)
-    found = pos < len(sorted_values)
-    found[found] = sorted_values[pos[found]] == values[found]
-    return found
